@@ -182,7 +182,8 @@ def test_jvp_velocity_model_wrt_t():
 @pytest.mark.parametrize("data_shape", [(2,), (1, 8, 8), (3, 16, 16)])
 def test_per_sample_independence(data_shape):
     torch.manual_seed(0)
-    model = build_backbone(small_cfg(data_shape)).eval()
+    # train mode (dropout is 0): a batch-coupling layer such as BatchNorm would show up here
+    model = build_backbone(small_cfg(data_shape)).train()
     perturb_output_layer(model)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(5, *data_shape, generator=gen)

@@ -88,9 +88,13 @@ def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
     try:
         out = tuple(int(s) for s in shape)
     except TypeError as exc:
-        raise DataError(f"{where}: shape must be a sequence of ints such as (2,) or (1, 8, 8), got {shape!r}") from exc
+        raise DataError(
+            f"{where}: shape must be a sequence of ints such as (2,) or (1, 8, 8), got {shape!r}"
+        ) from exc
     if not out or any(s <= 0 for s in out):
-        raise DataError(f"{where}: shape must be non-empty with positive sizes, e.g. (2,), got {shape!r}")
+        raise DataError(
+            f"{where}: shape must be non-empty with positive sizes, e.g. (2,), got {shape!r}"
+        )
     return out
 
 
@@ -100,7 +104,9 @@ def _to_numpy(x: Tensor | np.ndarray, where: str) -> np.ndarray:
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
-        raise DataError(f"{where}: expected a torch.Tensor or numpy array, got {type(x).__name__}") from exc
+        raise DataError(
+            f"{where}: expected a torch.Tensor or numpy array, got {type(x).__name__}"
+        ) from exc
 
 
 def _kind_for_shape(shape: tuple[int, ...]) -> str:
@@ -220,7 +226,9 @@ def checkerboard_density(xy: np.ndarray | Tensor) -> np.ndarray:
     """
     arr = np.asarray(_to_numpy(xy, "checkerboard_density"), dtype=np.float64)
     if arr.ndim == 0 or arr.shape[-1] != 2:
-        raise DataError(f"checkerboard_density: pass points of shape [..., 2], got {list(arr.shape)}")
+        raise DataError(
+            f"checkerboard_density: pass points of shape [..., 2], got {list(arr.shape)}"
+        )
     x, y = arr[..., 0], arr[..., 1]
     with np.errstate(invalid="ignore"):
         inside = (x >= -4.0) & (x < 4.0) & (y >= -4.0) & (y < 4.0)
@@ -370,7 +378,10 @@ class GaussianDataset(Dataset):
                 raise DataError(f"gaussian: diagonal cov has {cov_arr.size} entries, expected {d}")
             cov_arr = np.diag(cov_arr)
         if cov_arr.shape != (d, d):
-            raise DataError(f"gaussian: cov must be a {d}x{d} nested list, got shape {list(cov_arr.shape)}")
+            raise DataError(
+                f"gaussian: cov must be a {d}x{d} nested list (d = {d} from mean/dim), "
+                f"got shape {list(cov_arr.shape)}"
+            )
         if not (np.all(np.isfinite(cov_arr)) and np.all(np.isfinite(mean_arr))):
             raise DataError("gaussian: mean and cov must be finite numbers")
         if not np.allclose(cov_arr, cov_arr.T, atol=1e-10):
@@ -378,7 +389,9 @@ class GaussianDataset(Dataset):
         try:
             chol = np.linalg.cholesky(cov_arr)
         except np.linalg.LinAlgError as exc:
-            raise DataError("gaussian: cov must be positive definite (all eigenvalues > 0)") from exc
+            raise DataError(
+                "gaussian: cov must be positive definite (all eigenvalues > 0)"
+            ) from exc
         object.__setattr__(self, "name", "gaussian")
         object.__setattr__(self, "shape", (d,))
         object.__setattr__(self, "mean", tuple(float(v) for v in mean_arr))
@@ -395,7 +408,10 @@ class GaussianDataset(Dataset):
         return x.to(torch.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "gaussian", "kwargs": {"mean": list(self.mean), "cov": [list(r) for r in self.cov]}}
+        return {
+            "name": "gaussian",
+            "kwargs": {"mean": list(self.mean), "cov": [list(r) for r in self.cov]},
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -464,7 +480,9 @@ class _Uint8ImageUnits:
             arr = arr[..., None]
         if arr.ndim != 4 or tuple(arr.shape[1:]) != (h, w, c):
             want = f"[n, {h}, {w}]" if c == 1 else f"[n, {h}, {w}, {c}]"
-            raise DataError(f"{self.name}.from_units: expected levels 0..255 of shape {want}, got {list(arr.shape)}")
+            raise DataError(
+                f"{self.name}.from_units: expected levels 0..255 of shape {want}, got {list(arr.shape)}"
+            )
         return torch.from_numpy(np.ascontiguousarray(np.transpose(arr, (0, 3, 1, 2)) / 127.5 - 1.0))
 
 
@@ -507,13 +525,15 @@ class DigitsDataset(_ArrayDataset):
         images, targets = _load_digits_arrays()
         if split != "all":
             perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(images.shape[0])
-            n_train = int(math.floor(DIGITS_TRAIN_FRACTION * images.shape[0]))
+            n_train = math.floor(DIGITS_TRAIN_FRACTION * images.shape[0])
             rows = perm[:n_train] if split == "train" else perm[n_train:]
             images, targets = images[rows], targets[rows]
         object.__setattr__(self, "name", "digits")
         object.__setattr__(self, "shape", (1, 8, 8))
         object.__setattr__(self, "split", split)
-        self._set_data(torch.from_numpy(np.array(images[:, None])), torch.from_numpy(np.array(targets)))
+        self._set_data(
+            torch.from_numpy(np.array(images[:, None])), torch.from_numpy(np.array(targets))
+        )
 
     def _raw_to_model(self, raw: Tensor) -> Tensor:
         return raw.to(torch.float32) / 8.0 - 1.0
@@ -528,7 +548,9 @@ class DigitsDataset(_ArrayDataset):
         """Grey levels ``[n, 8, 8]`` (``0..16``) -> model units ``[n, 1, 8, 8]`` float32."""
         arr = _to_numpy(x, "digits.from_units").astype(np.float32)
         if arr.ndim != 3 or arr.shape[1:] != (8, 8):
-            raise DataError(f"digits.from_units: expected grey levels of shape [n, 8, 8], got {list(arr.shape)}")
+            raise DataError(
+                f"digits.from_units: expected grey levels of shape [n, 8, 8], got {list(arr.shape)}"
+            )
         return torch.from_numpy(arr[:, None] / 8.0 - 1.0)
 
     def describe(self) -> dict[str, Any]:
@@ -562,7 +584,11 @@ class ImageFolderDataset(_Uint8ImageUnits, _ArrayDataset):
     mode: str
 
     def __init__(
-        self, root: str | os.PathLike, size: int | Sequence[int], mode: str = "auto", max_images: int | None = None
+        self,
+        root: str | os.PathLike,
+        size: int | Sequence[int],
+        mode: str = "auto",
+        max_images: int | None = None,
     ) -> None:
         try:
             from PIL import Image
@@ -577,7 +603,9 @@ class ImageFolderDataset(_Uint8ImageUnits, _ArrayDataset):
             except TypeError as exc:
                 raise DataError(f"folder: size must be an int or (H, W), got {size!r}") from exc
         if len(hw) != 2 or min(hw) < 1:
-            raise DataError(f"folder: size must be an int or (H, W) with positive entries, got {size!r}")
+            raise DataError(
+                f"folder: size must be an int or (H, W) with positive entries, got {size!r}"
+            )
         if mode not in ("auto", "L", "RGB"):
             raise DataError(f"folder: mode must be 'auto', 'L' or 'RGB', got {mode!r}")
         if not root_p.is_dir():
@@ -585,7 +613,9 @@ class ImageFolderDataset(_Uint8ImageUnits, _ArrayDataset):
                 f"folder: {str(root_p)!r} is not a directory; pass a folder that holds .png/.jpg images "
                 "(optionally in one sub-folder per class)"
             )
-        files = sorted(p for p in root_p.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in root_p.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+        )
         if max_images is not None:
             files = files[: int(max_images)]
         if not files:
@@ -603,7 +633,9 @@ class ImageFolderDataset(_Uint8ImageUnits, _ArrayDataset):
                     im.load()
                     images.append(im.copy())
             except Exception as exc:
-                raise DataError(f"folder: cannot read image {str(p)!r} ({exc}); remove or fix the file") from exc
+                raise DataError(
+                    f"folder: cannot read image {str(p)!r} ({exc}); remove or fix the file"
+                ) from exc
         if mode == "auto":
             mode = "L" if all(im.mode in _GREY_MODES for im in images) else "RGB"
         h, w = hw
@@ -624,7 +656,10 @@ class ImageFolderDataset(_Uint8ImageUnits, _ArrayDataset):
         self._set_data(torch.from_numpy(raw), torch.tensor(labels, dtype=torch.int64))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "folder", "kwargs": {"root": self.root, "size": list(self.size), "mode": self.mode}}
+        return {
+            "name": "folder",
+            "kwargs": {"root": self.root, "size": list(self.size), "mode": self.mode},
+        }
 
 
 @dataclass(frozen=True, init=False)
@@ -655,13 +690,17 @@ class NpzDataset(_ArrayDataset):
         try:
             loaded = np.load(p, allow_pickle=False)
         except Exception as exc:
-            raise DataError(f"npz: cannot read {str(p)!r} as .npz/.npy without pickle ({exc})") from exc
+            raise DataError(
+                f"npz: cannot read {str(p)!r} as .npz/.npy without pickle ({exc})"
+            ) from exc
         if isinstance(loaded, np.ndarray):
             arr = loaded
         else:
             with loaded:
                 if key not in loaded.files:
-                    raise DataError(f"npz: {str(p)!r} has no array {key!r}; it holds {sorted(loaded.files)}; pass key=...")
+                    raise DataError(
+                        f"npz: {str(p)!r} has no array {key!r}; it holds {sorted(loaded.files)}; pass key=..."
+                    )
                 try:
                     arr = loaded[key]
                     if "y" in loaded.files and key != "y":
@@ -672,7 +711,9 @@ class NpzDataset(_ArrayDataset):
                         "save plain numeric arrays with np.savez"
                     ) from exc
         if arr.ndim < 2 or arr.shape[0] == 0:
-            raise DataError(f"npz: array {key!r} must have shape [N, ...] with N >= 1, got {list(arr.shape)}")
+            raise DataError(
+                f"npz: array {key!r} must have shape [N, ...] with N >= 1, got {list(arr.shape)}"
+            )
         if arr.dtype.kind not in "fiub":
             raise DataError(f"npz: array {key!r} must be numeric, got dtype {arr.dtype}")
         if labels is None or labels.shape != (arr.shape[0],) or labels.dtype.kind not in "iu":
@@ -682,7 +723,9 @@ class NpzDataset(_ArrayDataset):
         object.__setattr__(self, "path", str(p))
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_uint8", arr.dtype == np.uint8)
-        raw = torch.from_numpy(np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype(np.float32)))
+        raw = torch.from_numpy(
+            np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype(np.float32))
+        )
         self._set_data(raw, torch.from_numpy(labels.astype(np.int64)))
 
     def _raw_to_model(self, raw: Tensor) -> Tensor:
@@ -703,7 +746,16 @@ class NpzDataset(_ArrayDataset):
 
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -753,7 +805,9 @@ class Cifar10Dataset(_Uint8ImageUnits, _ArrayDataset):
                 )
             rec = buf.reshape(-1, _CIFAR_RECORD)
             if rec[:, 0].max() > 9:
-                raise DataError(f"cifar10: {str(folder / f)!r} has label bytes > 9; is it really a CIFAR-10 batch?")
+                raise DataError(
+                    f"cifar10: {str(folder / f)!r} has label bytes > 9; is it really a CIFAR-10 batch?"
+                )
             labels.append(rec[:, 0].astype(np.int64))
             raws.append(rec[:, 1:].reshape(-1, 3, 32, 32))
         object.__setattr__(self, "name", f"cifar10:{root_p}")
@@ -762,7 +816,8 @@ class Cifar10Dataset(_Uint8ImageUnits, _ArrayDataset):
         object.__setattr__(self, "train", bool(train))
         object.__setattr__(self, "classes", CIFAR10_CLASSES)
         self._set_data(
-            torch.from_numpy(np.ascontiguousarray(np.concatenate(raws))), torch.from_numpy(np.concatenate(labels))
+            torch.from_numpy(np.ascontiguousarray(np.concatenate(raws))),
+            torch.from_numpy(np.concatenate(labels)),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -814,7 +869,9 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset:
         DataError: unknown name, bad arguments or missing files.
     """
     if not isinstance(name, str) or not name:
-        raise DataError(f"data set name must be a non-empty string; choose one of {list_datasets()}")
+        raise DataError(
+            f"data set name must be a non-empty string; choose one of {list_datasets()}"
+        )
     key, sep, arg = name.partition(":")
     key = key.strip().lower()
     if key not in _REGISTRY:
@@ -827,14 +884,20 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset:
         if key not in _SPEC_ARG:
             raise DataError(f"data set {key!r} takes no ':' argument; pass just {key!r}")
         if _SPEC_ARG[key] in kwargs:
-            raise DataError(f"{name!r}: give {_SPEC_ARG[key]} either in the spec string or as a keyword, not both")
+            raise DataError(
+                f"{name!r}: give {_SPEC_ARG[key]} either in the spec string or as a keyword, not both"
+            )
         kwargs = {_SPEC_ARG[key]: arg, **kwargs}
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise DataError(f"data set {key!r} got unknown argument(s) {unknown}; accepted: {sorted(params)}")
+        raise DataError(
+            f"data set {key!r} got unknown argument(s) {unknown}; accepted: {sorted(params)}"
+        )
     missing = sorted(
-        p.name for p in params.values() if p.default is inspect.Parameter.empty and p.name not in kwargs
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty and p.name not in kwargs
     )
     if missing:
         hint = f" (e.g. '{key}:/path')" if key in _SPEC_ARG else ""
@@ -867,7 +930,9 @@ def base_sample(
         return torch.randn((n, *shape_t), generator=g, device=g.device)
     ds = get_dataset(name_or_dataset) if isinstance(name_or_dataset, str) else name_or_dataset
     if not isinstance(ds, Dataset):
-        raise DataError(f"base_sample: pass 'gaussian', a data set name or a Dataset, got {type(ds).__name__}")
+        raise DataError(
+            f"base_sample: pass 'gaussian', a data set name or a Dataset, got {type(ds).__name__}"
+        )
     if tuple(ds.shape) != shape_t:
         raise DataError(
             f"base data set {ds.name!r} has sample shape {tuple(ds.shape)} but the model's data shape is "
@@ -899,8 +964,14 @@ def per_sample_normal(
     shape_t = _check_shape(shape, "per_sample_normal")
     rows = []
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not (_SEED_MIN <= int(s) <= _SEED_MAX):
-            raise DataError(f"per_sample_normal: every seed must be an int in [0, 2**64 - 1], got {s!r}")
+        if (
+            isinstance(s, bool)
+            or not isinstance(s, (int, np.integer))
+            or not (_SEED_MIN <= int(s) <= _SEED_MAX)
+        ):
+            raise DataError(
+                f"per_sample_normal: every seed must be an int in [0, 2**64 - 1], got {s!r}"
+            )
         g = torch.Generator(device="cpu")
         g.manual_seed(int(s))
         rows.append(torch.randn(shape_t, generator=g))

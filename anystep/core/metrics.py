@@ -45,7 +45,9 @@ def _as_float64(x: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected a numeric numpy array or torch tensor, got {type(x).__name__}") from exc
+        raise ValueError(
+            f"{name}: expected a numeric numpy array or torch tensor, got {type(x).__name__}"
+        ) from exc
     return arr
 
 
@@ -62,7 +64,9 @@ def _as_points(x: Any, name: str, *, dim: int | None = None, min_rows: int = 1) 
     if arr.shape[1] < 1:
         raise ValueError(f"{name}: feature dimension d must be >= 1, got shape {list(arr.shape)}")
     if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name}: expected {dim} features per row (shape [n, {dim}]), got shape {list(arr.shape)}")
+        raise ValueError(
+            f"{name}: expected {dim} features per row (shape [n, {dim}]), got shape {list(arr.shape)}"
+        )
     return arr
 
 
@@ -156,8 +160,11 @@ def kl_divergence_2d(
     q_cells, q_out = _histogram_mass(q_arr, edges)
 
     if target_density is not None:
-        if isinstance(density_subdivisions, bool) or not isinstance(density_subdivisions, (int, np.integer)) \
-                or density_subdivisions < 1:
+        if (
+            isinstance(density_subdivisions, bool)
+            or not isinstance(density_subdivisions, (int, np.integer))
+            or density_subdivisions < 1
+        ):
             raise ValueError(
                 f"kl_divergence_2d: density_subdivisions must be a positive int, got {density_subdivisions!r}"
             )
@@ -173,11 +180,15 @@ def kl_divergence_2d(
                 f"got shape {list(dens.shape)} for k={pts.shape[0]}"
             )
         if not np.all(np.isfinite(dens)) or np.any(dens < 0):
-            raise ValueError("kl_divergence_2d: target_density returned negative or non-finite values")
+            raise ValueError(
+                "kl_divergence_2d: target_density returned negative or non-finite values"
+            )
         p_cells = dens.reshape(bins, s, bins, s).sum(axis=(1, 3)) * (h / s) ** 2
         total = float(p_cells.sum())
         if total <= 0.0:
-            raise ValueError("kl_divergence_2d: target_density has no mass on the grid; widen range_")
+            raise ValueError(
+                "kl_divergence_2d: target_density has no mass on the grid; widen range_"
+            )
         if total > 1.01:
             raise ValueError(
                 f"kl_divergence_2d: target_density integrates to {total:.4f} > 1 on the grid; "
@@ -228,7 +239,11 @@ def w2_squared(x: Any, y: Any, *, max_samples: int = 4000, seed: int = 0) -> flo
         raise ImportError("w2_squared needs POT: pip install 'anystep[train]' (or pot)") from exc
     xa = _as_points(x, "w2_squared(x)")
     ya = _as_points(y, "w2_squared(y)", dim=xa.shape[1])
-    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
+    if (
+        isinstance(max_samples, bool)
+        or not isinstance(max_samples, (int, np.integer))
+        or max_samples < 1
+    ):
         raise ValueError(f"w2_squared: max_samples must be a positive int, got {max_samples!r}")
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise ValueError("w2_squared: inputs contain NaN or inf; drop or fix those rows first")
@@ -304,10 +319,14 @@ def gaussian_frechet(mu1: Any, cov1: Any, mu2: Any, cov2: Any, *, eps: float = 1
         raise ValueError(f"gaussian_frechet: mu1 must be a vector [d], got shape {list(m1.shape)}")
     d = m1.shape[0]
     if m2.shape != (d,):
-        raise ValueError(f"gaussian_frechet: mu2 must have shape [{d}] like mu1, got {list(m2.shape)}")
+        raise ValueError(
+            f"gaussian_frechet: mu2 must have shape [{d}] like mu1, got {list(m2.shape)}"
+        )
     for name, c in (("cov1", c1), ("cov2", c2)):
         if c.shape != (d, d):
-            raise ValueError(f"gaussian_frechet: {name} must have shape [{d}, {d}], got {list(c.shape)}")
+            raise ValueError(
+                f"gaussian_frechet: {name} must have shape [{d}, {d}], got {list(c.shape)}"
+            )
         if not np.all(np.isfinite(c)):
             raise ValueError(f"gaussian_frechet: {name} contains NaN or inf")
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2))):

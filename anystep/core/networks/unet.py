@@ -55,7 +55,7 @@ def group_norm_groups(channels: int) -> int:
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.BatchNorm2d(channels) if channels > 0 else None
+    return nn.GroupNorm(group_norm_groups(channels), channels)
 
 
 class ResBlock(nn.Module):
