@@ -1,0 +1,791 @@
+/*
+ * anystep playground: pick a model, a step count, n and a seed; POST /generate;
+ * show the samples (scatter for 2D models drawn from JSON, the server's PNG grid
+ * for image models), the server-reported steps / NFE / latency, and a running
+ * chart of latency against steps. "Compare" runs the same seed at 1, 2, 4, 8 steps.
+ *
+ * Plain JS, no dependencies, no build step. Talks only to the same origin, using
+ * the HTTP API contract of `anystep serve` (GET /v1/models, POST /generate).
+ */
+(function () {
+  "use strict";
+
+  var KEY_STORAGE = "anystep.apiKey";
+  var COMPARE_STEPS = [1, 2, 4, 8];
+  var DEFAULT_SOLVERS = ["euler", "heun", "rk4", "dopri5"];
+  // Okabe-Ito palette: distinguishable with common colour-vision deficiencies.
+  var PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
+  // Controls that a server error's `field` can point at.
+  var FIELD_CONTROLS = { model: "model", steps: "steps", n: "n", seed: "seed", solver: "solver", rtol: "rtol" };
+
+  var state = {
+    models: [],
+    history: [],
+    seriesColors: {},
+    blobUrls: [],
+    busy: false,
+    nTouched: false,
+  };
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  var el = {};
+
+  // ---------------------------------------------------------------- API key
+
+  function storage() {
+    try {
+      return window.sessionStorage;
+    } catch (e) {
+      return null; // storage disabled: the key then lives only in the input field
+    }
+  }
+
+  function loadKey() {
+    var s = storage();
+    return (s && s.getItem(KEY_STORAGE)) || "";
+  }
+
+  function saveKey(key) {
+    var s = storage();
+    if (!s) return;
+    if (key) s.setItem(KEY_STORAGE, key);
+    else s.removeItem(KEY_STORAGE);
+  }
+
+  function authHeaders() {
+    var key = el.apiKey.value.trim();
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
+
+  // ---------------------------------------------------------------- errors / status
+
+  function clearError() {
+    el.error.hidden = true;
+    el.error.textContent = "";
+    Object.keys(FIELD_CONTROLS).forEach(function (f) {
+      var c = $(FIELD_CONTROLS[f]);
+      if (c) {
+        c.removeAttribute("aria-invalid");
+        c.removeAttribute("aria-errormessage");
+      }
+    });
+  }
+
+  /** Show an error. `message` is displayed exactly as given (the server's wording). */
+  function showError(message, field) {
+    el.error.textContent = message;
+    el.error.hidden = false;
+    document.body.setAttribute("data-state", "error");
+    var id = field && FIELD_CONTROLS[field];
+    var c = id && $(id);
+    if (c) {
+      c.setAttribute("aria-invalid", "true");
+      c.setAttribute("aria-errormessage", "error");
+    }
+  }
+
+  function setStatus(text) {
+    el.status.textContent = text;
+  }
+
+  /** An error raised for a non-2xx response; carries the server's JSON error body. */
+  function ApiError(status, body, retryAfter) {
+    this.status = status;
+    this.body = body;
+    this.retryAfter = retryAfter;
+    var msg = body && typeof body.message === "string" ? body.message : null;
+    this.message = msg !== null ? msg : "HTTP " + status + " (the server sent no error message)";
+    this.field = body && typeof body.field === "string" ? body.field : null;
+  }
+
+  function reportFailure(err) {
+    if (err instanceof ApiError) {
+      showError(err.message, err.field);
+      if (err.retryAfter) setStatus("Server busy: retry after " + err.retryAfter + " s.");
+      else if (err.status === 401) setStatus("The server needs a valid API key: enter it above.");
+      else setStatus("");
+    } else {
+      showError("Could not reach the server: " + (err && err.message ? err.message : String(err)));
+      setStatus("");
+    }
+  }
+
+  async function readError(resp) {
+    var body = null;
+    try {
+      body = await resp.json();
+    } catch (e) {
+      body = null;
+    }
+    throw new ApiError(resp.status, body, resp.headers.get("Retry-After"));
+  }
+
+  // ---------------------------------------------------------------- models
+
+  function currentModel() {
+    var name = el.model.value;
+    for (var i = 0; i < state.models.length; i++) if (state.models[i].name === name) return state.models[i];
+    return null;
+  }
+
+  function modelByName(name) {
+    for (var i = 0; i < state.models.length; i++) if (state.models[i].name === name) return state.models[i];
+    return null;
+  }
+
+  /** 2D (or other vector) data is fetched as JSON and drawn here; images come as PNG. */
+  function isVectorModel(m) {
+    return Array.isArray(m.data_shape) && m.data_shape.length === 1;
+  }
+
+  function solversOf(m) {
+    return Array.isArray(m.solvers) && m.solvers.length ? m.solvers : DEFAULT_SOLVERS;
+  }
+
+  function fillSelect(select, values, labels) {
+    var keep = select.value;
+    select.textContent = "";
+    values.forEach(function (v, i) {
+      var o = document.createElement("option");
+      o.value = v;
+      o.textContent = labels ? labels[i] : v;
+      select.appendChild(o);
+    });
+    if (values.indexOf(keep) >= 0) select.value = keep;
+  }
+
+  async function loadModels() {
+    clearError();
+    el.model.disabled = true;
+    setButtons(false);
+    setStatus("Loading models…");
+    try {
+      var resp = await fetch("/v1/models", { headers: authHeaders(), cache: "no-store" });
+      if (!resp.ok) await readError(resp);
+      var body = await resp.json();
+      state.models = Array.isArray(body.models) ? body.models : [];
+    } catch (err) {
+      state.models = [];
+      fillSelect(el.model, [""], ["(no models loaded)"]);
+      reportFailure(err);
+      document.body.setAttribute("data-state", "error");
+      return;
+    }
+    if (!state.models.length) {
+      fillSelect(el.model, [""], ["(the server serves no models)"]);
+      setStatus("The server serves no models.");
+      document.body.setAttribute("data-state", "idle");
+      return;
+    }
+    fillSelect(
+      el.model,
+      state.models.map(function (m) { return m.name; }),
+      state.models.map(function (m) { return m.name + " (" + m.kind + ", " + m.dataset + ")"; })
+    );
+    el.model.disabled = false;
+    onModelChange();
+    setButtons(true);
+    setStatus(state.models.length + (state.models.length === 1 ? " model" : " models") + " available.");
+    document.body.setAttribute("data-state", "ready");
+  }
+
+  function onModelChange() {
+    var m = currentModel();
+    if (!m) return;
+    var maxSteps = Math.max(1, parseInt(m.max_steps, 10) || 1);
+    el.steps.max = String(maxSteps);
+    if (parseInt(el.steps.value, 10) > maxSteps) el.steps.value = String(maxSteps);
+    updateStepsOutput();
+    var maxN = Math.max(1, parseInt(m.max_n, 10) || 1);
+    el.n.max = String(maxN);
+    if (!state.nTouched) el.n.value = String(Math.min(maxN, isVectorModel(m) ? 1000 : 16));
+
+    var velocity = m.kind === "velocity";
+    el.solverField.hidden = !velocity;
+    if (velocity) {
+      var prev = el.solver.value;
+      fillSelect(el.solver, solversOf(m));
+      if (!prev && m.default_solver && solversOf(m).indexOf(m.default_solver) >= 0) el.solver.value = m.default_solver;
+    }
+    updateRtolVisibility();
+
+    // ODE baseline: velocity models for the same data set, offered beside a flow map.
+    var baselines = state.models.filter(function (b) {
+      return b.kind === "velocity" && b.dataset === m.dataset && b.name !== m.name &&
+        JSON.stringify(b.data_shape) === JSON.stringify(m.data_shape);
+    });
+    el.baselineField.hidden = velocity || !baselines.length;
+    if (baselines.length) {
+      fillSelect(
+        el.baseline,
+        [""].concat(baselines.map(function (b) { return b.name; })),
+        ["none"].concat(baselines.map(function (b) { return b.name; }))
+      );
+      onBaselineChange();
+    } else {
+      fillSelect(el.baseline, [""], ["none"]);
+    }
+
+    var shape = Array.isArray(m.data_shape) ? "[" + m.data_shape.join(", ") + "]" : "?";
+    el.modelInfo.textContent =
+      m.kind + " model of " + m.dataset + " · sample shape " + shape +
+      " · engine " + (m.engine || "?") + " · up to " + maxSteps + " steps, n ≤ " + maxN +
+      (m.max_compute ? ", n × NFE ≤ " + m.max_compute : "") + (m.ready === false ? " · warming up" : "");
+  }
+
+  function onBaselineChange() {
+    var b = modelByName(el.baseline.value);
+    el.baselineSolver.hidden = !b;
+    if (b) {
+      var prev = el.baselineSolver.value;
+      fillSelect(el.baselineSolver, solversOf(b));
+      if (!prev && b.default_solver && solversOf(b).indexOf(b.default_solver) >= 0) el.baselineSolver.value = b.default_solver;
+    }
+  }
+
+  function updateRtolVisibility() {
+    el.rtolField.hidden = el.solverField.hidden || el.solver.value !== "dopri5";
+  }
+
+  function updateStepsOutput() {
+    var s = parseInt(el.steps.value, 10);
+    el.stepsValue.textContent = String(s);
+    el.steps.setAttribute("aria-valuetext", s + (s === 1 ? " step" : " steps"));
+  }
+
+  function setButtons(enabled) {
+    var on = enabled && !state.busy && !!currentModel();
+    el.generate.disabled = !on;
+    el.compare.disabled = !on;
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  /** A number input's value as a number, the raw text if it is not one, or undefined if empty. */
+  function numberOrRaw(input) {
+    var raw = input.value.trim();
+    if (raw === "") {
+      // type=number reports "" for text it cannot parse; tell the server nothing then.
+      return input.validity && input.validity.badInput ? "invalid" : undefined;
+    }
+    var v = Number(raw);
+    return Number.isFinite(v) ? v : raw;
+  }
+
+  function formatMs(ms) {
+    if (ms === null || ms === undefined || !Number.isFinite(ms)) return "?";
+    return (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2)) + " ms";
+  }
+
+  function headerNumber(resp, name) {
+    var v = resp.headers.get(name);
+    if (v === null) return null;
+    var x = Number(v);
+    return Number.isFinite(x) ? x : null;
+  }
+
+  /**
+   * POST /generate. Returns {model, kind, steps, nfe, seed, n, solver, latencyMs,
+   * roundTripMs, samples | blobUrl}. Throws ApiError on a non-2xx response.
+   */
+  async function generate(params) {
+    var m = modelByName(params.model);
+    var vector = m ? isVectorModel(m) : true;
+    var body = { model: params.model, steps: params.steps, format: vector ? "json" : "png" };
+    if (params.n !== undefined) body.n = params.n;
+    if (params.seed !== undefined) body.seed = params.seed;
+    if (params.solver) body.solver = params.solver;
+    if (params.rtol !== undefined && params.solver === "dopri5") body.rtol = params.rtol;
+
+    var headers = Object.assign({ "Content-Type": "application/json" }, authHeaders());
+    var t0 = performance.now();
+    var resp = await fetch("/generate", { method: "POST", headers: headers, body: JSON.stringify(body) });
+    if (!resp.ok) await readError(resp);
+    var out;
+    if (vector) {
+      var j = await resp.json();
+      out = {
+        model: j.model, kind: j.kind, steps: j.steps, nfe: j.nfe, seed: j.seed, n: j.n,
+        solver: j.solver || null, shape: j.shape, samples: j.samples,
+        latencyMs: j.timing_ms ? Number(j.timing_ms.total) : null,
+        chosenByBudget: !!j.chosen_by_budget,
+      };
+    } else {
+      var blob = await resp.blob();
+      var url = URL.createObjectURL(blob);
+      state.blobUrls.push(url);
+      out = {
+        model: resp.headers.get("X-Anystep-Model") || params.model,
+        kind: m ? m.kind : null,
+        steps: headerNumber(resp, "X-Anystep-Steps"),
+        nfe: headerNumber(resp, "X-Anystep-NFE"),
+        seed: headerNumber(resp, "X-Anystep-Seed"),
+        n: params.n,
+        solver: params.solver || null,
+        latencyMs: headerNumber(resp, "X-Anystep-Time-Ms"),
+        blobUrl: url,
+      };
+    }
+    out.roundTripMs = performance.now() - t0;
+    return out;
+  }
+
+  function readParams() {
+    var m = currentModel();
+    var p = {
+      model: m.name,
+      steps: parseInt(el.steps.value, 10),
+      n: numberOrRaw(el.n),
+      seed: numberOrRaw(el.seed),
+    };
+    if (m.kind === "velocity") {
+      p.solver = el.solver.value;
+      if (p.solver === "dopri5") p.rtol = numberOrRaw(el.rtol);
+    }
+    return p;
+  }
+
+  // ---------------------------------------------------------------- panels
+
+  function releaseBlobs() {
+    state.blobUrls.forEach(function (u) { URL.revokeObjectURL(u); });
+    state.blobUrls = [];
+  }
+
+  function clearResults() {
+    releaseBlobs();
+    el.result.textContent = "";
+    el.result.classList.remove("compare");
+  }
+
+  function makePanel(title) {
+    var fig = document.createElement("figure");
+    fig.className = "panel";
+    fig.setAttribute("data-testid", "panel");
+    fig.setAttribute("data-status", "pending");
+    var media = document.createElement("div");
+    media.className = "panel-media";
+    var placeholder = document.createElement("p");
+    placeholder.className = "placeholder";
+    placeholder.textContent = "waiting…";
+    media.appendChild(placeholder);
+    var cap = document.createElement("figcaption");
+    var t = document.createElement("span");
+    t.className = "panel-title";
+    t.textContent = title;
+    var lat = document.createElement("span");
+    lat.className = "panel-latency";
+    lat.setAttribute("data-testid", "panel-latency");
+    var nfe = document.createElement("span");
+    nfe.className = "panel-nfe";
+    nfe.setAttribute("data-testid", "panel-nfe");
+    cap.appendChild(t);
+    cap.appendChild(lat);
+    cap.appendChild(nfe);
+    fig.appendChild(media);
+    fig.appendChild(cap);
+    el.result.appendChild(fig);
+    return { fig: fig, media: media, title: t, latency: lat, nfe: nfe };
+  }
+
+  function fillPanel(panel, r) {
+    panel.media.textContent = "";
+    var what = r.model + " at " + r.steps + (r.steps === 1 ? " step" : " steps") +
+      (r.solver ? " (" + r.solver + ")" : "") + ", seed " + r.seed;
+    if (r.blobUrl) {
+      var img = document.createElement("img");
+      img.className = "samples-img";
+      img.setAttribute("data-testid", "samples-img");
+      img.src = r.blobUrl;
+      img.alt = "Image grid of " + r.n + " samples from " + what;
+      panel.media.appendChild(img);
+    } else {
+      var c = document.createElement("canvas");
+      c.className = "scatter";
+      c.setAttribute("data-testid", "scatter");
+      c.setAttribute("role", "img");
+      var count = Array.isArray(r.samples) ? r.samples.length : 0;
+      c.setAttribute("aria-label", "Scatter plot of " + count + " samples from " + what);
+      panel.media.appendChild(c);
+      panel.fig._samples = r.samples;
+      drawScatter(c, r.samples);
+    }
+    panel.latency.textContent = formatMs(r.latencyMs);
+    panel.latency.title = "server time; round trip " + formatMs(r.roundTripMs);
+    panel.nfe.textContent = "NFE " + r.nfe;
+    panel.fig.setAttribute("data-status", "done");
+    panel.fig.setAttribute("data-steps", String(r.steps));
+    panel.fig.setAttribute("data-latency-ms", String(r.latencyMs));
+  }
+
+  function failPanel(panel) {
+    panel.media.textContent = "";
+    var p = document.createElement("p");
+    p.className = "placeholder";
+    p.textContent = "failed (see the error above)";
+    panel.media.appendChild(p);
+    panel.fig.setAttribute("data-status", "error");
+  }
+
+  function showStats(r) {
+    el.reportedSteps.textContent = String(r.steps);
+    el.nfe.textContent = String(r.nfe);
+    el.latency.textContent = formatMs(r.latencyMs);
+    el.latency.title = "server-reported time; round trip " + formatMs(r.roundTripMs);
+    el.reportedSeed.textContent = String(r.seed);
+  }
+
+  // ---------------------------------------------------------------- scatter
+
+  function setupCanvas(canvas, cssWidth, cssHeight) {
+    var dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(cssWidth * dpr);
+    canvas.height = Math.round(cssHeight * dpr);
+    var ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    return ctx;
+  }
+
+  /** Draw samples [n, d] (first two coordinates; d=1 is drawn on a line). */
+  function drawScatter(canvas, samples) {
+    var size = Math.max(120, Math.round(canvas.clientWidth || 300));
+    var ctx = setupCanvas(canvas, size, size);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, size, size);
+    var pts = Array.isArray(samples) ? samples : [];
+    var absVals = [];
+    pts.forEach(function (p) {
+      var a = Array.isArray(p) ? p : [p];
+      for (var k = 0; k < Math.min(2, a.length); k++) if (Number.isFinite(a[k])) absVals.push(Math.abs(a[k]));
+    });
+    absVals.sort(function (a, b) { return a - b; });
+    var q = absVals.length ? absVals[Math.floor(0.99 * (absVals.length - 1))] : 0;
+    var lim = Math.max(4.5, 1.05 * q); // toy 2D data sets live in about [-4, 4]^2
+    var sx = function (x) { return ((x + lim) / (2 * lim)) * size; };
+    var sy = function (y) { return ((lim - y) / (2 * lim)) * size; };
+    ctx.strokeStyle = "#e2e2e2";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(0, sy(0)); ctx.lineTo(size, sy(0));
+    ctx.moveTo(sx(0), 0); ctx.lineTo(sx(0), size);
+    ctx.stroke();
+    var r = pts.length > 2000 ? 1.2 : pts.length > 300 ? 1.8 : 2.6;
+    ctx.fillStyle = "rgba(0, 114, 178, 0.6)";
+    pts.forEach(function (p) {
+      var a = Array.isArray(p) ? p : [p];
+      var x = a[0], y = a.length > 1 ? a[1] : 0;
+      if (!Number.isFinite(x) || !Number.isFinite(y)) return;
+      ctx.beginPath();
+      ctx.arc(sx(x), sy(y), r, 0, 2 * Math.PI);
+      ctx.fill();
+    });
+    ctx.fillStyle = "#666";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillText("±" + (Math.round(lim * 10) / 10), 4, 13);
+  }
+
+  // ---------------------------------------------------------------- latency chart
+
+  function seriesKey(r) {
+    return r.model + (r.solver ? " / " + r.solver : "");
+  }
+
+  function colorFor(key) {
+    if (!(key in state.seriesColors)) {
+      var n = Object.keys(state.seriesColors).length;
+      state.seriesColors[key] = PALETTE[n % PALETTE.length];
+    }
+    return state.seriesColors[key];
+  }
+
+  function recordHistory(r) {
+    if (!Number.isFinite(r.latencyMs) || !Number.isFinite(r.steps)) return;
+    var entry = { model: r.model, solver: r.solver, steps: r.steps, nfe: r.nfe, n: r.n, latencyMs: r.latencyMs };
+    state.history.push(entry);
+    colorFor(seriesKey(entry));
+    var tr = document.createElement("tr");
+    [state.history.length, entry.model, entry.solver || "–", entry.steps, entry.nfe, entry.n,
+      entry.latencyMs.toFixed(2)].forEach(function (v) {
+      var td = document.createElement("td");
+      td.textContent = String(v);
+      tr.appendChild(td);
+    });
+    el.historyBody.appendChild(tr);
+    drawChart();
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    var p = Math.pow(10, Math.floor(Math.log10(v)));
+    var f = v / p;
+    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
+  }
+
+  function drawChart() {
+    var canvas = el.chart;
+    var w = Math.max(200, Math.round(canvas.clientWidth || 600));
+    var h = w < 420 ? 200 : 260;
+    var ctx = setupCanvas(canvas, w, h);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, w, h);
+    var left = 46, right = 12, top = 12, bottom = 34;
+    var pw = w - left - right, ph = h - top - bottom;
+
+    var hist = state.history;
+    var maxSteps = 8;
+    hist.forEach(function (e) { maxSteps = Math.max(maxSteps, e.steps); });
+    var m = currentModel();
+    if (m) maxSteps = Math.max(maxSteps, parseInt(m.max_steps, 10) || 1);
+    var xMax = Math.log2(maxSteps);
+    var yMax = niceMax(Math.max.apply(null, [1].concat(hist.map(function (e) { return e.latencyMs; }))) * 1.1);
+    var X = function (s) { return left + (xMax > 0 ? Math.log2(s) / xMax : 0) * pw; };
+    var Y = function (ms) { return top + ph - (ms / yMax) * ph; };
+
+    // axes and ticks
+    ctx.strokeStyle = "#999";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(left, top); ctx.lineTo(left, top + ph); ctx.lineTo(left + pw, top + ph);
+    ctx.stroke();
+    ctx.fillStyle = "#444";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    var minGap = 26;
+    var lastX = -Infinity;
+    for (var s = 1; s <= maxSteps; s *= 2) {
+      var x = X(s);
+      if (x - lastX < minGap && s !== 1) continue;
+      lastX = x;
+      ctx.fillText(String(s), x, top + ph + 14);
+      ctx.strokeStyle = "#eee";
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + ph); ctx.stroke();
+    }
+    ctx.fillText("steps (log scale)", left + pw / 2, h - 4);
+    ctx.textAlign = "right";
+    for (var i = 0; i <= 4; i++) {
+      var v = (yMax * i) / 4;
+      var y = Y(v);
+      ctx.fillText(v === 0 || v >= 10 ? v.toFixed(0) : v.toFixed(1), left - 4, y + 4);
+      if (i > 0) {
+        ctx.strokeStyle = "#eee";
+        ctx.beginPath(); ctx.moveTo(left + 1, y); ctx.lineTo(left + pw, y); ctx.stroke();
+      }
+    }
+    ctx.save();
+    ctx.translate(11, top + ph / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "center";
+    ctx.fillText("latency (ms)", 0, 0);
+    ctx.restore();
+
+    if (!hist.length) {
+      ctx.textAlign = "center";
+      ctx.fillStyle = "#777";
+      ctx.fillText("No requests yet: press Generate or Compare.", left + pw / 2, top + ph / 2);
+      renderLegend([]);
+      return;
+    }
+
+    // per series: points, plus a line through the mean latency at each step count
+    var keys = Object.keys(state.seriesColors);
+    keys.forEach(function (key) {
+      var pts = hist.filter(function (e) { return seriesKey(e) === key; });
+      if (!pts.length) return;
+      var color = state.seriesColors[key];
+      var byStep = {};
+      pts.forEach(function (e) { (byStep[e.steps] = byStep[e.steps] || []).push(e.latencyMs); });
+      var steps = Object.keys(byStep).map(Number).sort(function (a, b) { return a - b; });
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      steps.forEach(function (s, j) {
+        var arr = byStep[s];
+        var mean = arr.reduce(function (a, b) { return a + b; }, 0) / arr.length;
+        if (j === 0) ctx.moveTo(X(s), Y(mean)); else ctx.lineTo(X(s), Y(mean));
+      });
+      ctx.stroke();
+      ctx.fillStyle = color;
+      pts.forEach(function (e) {
+        ctx.beginPath();
+        ctx.arc(X(e.steps), Y(e.latencyMs), 3, 0, 2 * Math.PI);
+        ctx.fill();
+      });
+    });
+    renderLegend(keys);
+  }
+
+  function renderLegend(keys) {
+    el.legend.textContent = "";
+    keys.forEach(function (key) {
+      var item = document.createElement("span");
+      item.className = "legend-item";
+      var sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = state.seriesColors[key];
+      item.appendChild(sw);
+      item.appendChild(document.createTextNode(key));
+      el.legend.appendChild(item);
+    });
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  function begin(text) {
+    state.busy = true;
+    setButtons(false);
+    clearError();
+    el.resultSection.setAttribute("aria-busy", "true");
+    document.body.setAttribute("data-state", "busy");
+    setStatus(text);
+  }
+
+  function end(ok, text) {
+    state.busy = false;
+    setButtons(true);
+    el.resultSection.removeAttribute("aria-busy");
+    if (ok) {
+      document.body.setAttribute("data-state", "done");
+      setStatus(text);
+    }
+  }
+
+  function stepsLabel(s) {
+    return s + (s === 1 ? " step" : " steps");
+  }
+
+  async function onGenerate(ev) {
+    if (ev) ev.preventDefault();
+    if (state.busy || !currentModel()) return;
+    var params = readParams();
+    begin("Generating…");
+    clearResults();
+    var panel = makePanel(params.model + " · " + stepsLabel(params.steps));
+    var baseline = el.baselineField.hidden ? null : modelByName(el.baseline.value);
+    var basePanel = baseline ? makePanel(baseline.name + " (ODE baseline) · " + stepsLabel(params.steps)) : null;
+    try {
+      var r = await generate(params);
+      fillPanel(panel, r);
+      panel.title.textContent = r.model + " · " + stepsLabel(r.steps) + (r.solver ? " · " + r.solver : "");
+      showStats(r);
+      recordHistory(r);
+      var msg = "Done: " + stepsLabel(r.steps) + ", NFE " + r.nfe + ", " + formatMs(r.latencyMs) +
+        (r.chosenByBudget ? " (steps chosen by the latency budget)" : "");
+      if (basePanel) {
+        var br = await generate({
+          model: baseline.name, steps: params.steps, n: params.n, seed: r.seed,
+          solver: el.baselineSolver.value, rtol: params.rtol,
+        });
+        fillPanel(basePanel, br);
+        basePanel.title.textContent = br.model + " (ODE " + br.solver + ") · " + stepsLabel(br.steps);
+        recordHistory(br);
+        msg += "; ODE baseline: NFE " + br.nfe + ", " + formatMs(br.latencyMs);
+      }
+      end(true, msg + ".");
+    } catch (err) {
+      if (panel.fig.getAttribute("data-status") !== "done") failPanel(panel);
+      if (basePanel) failPanel(basePanel);
+      end(false);
+      reportFailure(err);
+    }
+  }
+
+  async function onCompare() {
+    if (state.busy || !currentModel()) return;
+    var params = readParams();
+    var m = currentModel();
+    var maxSteps = parseInt(m.max_steps, 10) || 1;
+    var steps = COMPARE_STEPS.filter(function (s) { return s <= maxSteps; });
+    begin("Comparing " + steps.join(", ") + " steps…");
+    clearResults();
+    el.result.classList.add("compare");
+    var panels = steps.map(function (s) { return makePanel(stepsLabel(s)); });
+    var seed = params.seed;
+    var last = null;
+    for (var i = 0; i < steps.length; i++) {
+      try {
+        var r = await generate(Object.assign({}, params, { steps: steps[i], seed: seed }));
+        // Without a seed, the server picks one for the first request; reuse it for the rest.
+        if (seed === undefined) seed = r.seed;
+        fillPanel(panels[i], r);
+        panels[i].title.textContent = stepsLabel(r.steps) + (r.solver ? " · " + r.solver : "");
+        recordHistory(r);
+        showStats(r);
+        last = r;
+      } catch (err) {
+        for (var j = i; j < panels.length; j++) failPanel(panels[j]);
+        end(false);
+        reportFailure(err);
+        return;
+      }
+    }
+    var note = steps.length < COMPARE_STEPS.length ? " (this model serves at most " + maxSteps + " steps)" : "";
+    end(true, "Compared " + steps.join(", ") + " steps with seed " + (last ? last.seed : seed) + note + ".");
+  }
+
+  function onRandomSeed() {
+    var buf = new Uint32Array(1);
+    if (window.crypto && window.crypto.getRandomValues) window.crypto.getRandomValues(buf);
+    else buf[0] = Math.floor(Math.random() * 4294967296);
+    el.seed.value = String(buf[0] % 2147483648);
+    el.seed.removeAttribute("aria-invalid");
+  }
+
+  function onKeyCommit() {
+    saveKey(el.apiKey.value.trim());
+    loadModels();
+  }
+
+  // ---------------------------------------------------------------- init
+
+  function init() {
+    el = {
+      apiKey: $("api-key"), reloadModels: $("reload-models"), model: $("model"), modelInfo: $("model-info"),
+      steps: $("steps"), stepsValue: $("steps-value"), n: $("n"), seed: $("seed"), randomSeed: $("random-seed"),
+      solverField: $("solver-field"), solver: $("solver"), rtolField: $("rtol-field"), rtol: $("rtol"),
+      baselineField: $("baseline-field"), baseline: $("baseline"), baselineSolver: $("baseline-solver"),
+      form: $("generate-form"), generate: $("generate"), compare: $("compare"),
+      error: $("error"), status: $("status"), result: $("result"), resultSection: $("result-section"),
+      reportedSteps: $("reported-steps"), nfe: $("nfe"), latency: $("latency"), reportedSeed: $("reported-seed"),
+      chart: $("chart"), legend: $("chart-legend"), historyBody: document.querySelector("#history tbody"),
+    };
+    el.apiKey.value = loadKey();
+    el.apiKey.addEventListener("change", onKeyCommit);
+    el.apiKey.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter") {
+        ev.preventDefault(); // Enter in the key field saves the key instead of generating
+        onKeyCommit();
+      }
+    });
+    el.reloadModels.addEventListener("click", onKeyCommit);
+    el.model.addEventListener("change", function () { clearError(); onModelChange(); drawChart(); });
+    el.steps.addEventListener("input", updateStepsOutput);
+    el.n.addEventListener("input", function () { state.nTouched = true; });
+    el.solver.addEventListener("change", updateRtolVisibility);
+    el.baseline.addEventListener("change", onBaselineChange);
+    el.randomSeed.addEventListener("click", onRandomSeed);
+    el.form.addEventListener("submit", onGenerate);
+    el.compare.addEventListener("click", onCompare);
+
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(function () {
+        drawChart();
+        el.result.querySelectorAll(".panel").forEach(function (fig) {
+          var c = fig.querySelector("canvas.scatter");
+          if (c && fig._samples) drawScatter(c, fig._samples);
+        });
+      }, 120);
+    });
+    updateStepsOutput();
+    drawChart();
+    document.body.setAttribute("data-state", "loading");
+    loadModels();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
