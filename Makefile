@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,export,serve,client,triton,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all venv lint clean
+.PHONY: run test test-slow test-all venv triton-venv lint clean
 
 venv: $(STAMP)
 
@@ -17,10 +17,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
+# The Triton server bundled with nvidia-pytriton (CPU, Python backend) needs numpy<2: own venv.
+# Debian's python3 is preferred (pyenv Pythons need LIBDIR on LD_LIBRARY_PATH; the worker sets it).
+TRITON_PY ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PYTHON))
+TRITON_STAMP := .venv-triton/.installed
+triton-venv: $(TRITON_STAMP)
+$(TRITON_STAMP): pyproject.toml
+	test -x .venv-triton/bin/python || $(TRITON_PY) -m venv .venv-triton
+	.venv-triton/bin/pip install --quiet 'nvidia-pytriton>=0.5' 'onnxruntime>=1.18' 'numpy<2'
+	touch $(TRITON_STAMP)
+
 run: venv
 	$(BIN)/anystep serve --host 127.0.0.1 --port 8000
 
 test: venv
+	-$(MAKE) triton-venv
 	-bash .ci/install-browser.sh
 	$(BIN)/python -m pytest -q
 
@@ -34,4 +45,4 @@ lint: venv
 	$(BIN)/ruff check anystep training export server client benchmarks tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-triton .pytest_cache build *.egg-info
