@@ -1,0 +1,133 @@
+"""``anystep generate``: ask a running server for samples and write them to a file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+SUFFIX_FORMATS = {".png": "png", ".npy": "npy", ".json": "json"}
+
+
+class _RequestFailed(click.ClickException):
+    exit_code = 2
+
+
+@click.command("generate")
+@click.option(
+    "--url",
+    envvar="ANYSTEP_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Server URL (env ANYSTEP_URL).",
+)
+@click.option(
+    "--api-key", envvar="ANYSTEP_API_KEY", default=None, help="Bearer token (env ANYSTEP_API_KEY)."
+)
+@click.option("--model", default=None, help="Served model name (default: the server's first).")
+@click.option("--steps", type=int, default=None, help="Number of steps K (server default 1).")
+@click.option("-n", "--n", "n", type=int, default=1, show_default=True, help="Number of samples.")
+@click.option(
+    "--seed", type=int, default=None, help="Seed; sample i uses seed + i (default: server picks)."
+)
+@click.option("--grid", default=None, help="Custom times, e.g. 0,0.3,1 (overrides --steps).")
+@click.option(
+    "--solver",
+    type=click.Choice(["euler", "heun", "rk4", "dopri5"]),
+    default=None,
+    help="Velocity models only.",
+)
+@click.option("--rtol", type=float, default=None, help="dopri5 tolerance.")
+@click.option(
+    "--latency-ms", type=float, default=None, help="Latency budget; the server picks the steps."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output file: .png (image grid / scatter), .npy or .json. Default: JSON on stdout.",
+)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="Seconds per HTTP request."
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 20),
+    default=3,
+    show_default=True,
+    help="Retries on 429/503.",
+)
+def generate(
+    url, api_key, model, steps, n, seed, grid, solver, rtol, latency_ms, out, timeout, retries
+) -> None:
+    """Ask a running anystep server for samples, e.g.
+
+    anystep generate --model digits --steps 1 -n 16 --seed 0 --out grid.png
+    """
+    from .api import AnystepClientError, AnystepHTTPError, Client
+
+    fmt = "json"
+    if out is not None:
+        fmt = SUFFIX_FORMATS.get(out.suffix.lower())
+        if fmt is None:
+            raise click.BadParameter(f"{out}: use a .png, .npy or .json file", param_hint="--out")
+    grid_list = None
+    if grid is not None:
+        try:
+            grid_list = [float(g) for g in grid.split(",")]
+        except ValueError:
+            raise click.BadParameter(
+                f"{grid!r}: use comma-separated numbers such as 0,0.5,1", param_hint="--grid"
+            ) from None
+    try:
+        with Client(url, api_key=api_key, timeout=timeout, retries=retries) as c:
+            r = c.generate(
+                model=model,
+                steps=steps,
+                n=n,
+                seed=seed,
+                format=fmt,
+                grid=grid_list,
+                solver=solver,
+                rtol=rtol,
+                latency_ms=latency_ms,
+            )
+    except AnystepHTTPError as e:
+        raise _RequestFailed(str(e)) from None
+    except AnystepClientError as e:
+        raise click.ClickException(str(e)) from None
+    summary = (
+        f"{r.model} ({r.kind}{', ' + r.solver if r.solver else ''}): n={r.n} steps={r.steps} nfe={r.nfe} "
+        f"seed={r.seed} {r.timing_ms.get('total', float('nan')):.1f} ms"
+        + (" (steps chosen by latency budget)" if r.chosen_by_budget else "")
+    )
+    if fmt == "json":
+        doc = {
+            "model": r.model,
+            "kind": r.kind,
+            "steps": r.steps,
+            "nfe": r.nfe,
+            "seed": r.seed,
+            "n": r.n,
+            "shape": list(r.samples.shape),
+            "samples": r.samples.tolist(),
+            "solver": r.solver,
+            "grid": r.grid,
+            "timing_ms": r.timing_ms,
+            "chosen_by_budget": r.chosen_by_budget,
+        }
+        text = json.dumps(doc) + "\n"
+        if out is None:
+            sys.stdout.write(text)
+            click.echo(summary, err=True)
+            return
+        out.write_text(text)
+    elif fmt == "npy":
+        import numpy as np
+
+        np.save(out, r.samples, allow_pickle=False)
+    else:
+        out.write_bytes(r.png or b"")
+    click.echo(f"wrote {out}: {summary}", err=True)

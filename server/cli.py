@@ -1,0 +1,209 @@
+"""``anystep serve``: load model directories and serve them over HTTP with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from .engines import ENGINES
+
+
+@click.command("serve")
+@click.option(
+    "--model",
+    "model_specs",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="Serve the model directory DIR as NAME (repeatable). Default: the bundled models that exist "
+    "(checkerboard, checkerboard-teacher, digits, digits-teacher under $ANYSTEP_MODELS_DIR or <repo>/models).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="torch",
+    show_default=True,
+    help="Inference engine.",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="ANYSTEP_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on every route but /healthz and /readyz (env ANYSTEP_API_KEY).",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="torch engine device (cpu, cuda, cuda:1)."
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the torch engine.")
+@click.option(
+    "--threads",
+    type=click.IntRange(0, 1024),
+    default=1,
+    show_default=True,
+    help="Intra-op CPU threads per engine call (torch, onnx); 0 keeps the libraries' defaults. "
+    "Requests and models already run in parallel.",
+)
+@click.option(
+    "--triton-url",
+    default=None,
+    help="Triton HTTP endpoint for --engine triton (e.g. 127.0.0.1:8001).",
+)
+@click.option(
+    "--triton-model",
+    "triton_models",
+    multiple=True,
+    metavar="NAME=TRITON_NAME",
+    help="Triton model name of a served model (default: the served name).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache of on-the-fly exports.",
+)
+@click.option("--fp16", is_flag=True, help="TensorRT: allow FP16 kernels.")
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 65536),
+    default=256,
+    show_default=True,
+    help="Most rows per engine call.",
+)
+@click.option(
+    "--max-n",
+    type=click.IntRange(1, 65536),
+    default=256,
+    show_default=True,
+    help="Most samples per request.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1, 100000),
+    default=128,
+    show_default=True,
+    help="Most steps per request.",
+)
+@click.option(
+    "--max-compute",
+    type=click.IntRange(1),
+    default=65536,
+    show_default=True,
+    help="Most sample-evaluations (n x nfe) per request.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(1, 100000),
+    default=64,
+    show_default=True,
+    help="Most unfinished requests per model (then 429).",
+)
+@click.option(
+    "--no-batching",
+    is_flag=True,
+    help="Serve one request at a time (no step-level batching; for benchmarks).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds before a request is dropped (503).",
+)
+@click.option("--no-warmup", is_flag=True, help="Skip engine warm-up.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    model_specs: tuple[str, ...],
+    engine: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    device: str,
+    compile_: bool,
+    threads: int,
+    triton_url: str | None,
+    triton_models: tuple[str, ...],
+    cache_dir: Path | None,
+    fp16: bool,
+    max_batch: int,
+    max_n: int,
+    max_steps: int,
+    max_compute: int,
+    max_queue: int,
+    no_batching: bool,
+    request_timeout: float,
+    no_warmup: bool,
+    log_level: str,
+) -> None:
+    """Serve models over HTTP: POST /generate?steps=K, /encode, /v1/models, /metrics, /docs."""
+    import uvicorn
+
+    from .app import ServerConfig, create_app
+    from .engines import EngineOptions
+    from .registry import Limits, ModelSpec, discover_default_models, load_models
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    specs = [ModelSpec.parse(s) for s in model_specs] if model_specs else discover_default_models()
+    tmap: dict[str, str] = {}
+    for item in triton_models:
+        name, sep, tname = item.partition("=")
+        if not sep or not name or not tname:
+            raise click.BadParameter(f"{item!r}: use NAME=TRITON_NAME", param_hint="--triton-model")
+        tmap[name] = tname
+    options = EngineOptions(
+        device=device,
+        compile=compile_,
+        cache_dir=cache_dir,
+        triton_url=triton_url,
+        triton_models=tmap,
+        max_batch=max_batch,
+        fp16=fp16,
+        threads=threads or None,
+    )
+    limits = Limits(max_steps=max_steps, max_n=max_n, max_compute=max_compute)
+    api_key = api_key or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(
+            f"warning: binding {host} without an API key: anyone who can reach it may use it "
+            "(set --api-key or ANYSTEP_API_KEY)",
+            err=True,
+        )
+    models = load_models(specs, engine, options, limits)  # fails fast, before binding
+    config = ServerConfig(
+        models=specs,
+        engine=engine,
+        engine_options=options,
+        api_key=api_key,
+        limits=limits,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        batching=not no_batching,
+        request_timeout_s=request_timeout,
+        warmup=not no_warmup,
+        drain_timeout_s=request_timeout,
+    )
+    app = create_app(config, models=models)
+    click.echo(
+        f"serving {', '.join(f'{m.name} ({m.kind}, {m.engine.name})' for m in models)} on http://{host}:{port} "
+        f"(auth {'on' if api_key else 'off'}, batching {'off' if no_batching else 'on'})",
+        err=True,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(request_timeout) + 5,
+        access_log=log_level == "debug",
+    )

@@ -1,0 +1,116 @@
+"""Prometheus metrics of one server app (its own ``CollectorRegistry``, so apps never collide).
+
+Exposed at ``GET /metrics``:
+
+* ``anystep_requests_total{route, model, steps, status}`` — requests answered;
+* ``anystep_request_latency_seconds{model, steps}`` — end-to-end latency of successful
+  generate/encode requests;
+* ``anystep_engine_batch_size{model}`` — rows per engine call (step-level batching at work);
+* ``anystep_engine_call_seconds{model}`` — wall time per engine call;
+* ``anystep_queue_depth{model}`` — requests waiting for their first tick;
+* ``anystep_inflight_requests{model}`` — requests submitted and not finished.
+
+Label values are bounded: ``model`` is a served model name or ``"-"``, ``steps`` an
+integer up to the server's maximum or ``"-"``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class ServerMetrics:
+    """The collectors of one app.
+
+    Attributes:
+        registry: the app's own registry.
+    """
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "anystep_requests",
+            "Requests answered, by route, model, steps and HTTP status.",
+            ("route", "model", "steps", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "anystep_request_latency_seconds",
+            "End-to-end latency of successful generate/encode requests.",
+            ("model", "steps"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "anystep_engine_batch_size",
+            "Rows per engine call (samples fused across requests).",
+            ("model",),
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.engine_seconds = Histogram(
+            "anystep_engine_call_seconds",
+            "Wall time of one engine call.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "anystep_queue_depth",
+            "Requests waiting for their first tick.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "anystep_inflight_requests",
+            "Requests submitted and not finished.",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def observe_request(
+        self, route: str, model: str, steps: int | str | None, status: int, seconds: float | None
+    ) -> None:
+        """Count one answered request (and its latency when it succeeded)."""
+        steps_label = str(steps) if steps is not None else "-"
+        self.requests.labels(
+            route=route, model=model or "-", steps=steps_label, status=str(status)
+        ).inc()
+        if seconds is not None and 200 <= status < 300 and route in ("/generate", "/encode"):
+            self.latency.labels(model=model or "-", steps=steps_label).observe(seconds)
+
+    def observe_tick(self, model: str, rows: int, seconds: float) -> None:
+        """Record one engine call."""
+        self.batch_size.labels(model=model).observe(rows)
+        self.engine_seconds.labels(model=model).observe(seconds)
+
+    def set_queue(self, model: str, depth: int, inflight: int) -> None:
+        """Update the queue gauges of one model."""
+        self.queue_depth.labels(model=model).set(depth)
+        self.inflight.labels(model=model).set(inflight)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every collector."""
+        return generate_latest(self.registry)
