@@ -1,0 +1,28 @@
+"""Import every objective module so that each objective registers itself.
+
+``anystep.training.base.build_objective`` imports this module; after that
+``anystep.training.base.OBJECTIVES`` maps every name to its class:
+
+=============  =========================================  ==========  ========
+name           what (equation)                            model       teacher
+=============  =========================================  ==========  ========
+velocity       SI / flow matching regression (3.14)       velocity    -
+lmd            Lagrangian map distillation (3.7, Alg. 1)  flowmap     velocity
+emd            Eulerian map distillation (3.9, Alg. 2)    flowmap     velocity
+fmm            flow map matching (3.15, Alg. 3)           flowmap     -
+pfmm           progressive flow map matching (3.16)       flowmap     flowmap
+ee             Eulerian estimation + stopgrad (succ. §1)  flowmap     -
+ee_naive       naive Eulerian estimation, biased (B.6)    flowmap     -
+denoiser       denoiser negative control (B.1)            flowmap     -
+sd/lsd/esd/psd self-distillation (successors §2)          flowmap     -
+ayf_emd        Align Your Flow, Eulerian (successors §3)  flowmap     velocity
+ayf_lmd        Align Your Flow, Lagrangian (succ. §3)     flowmap     velocity
+=============  =========================================  ==========  ========
+"""
+
+from __future__ import annotations
+
+from anystep.training import ayf, distill, eulerian, fmm, self_distill, velocity  # noqa: F401
+from anystep.training.base import OBJECTIVES, build_objective
+
+__all__ = ["OBJECTIVES", "build_objective"]
