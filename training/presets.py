@@ -283,3 +283,14 @@ def digits_pfmm() -> TrainConfig:
 def digits_lsd() -> TrainConfig:
     """LSD on digits."""
     return _digits("flowmap", "lsd", ansatz="residual")
+
+
+def _register_image_presets() -> None:
+    """Add the CIFAR-10 / ImageNet-32 presets of the paper's Table 4 (training/presets_images.py)."""
+    from anystep.training.presets_images import image_presets
+
+    for name, description, build in image_presets():
+        PRESETS[name] = Preset(name, description, build)
+
+
+_register_image_presets()
