@@ -1,0 +1,301 @@
+"""Helpers shared by the benchmarks: machine description, result files, tables, figures.
+
+Every benchmark writes ``benchmarks/results/<name>.json`` (all numbers, the machine,
+the exact command) and ``benchmarks/results/<name>.md`` (human-readable tables), via
+:func:`write_results`. Figures use matplotlib's non-interactive ``Agg`` backend
+(:func:`pyplot`), so benchmarks run headless.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MachineInfo",
+    "ResultPaths",
+    "Stopwatch",
+    "command_line",
+    "fmt",
+    "machine_info",
+    "markdown_table",
+    "pyplot",
+    "write_results",
+]
+
+
+# --------------------------------------------------------------------------------------
+# machine and command
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MachineInfo:
+    """What the numbers were measured on.
+
+    Attributes:
+        cpu_model: CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere).
+        cores: logical CPUs visible to this process (``os.sched_getaffinity`` where available).
+        torch_threads: ``torch.get_num_threads()`` at the time of the call.
+        torch_version: ``torch.__version__``.
+        python_version: ``platform.python_version()``.
+        platform: ``platform.platform()``.
+        gpu: name of CUDA device 0, or None (all benchmarks here run on the CPU).
+    """
+
+    cpu_model: str
+    cores: int
+    torch_threads: int
+    torch_version: str
+    python_version: str
+    platform: str
+    gpu: str | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. ``"AMD EPYC, 2 cores (torch 2.13.0+cpu, 2 threads), Linux-..."``."""
+        dev = f", GPU {self.gpu}" if self.gpu else ", no GPU"
+        return (
+            f"{self.cpu_model}, {self.cores} cores (torch {self.torch_version}, "
+            f"{self.torch_threads} threads{dev}), Python {self.python_version}, {self.platform}"
+        )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> MachineInfo:
+    """Describe this machine (CPU model, cores, torch version and threads).
+
+    Returns:
+        A :class:`MachineInfo`; ``describe()`` gives the one-line form for reports.
+    """
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return MachineInfo(
+        cpu_model=_cpu_model(),
+        cores=int(cores),
+        torch_threads=int(torch.get_num_threads()),
+        torch_version=str(torch.__version__),
+        python_version=platform.python_version(),
+        platform=platform.platform(),
+        gpu=gpu,
+    )
+
+
+def command_line(argv: Sequence[str] | None = None, module: str | None = None) -> str:
+    """The command that reproduces this run, shell-quoted.
+
+    Args:
+        argv: arguments after the program name (default ``sys.argv[1:]``).
+        module: when given, the command is written ``python -m <module> ...`` (how the
+            benchmarks are meant to be run) instead of the raw ``sys.argv[0]``.
+
+    Returns:
+        E.g. ``"python -m anystep.benchmarks.checkerboard --quick"``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    head = ["python", "-m", module] if module else [sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in head + args)
+
+
+# --------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stopwatch:
+    """Named wall-clock sections (seconds), for the timing table of a benchmark.
+
+    Example::
+
+        sw = Stopwatch()
+        with sw("train lmd"):
+            ...
+        sw.seconds["train lmd"]
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        """Sum of all sections."""
+        return float(sum(self.seconds.values()))
+
+
+# --------------------------------------------------------------------------------------
+# result files
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResultPaths:
+    """Where :func:`write_results` put the files.
+
+    Attributes:
+        json: path of the JSON file.
+        markdown: path of the Markdown file.
+    """
+
+    json: Path
+    markdown: Path
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert dataclasses, paths, numpy scalars/arrays and non-finite floats for JSON."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy scalars / arrays, torch tensors
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def write_results(
+    out_dir: str | os.PathLike,
+    name: str,
+    data: dict[str, Any],
+    markdown: str,
+) -> ResultPaths:
+    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md`` atomically.
+
+    Args:
+        out_dir: results folder (created if missing), e.g. ``benchmarks/results``.
+        name: file stem, e.g. ``"checkerboard"``.
+        data: JSON-serialisable results (dataclasses, numpy values and paths are
+            converted; NaN/inf become ``null``).
+        markdown: the Markdown report.
+
+    Returns:
+        :class:`ResultPaths` of the two files.
+
+    Raises:
+        ValueError: if ``name`` is empty or contains a path separator.
+    """
+    if not name or "/" in name or os.sep in name:
+        raise ValueError(f"result name must be a plain file stem like 'checkerboard', got {name!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = ResultPaths(json=out / f"{name}.json", markdown=out / f"{name}.md")
+    for path, text in (
+        (paths.json, json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n"),
+        (paths.markdown, markdown if markdown.endswith("\n") else markdown + "\n"),
+    ):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Format a table cell: floats with ``digits`` significant digits, None as ``-``.
+
+    Args:
+        value: number, string or None.
+        digits: significant digits for floats.
+
+    Returns:
+        The cell text.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        if value == 0.0:
+            return "0"
+        if abs(value) >= 1000 or abs(value) < 10 ** (-digits):
+            return f"{value:.{max(digits - 1, 0)}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table.
+
+    Args:
+        headers: column titles.
+        rows: one sequence of cells per row (same length as ``headers``); cells go
+            through :func:`fmt`.
+        digits: significant digits for float cells.
+
+    Returns:
+        The table text (no trailing newline).
+
+    Raises:
+        ValueError: if a row has the wrong number of cells.
+    """
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    for i, row in enumerate(rows):
+        if len(row) != len(headers):
+            raise ValueError(f"markdown_table: row {i} has {len(row)} cells, expected {len(headers)}")
+        lines.append("| " + " | ".join(fmt(c, digits) for c in row) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the headless ``Agg`` backend selected.
+
+    Raises:
+        ImportError: with the install hint when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("the benchmark figures need matplotlib: pip install 'anystep[train]'") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
