@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric, DigitsScores
 from torch import Tensor
 
+from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric, DigitsScores
 from anystep.errors import AnystepError
 
 __all__ = [
@@ -198,6 +198,8 @@ def _method_config(spec: MethodSpec, runs: Path, quick: bool) -> Any:
         over.update(batch_size=16, lr_warmup_steps=0, ckpt_every=0, log_every=5)
     if spec.teacher is not None:
         over["teacher"] = str(runs / spec.teacher)
+        if cfg.objective == "pfmm":  # PFMM warm-starts from its teacher (the trainer's default, made explicit)
+            over["init_from"] = str(runs / spec.teacher)
     return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in over.items()])
 
 
@@ -378,6 +380,8 @@ def write_grid(path: Path, rows: list[tuple[str, Tensor]], per_row: int = 16, sc
 def _fmt(v: float | None, digits: int = 2) -> str:
     if v is None:
         return "–"
+    if abs(v) < 0.5 * 10**-digits:
+        v = 0.0  # FD of identical sets can come out as -1e-12
     return f"{v:.{digits}f}"
 
 
@@ -524,7 +528,10 @@ def bundle_models(runs: Path, flowmap_method: str, models_dir: Path = MODELS_DIR
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
-        out[dst_name] = str(dst)
+        try:
+            out[dst_name] = str(dst.relative_to(REPO_ROOT))
+        except ValueError:
+            out[dst_name] = str(dst)
     return out
 
 
@@ -540,7 +547,6 @@ def run_benchmark(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
         The results dict written to ``<out>/digits.json``.
     """
     from anystep.benchmarks.fid import fid_status
-
     from anystep.core.data import DigitsDataset
     from anystep.core.modeldir import load_model_dir
     from anystep.core.samplers import base_noise, sample_seeds

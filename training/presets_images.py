@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from anystep.training.config import TrainConfig
 
 from anystep.core.config import BackboneConfig, ConfigError, InterpolantConfig, ModelConfig
+from anystep.training.config import TrainConfig
 
 __all__ = [
     "TABLE4",
