@@ -7,7 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+
 from anystep.benchmarks import fid as fid_mod
+from anystep.core.config import ConfigError
 from anystep.training.config import validate_config
 from anystep.training.presets_images import (
     TABLE4,
@@ -19,8 +21,6 @@ from anystep.training.presets_images import (
     smoke_config,
     write_synthetic_images,
 )
-
-from anystep.core.config import ConfigError
 
 # ------------------------------------------------------------------ presets
 
@@ -114,9 +114,8 @@ def _write_fake_cifar_bin(root, per_file=4):
 
 
 def test_cifar10_binary_root_trains_a_step(tmp_path, one_thread):
-    from anystep.training.trainer import Trainer
-
     from anystep.core.modeldir import load_model_dir
+    from anystep.training.trainer import Trainer
 
     root = _write_fake_cifar_bin(tmp_path / "cifar")
     base = cifar10_preset("velocity", root=str(root))
@@ -206,9 +205,10 @@ def test_weights_without_package_says_what_to_install(no_fid_weights, tmp_path, 
 
 
 def test_image_presets_are_listed_by_anystep_train():
+    from click.testing import CliRunner
+
     from anystep.training.cli import train
     from anystep.training.presets import PRESETS
-    from click.testing import CliRunner
 
     names = [n for n, _, _ in image_presets()]
     if not any(n in PRESETS for n in names):
