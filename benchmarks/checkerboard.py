@@ -71,10 +71,10 @@ from anystep.benchmarks.common import (
 from anystep.errors import AnystepError
 
 __all__ = [
+    "METHODS",
     "BenchmarkError",
     "EvalContext",
     "MethodSpec",
-    "METHODS",
     "Settings",
     "StepMetrics",
     "build_parser",
@@ -433,8 +433,8 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
         same = TrainConfig.load(saved_cfg).to_dict() == cfg.to_dict()
         if not same:
             raise BenchmarkError(
-                f"{run_dir} holds a run with a different config; pass --fresh to retrain it "
-                "or choose another --work-dir"
+                f"{run_dir} holds a run with a different config; pass --retrain {key} (or --fresh) to "
+                "retrain it, or choose another --work-dir"
             )
         if (run_dir / "config.json").is_file() and (run_dir / "model.safetensors").is_file():
             reused = True
@@ -821,7 +821,7 @@ def _existing_notes(md_path: Path) -> str | None:
     if not md_path.is_file():
         return None
     text = md_path.read_text(encoding="utf-8")
-    m = re.search(re.escape(NOTES_BEGIN) + r"\n(.*?)" + re.escape(NOTES_END), text, flags=re.S)
+    m = re.search(re.escape(NOTES_BEGIN) + r"\n(.*?)" + re.escape(NOTES_END), text, flags=re.DOTALL)
     return m.group(1) if m else None
 
 
@@ -842,28 +842,28 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         "",
         f"- Command: `{res['command']}`",
         f"- Machine: {res['machine_description']}",
-        f"- Date: {res['finished']}; wall time {res['timing']['total_s'] / 60:.1f} min "
-        f"(training {res['timing']['train_s'] / 60:.1f} min, evaluation {res['timing']['eval_s'] / 60:.1f} min)",
-        f"- Budget (identical for every model): MLP {s['width']} wide x {s['depth']} hidden layers, "
-        f"{s['steps']} Adam steps, batch {s['batch_size']}, lr {s['lr']:g} (warm-up {s['lr_warmup_steps']}, "
-        f"cosine to {s['lr_min']:g}), EMA {s['ema_decay']}, grad clip {s['grad_clip']}, seed {s['seed']}. "
-        "Paper: 512 x 6, 5e4 steps.",
-        f"- Evaluation: {s['n_samples']:,} base points x0 ~ N(0, I) shared by all rows. "
-        f"KL(rho_1 || rho_hat_1): `kl_divergence_2d` with the exact checkerboard density, {s['kl_bins']}x{s['kl_bins']} "
-        f"cells on [{s['kl_range'][0]}, {s['kl_range'][1]}]^2 plus an overflow cell. "
-        f"W2^2: exact OT (POT) between {s['w2_samples']:,}-point subsamples (same rows for every method). "
-        f"Coupling L2: E|X^SI_01(x0) - X_01(x0)|^2 over all x0, X^SI = teacher + dopri5 (rtol {s['rtol']:g}, "
-        f"{t['dopri5']['nfe']} NFE).",
-        "- The KL and W2 estimators are biased upwards by finite samples: their floors (the same "
-        "estimator on fresh exact checkerboard samples) are in the last table. Ratios are to the "
-        "teacher's dopri5 KL on the same estimator, as the issue asks.",
+        (f"- Date: {res['finished']}; wall time {res['timing']['total_s'] / 60:.1f} min "
+         f"(training {res['timing']['train_s'] / 60:.1f} min, evaluation {res['timing']['eval_s'] / 60:.1f} min)"),
+        (f"- Budget (identical for every model): MLP {s['width']} wide x {s['depth']} hidden layers, "
+         f"{s['steps']} Adam steps, batch {s['batch_size']}, lr {s['lr']:g} (warm-up {s['lr_warmup_steps']}, "
+         f"cosine to {s['lr_min']:g}), EMA {s['ema_decay']}, grad clip {s['grad_clip']}, seed {s['seed']}, "
+         f"{s['threads']} torch thread(s). Paper: 512 x 6, 5e4 steps."),
+        (f"- Evaluation: {s['n_samples']:,} base points x0 ~ N(0, I) shared by all rows. "
+         f"KL(rho_1 || rho_hat_1): `kl_divergence_2d` with the exact checkerboard density, "
+         f"{s['kl_bins']}x{s['kl_bins']} cells on [{s['kl_range'][0]}, {s['kl_range'][1]}]^2 plus an overflow "
+         f"cell. W2^2: exact OT (POT) between {s['w2_samples']:,}-point subsamples (same rows for every method). "
+         f"Coupling L2: E|X^SI_01(x0) - X_01(x0)|^2 over all x0, X^SI = teacher + dopri5 "
+         f"(rtol {s['rtol']:g}, {t['dopri5']['nfe']} NFE)."),
+        ("- The KL and W2 estimators are biased upwards by finite samples: their floors (the same "
+         "estimator on fresh exact checkerboard samples) are given below the goal table. Ratios are to the "
+         "teacher's dopri5 KL on the same estimator, as the issue asks."),
         "",
         "## Table 3 (paper layout)",
         "",
         "One step except FMM N=4 (4 steps, as in the paper). Paper numbers in brackets.",
         "",
     ]
-    rows = [["SI (dopri5)", kl_si, f"1.00 [1.00]", "[0.020]", t["dopri5"]["w2_target"], "[0.026]", 0.0, "[0.0]",
+    rows = [["SI (dopri5)", kl_si, "1.00 [1.00]", "[0.020]", t["dopri5"]["w2_target"], "[0.026]", 0.0, "[0.0]",
              0.0, "[0.000]"]]
     for sp in specs:
         if sp.kind != "flowmap" or not sp.paper:
@@ -911,10 +911,10 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         body.append([sp.label, r1, "yes" if r1 is not None and r1 <= 1.5 else "no", r4,
                      "yes" if r4 is not None and r4 <= 1.2 else "no"])
     lines += [markdown_table(["Method", "KL ratio K=1", "<= 1.5", "KL ratio K=4", "<= 1.2"], body), ""]
-    lines += [f"Best one-step map: **{g['best_one_step']}** (ratio {fmt(g['best_one_step_ratio'])}); "
-              f"best four-step: **{g['best_four_step']}** (ratio {fmt(g['best_four_step_ratio'])}). "
-              f"Goal met: one-step {'yes' if g['one_step_met'] else 'no'}, four-step "
-              f"{'yes' if g['four_step_met'] else 'no'}.", ""]
+    lines += [(f"Best one-step map: **{g['best_one_step']}** (ratio {fmt(g['best_one_step_ratio'])}); "
+               f"best four-step: **{g['best_four_step']}** (ratio {fmt(g['best_four_step_ratio'])}). "
+               f"Goal met: one-step {'yes' if g['one_step_met'] else 'no'}, four-step "
+               f"{'yes' if g['four_step_met'] else 'no'}."), ""]
     fl = res["floors"]
     lines += [
         "Estimator floors (fresh checkerboard samples scored like a model): "
@@ -936,8 +936,8 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
     if res.get("teacher_sizes"):
         n_sz = res["teacher_sizes"][0]["n"]
         lines += ["## Teacher network size (same steps, batch and schedule; dopri5)", "",
-                  f"Scored on the first {n_sz:,} base points (KL floor at this n: "
-                  f"{fmt(res['teacher_sizes'][0]['kl_floor'])}).", ""]
+                  (f"Scored on the first {n_sz:,} base points (KL floor at this n: "
+                   f"{fmt(res['teacher_sizes'][0]['kl_floor'])})."), ""]
         body = [[f"{r['width']} x {r['depth']}", r["params"], r["kl"], r["outside"], r["w2_target"], r["seconds"],
                  r["ms_per_step"]] for r in res["teacher_sizes"]]
         lines += [markdown_table(["MLP", "params", "KL", "off board", "W2² target", "train s", "ms/step"], body), ""]
@@ -954,8 +954,8 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
     if res.get("bundled"):
         b = res["bundled"]
         lines += ["## Bundled models", "",
-                  f"- `{b['checkerboard']}`: {g['best_one_step']} (one step), "
-                  f"try `anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`",
+                  (f"- `{b['checkerboard']}`: {g['best_one_step']} (one step), "
+                   f"try `anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`"),
                   f"- `{b['checkerboard-teacher']}`: the SI teacher velocity (`--solver dopri5`)", ""]
 
     lines += ["## Figures", ""]
@@ -983,7 +983,8 @@ def _excess_ratio(kl: float, kl_teacher: float, floor: float) -> float | None:
 # --------------------------------------------------------------------------------------
 
 
-def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path | None, fresh: bool = False,
+def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path | None,
+        fresh: bool | Sequence[str] = False,
         progress: bool = False, figures: bool = True, command: str | None = None, log=print) -> dict[str, Any]:
     """Train every method, evaluate, plot, write the results, bundle the best map.
 
@@ -992,7 +993,8 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         out_dir: results folder (``checkerboard.json``, ``.md``, figures).
         work_dir: run directories (one per method).
         bundle_dir: where to write ``checkerboard`` and ``checkerboard-teacher``, or None.
-        fresh: retrain runs that already exist.
+        fresh: retrain runs that already exist: True for all, or the keys to retrain
+            (e.g. ``["ayf_lmd", "si_512x6"]``).
         progress: tqdm bars while training.
         figures: write the figures.
         command: command line recorded in the results.
@@ -1014,6 +1016,9 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
     sw = Stopwatch()
 
     # ---- training ------------------------------------------------------------------
+    def _fresh(key: str) -> bool:
+        return fresh is True or (not isinstance(fresh, bool) and key in set(fresh))
+
     training: dict[str, TrainRecord] = {}
     failed: dict[str, str] = {}
     for spec in specs:
@@ -1025,7 +1030,8 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         cfg = build_train_config(spec, settings, work_dir)
         try:
             with sw(f"train {spec.key}"):
-                training[spec.key] = train_one(spec.key, cfg, work_dir / spec.key, fresh=fresh, progress=progress,
+                training[spec.key] = train_one(spec.key, cfg, work_dir / spec.key, fresh=_fresh(spec.key),
+                                               progress=progress,
                                                log=log)
         except BenchmarkError:
             raise
@@ -1042,7 +1048,8 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         key = f"si_{w}x{d}"
         cfg = build_train_config(METHODS["si"], settings, work_dir, width=w, depth=d)
         with sw(f"train {key}"):
-            size_records.append((w, d, train_one(key, cfg, work_dir / key, fresh=fresh, progress=progress, log=log)))
+            size_records.append((w, d, train_one(key, cfg, work_dir / key, fresh=_fresh(key), progress=progress,
+                                                 log=log)))
     train_s = sw.total
 
     # ---- evaluation ----------------------------------------------------------------
@@ -1279,7 +1286,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle-dir", default=None,
                    help="where to write checkerboard/ and checkerboard-teacher/ (default models for a full run)")
     p.add_argument("--no-bundle", action="store_true", help="do not write the bundled models")
-    p.add_argument("--fresh", action="store_true", help="retrain runs that already exist in --work-dir")
+    p.add_argument("--fresh", action="store_true", help="retrain every run that already exists in --work-dir")
+    p.add_argument("--retrain", default=None, metavar="KEYS",
+                   help="retrain only these runs (comma-separated keys, e.g. ayf_lmd,si_512x6); needed when a "
+                        "method's settings changed since its run was trained")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--progress", action="store_true", help="show tqdm progress bars while training")
     return p
@@ -1317,7 +1327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not args.quick:
             bundle_dir = Path("models")
     try:
-        run(settings, out_dir=Path(args.out), work_dir=work_dir, bundle_dir=bundle_dir, fresh=args.fresh,
+        fresh: bool | list[str] = True if args.fresh else [k.strip() for k in (args.retrain or "").split(",") if k.strip()]
+        run(settings, out_dir=Path(args.out), work_dir=work_dir, bundle_dir=bundle_dir, fresh=fresh,
             progress=args.progress, figures=not args.no_figures,
             command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
             log=lambda msg: print(msg, flush=True))

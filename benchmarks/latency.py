@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from anystep.benchmarks.common import (
     command_line,
     fmt,
@@ -61,8 +63,6 @@ from anystep.benchmarks.common import (
     pyplot,
     write_results,
 )
-from torch import Tensor
-
 from anystep.errors import AnystepError
 
 __all__ = [
@@ -628,7 +628,6 @@ class QualityScorer:
             self.floor = self.score(floor)
         elif dataset == "digits":
             from anystep.benchmarks.digits_classifier import DigitsMetric
-
             from anystep.core.data import DigitsDataset
 
             self._metric = DigitsMetric.create()
@@ -784,9 +783,8 @@ def ensure_export(model_dir: Path, work_dir: Path, *, fused_steps: int | None = 
     Returns:
         The folder holding ``model.onnx`` and ``anystep-export.json``.
     """
-    from anystep.export.onnx_export import OnnxOptions, export_onnx
-
     from anystep.core.modeldir import model_dir_sha256
+    from anystep.export.onnx_export import OnnxOptions, export_onnx
 
     sha = model_dir_sha256(model_dir)[:12]
     tag = "step" if fused_steps is None else f"fused{fused_steps}-{solver}"
@@ -1330,7 +1328,7 @@ def make_plot(results: dict[str, Any], settings: BenchSettings, path: Path) -> P
             if floor is not None:
                 ax.axhline(floor, color="0.4", ls=":", lw=1, label="real data (floor)")
             ax.set_xscale("log")
-            if metric == "kl":
+            if rows and all(r.quality[metric] > 0 for r in rows):  # KL and FD span decades
                 ax.set_yscale("log")
             ax.set_xlabel(f"median latency per batch of {b} (ms, log)")
             ax.set_ylabel({"kl": "KL(rho_1 || rho_hat_1)", "digits_fd": "digits-FD"}.get(metric, metric))

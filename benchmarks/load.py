@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from anystep.benchmarks.common import command_line, fmt, machine_info, markdown_table, write_results
 from anystep.benchmarks.latency import interleaved_timing, percentile, summarize
-
 from anystep.errors import AnystepError
 
 __all__ = [
@@ -496,9 +496,8 @@ def summarize_phase(ph: PhaseResult, n: int) -> dict[str, Any]:
 
 def build_bare_engine(model_dir: Path, settings: LoadSettings, cache_dir: Path) -> Any:
     """The engine the server builds for ``model_dir`` (same type, threads), in this process."""
-    from anystep.server.engines import EngineOptions, build_engine
-
     from anystep.core.modeldir import read_config
+    from anystep.server.engines import EngineOptions, build_engine
 
     cfg = read_config(model_dir)
     if cfg.kind != "flowmap":
@@ -1002,10 +1001,10 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 body.append([p["n"], p["concurrency"], f"{p['ok']}/{p['sent']}", p.get("p50_ms"), p.get("p95_ms"),
                              p.get("p99_ms"), p["requests_per_s"], p["evals_per_s"], p.get("raw_evals_per_s"),
                              p.get("served_raw_ratio"), p["error_count"], p["batch_size"]["mean"],
-                             p.get("engine_busy_fraction"), p["wall_s"]])
+                             p.get("engine_call_mean_ms"), p.get("engine_busy_fraction"), p["wall_s"]])
             lines += [markdown_table(["n", "concurrency", "ok/sent", "p50 ms", "p95 ms", "p99 ms", "req/s",
                                       "evals/s", "raw evals/s", "served/raw", "errors", "mean batch",
-                                      "engine busy", "wall s"], body), ""]
+                                      "engine ms/call", "engine busy", "wall s"], body), ""]
             lines += ["Engine batch-size histogram (rows per engine call: calls), from `/metrics`:", ""]
             for p in run_res["phases"]:
                 lines.append(f"- n={p['n']}, c={p['concurrency']}: {_hist_text(p['batch_size'])}")
