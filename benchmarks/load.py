@@ -407,11 +407,14 @@ def _body(model: str, steps: int, n: int, seed: int, fmt_: str) -> bytes:
 
 
 async def run_phase(port: int, model: str, requests: Sequence[RequestSpec], *, concurrency: int, n: int = 1,
-                    time_limit_s: float = 30.0, fmt_: str = "json", timeout_s: float = 60.0) -> PhaseResult:
+                    time_limit_s: float = 30.0, fmt_: str = "json", timeout_s: float = 60.0,
+                    empty: bool = False) -> PhaseResult:
     """Send ``requests`` over ``concurrency`` keep-alive connections (closed loop), bounded in time.
 
     Each worker sends its next request when the previous one is answered; no request
     is sent after ``time_limit_s`` (those in flight finish, up to ``timeout_s``).
+    ``empty=True`` sends ``GET /healthz`` instead of ``POST /generate`` (the same number
+    of requests): the HTTP ceiling, what the server answers when no model work is done.
 
     Returns:
         :class:`PhaseResult` with one record per request sent.
@@ -439,9 +442,13 @@ async def run_phase(port: int, model: str, requests: Sequence[RequestSpec], *, c
                 next_i += 1
                 t0 = time.perf_counter()
                 try:
-                    status, headers, _ = await client.request("POST", "/generate", body)
+                    if empty:
+                        status, headers, _ = await client.request("GET", "/healthz")
+                    else:
+                        status, headers, _ = await client.request("POST", "/generate", body)
                     rec = RequestRecord(steps=steps, status=status, latency_s=time.perf_counter() - t0,
-                                        server_ms=_server_timing(headers) if status == 200 else None)
+                                        server_ms=_server_timing(headers) if status == 200 and not empty
+                                        else None)
                 except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
                     rec = RequestRecord(steps=steps, status=0, latency_s=time.perf_counter() - t0,
                                         error=type(e).__name__)
@@ -772,6 +779,16 @@ async def _serve_and_load(model: str, model_dir: Path, settings: LoadSettings, b
             log(f"[{model}] py-spy: sequential steps=1, n=1 requests")
             out["profiles"]["sequential steps=1, n=1"] = await _profile_sequential(
                 srv.port, srv.proc.pid, model, 4.0, settings.format, work_dir / f"pyspy-{model}-sequential.txt")
+        if batching:
+            out["http_ceiling"] = {}
+            for c in settings.concurrency:
+                reqs = make_requests(settings.requests[c], settings.steps_mix, settings.seed + c)
+                ph = await run_phase(srv.port, model, reqs, concurrency=c, time_limit_s=settings.time_limit_s,
+                                     empty=True)
+                hs = summarize_phase(ph, 1)
+                out["http_ceiling"][c] = {"requests_per_s": hs["requests_per_s"], "p50_ms": hs.get("p50_ms"),
+                                          "ok": hs["ok"], "sent": hs["sent"]}
+                log(f"[{model}] HTTP ceiling (GET /healthz) c={c}: {fmt(hs['requests_per_s'])} req/s")
         for n in settings.n_values:
             for c in settings.concurrency:
                 warm = make_requests(settings.warmup_requests * c, settings.steps_mix, settings.seed + 999)
@@ -829,7 +846,9 @@ def evaluate_goals(results: dict[str, Any], settings: LoadSettings) -> list[dict
                                   f"batched engine throughput ({model}, n={p['n']} per request)",
                           "served_evals_per_s": p["evals_per_s"], "raw_evals_per_s": p.get("raw_evals_per_s"),
                           "raw_batch": p.get("raw_batch"), "mean_batch": p["batch_size"]["mean"],
-                          "ratio": ratio, "met": bool(ratio is not None and ratio >= GOAL_THROUGHPUT_RATIO)})
+                          "ratio": ratio, "met": bool(ratio is not None and ratio >= GOAL_THROUGHPUT_RATIO),
+                          "served_ceiling_ratio": p.get("served_ceiling_ratio"),
+                          "ceiling_raw_ratio": p.get("ceiling_raw_ratio")})
     return goals
 
 
@@ -876,6 +895,14 @@ def run(settings: LoadSettings, *, out_dir: Path, work_dir: Path, command: str,
                 p["raw_batch"] = b
                 p["raw_evals_per_s"] = raw
                 p["served_raw_ratio"] = (p["evals_per_s"] / raw) if p.get("evals_per_s") and raw else None
+                ceil = (run_res.get("http_ceiling") or res["runs"].get("on", {}).get("http_ceiling") or {}).get(
+                    p["concurrency"])
+                if ceil and ceil.get("requests_per_s") and p.get("requests_per_s"):
+                    mean_steps = p["evals_per_s"] / (p["n"] * p["requests_per_s"])
+                    p["http_ceiling_requests_per_s"] = ceil["requests_per_s"]
+                    p["served_ceiling_ratio"] = p["requests_per_s"] / ceil["requests_per_s"]
+                    # the best served/raw any scheduler could reach if each request cost only the HTTP floor
+                    p["ceiling_raw_ratio"] = min(1.0, ceil["requests_per_s"] * p["n"] * mean_steps / raw) if raw else None
         engine.close()
         results[model] = res
     goals = evaluate_goals(results, settings)
@@ -974,6 +1001,10 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 detail = (f"{fmt(g['served_evals_per_s'])} evals/s served vs raw {fmt(g['raw_evals_per_s'])} evals/s "
                           f"at batch {g['raw_batch']} = {g['ratio']:.1%} (mean served batch {fmt(g['mean_batch'])})"
                           if g["ratio"] is not None else "no data")
+                if g.get("ceiling_raw_ratio") is not None:
+                    detail += (f"; HTTP ceiling: an empty GET /healthz at the same concurrency would allow at most "
+                               f"{g['ceiling_raw_ratio']:.1%} of raw, and /generate ran at "
+                               f"{g['served_ceiling_ratio']:.0%} of the empty route's request rate")
             lines.append(f"- {g['goal']}: {mark}. {detail}")
         lines.append("")
     for model, res in data["results"].items():
@@ -993,6 +1024,12 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                       f"{fmt(pr['bare'].p95_ms)}): **{pr['ratio_p50']:.2f}x**. Server-reported p50: total "
                       f"{fmt(sm.get('total'))} ms, queue {fmt(sm.get('queue'))} ms, compute {fmt(sm.get('compute'))} ms; "
                       f"an empty `GET /healthz` round trip (the HTTP floor) p50 {fmt(pr['healthz'].median_ms)} ms."), ""]
+            if run_res.get("http_ceiling"):
+                lines += [("HTTP ceiling: the same closed loop sending an empty `GET /healthz` (no model work), "
+                           "the most requests per second this server and client can exchange on this machine:"), "",
+                          markdown_table(["concurrency", "req/s", "p50 ms", "ok/sent"],
+                                         [[c, h["requests_per_s"], h.get("p50_ms"), f"{h['ok']}/{h['sent']}"]
+                                          for c, h in run_res["http_ceiling"].items()]), ""]
             if pr.get("breakdown_ms"):
                 lines += [markdown_table(["where the served median goes (p50 of each part)", "ms"],
                                          [[k, v] for k, v in pr["breakdown_ms"].items()]), ""]
@@ -1000,10 +1037,12 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
             for p in run_res["phases"]:
                 body.append([p["n"], p["concurrency"], f"{p['ok']}/{p['sent']}", p.get("p50_ms"), p.get("p95_ms"),
                              p.get("p99_ms"), p["requests_per_s"], p["evals_per_s"], p.get("raw_evals_per_s"),
-                             p.get("served_raw_ratio"), p["error_count"], p["batch_size"]["mean"],
+                             p.get("served_raw_ratio"), p.get("served_ceiling_ratio"), p["error_count"],
+                             p["batch_size"]["mean"],
                              p.get("engine_call_mean_ms"), p.get("engine_busy_fraction"), p["wall_s"]])
             lines += [markdown_table(["n", "concurrency", "ok/sent", "p50 ms", "p95 ms", "p99 ms", "req/s",
-                                      "evals/s", "raw evals/s", "served/raw", "errors", "mean batch",
+                                      "evals/s", "raw evals/s", "served/raw", "req/s vs HTTP ceiling", "errors",
+                                      "mean batch",
                                       "engine ms/call", "engine busy", "wall s"], body), ""]
             lines += ["Engine batch-size histogram (rows per engine call: calls), from `/metrics`:", ""]
             for p in run_res["phases"]:

@@ -493,7 +493,13 @@ def test_load_quick_run_end_to_end(tiny_models, tmp_path):
             if mode == "off":  # one request at a time: never more rows than its n
                 assert h["sum"] / h["count"] <= p["n"] + 1e-9 and top <= max(1, 2 ** math.ceil(math.log2(p["n"])))
             assert p["served_raw_ratio"] is not None and p["served_raw_ratio"] > 0
+            # the empty-route ceiling is measured once (batching on) and applies to both modes
+            assert p["http_ceiling_requests_per_s"] > 0 and 0 < p["ceiling_raw_ratio"] <= 1
+    ceiling = res["runs"]["on"]["http_ceiling"]
+    assert set(map(int, ceiling)) == {1, 4} and all(h["ok"] == h["sent"] == 24 for h in ceiling.values())
+    assert "off" in res["runs"] and "http_ceiling" not in res["runs"]["off"]
     md = (out / "load.md").read_text()
+    assert "HTTP ceiling" in md
     assert "Step-level batching on" in md and "Step-level batching off" in md
     assert any("within 2x" in g["goal"] for g in data["goals"])
 
