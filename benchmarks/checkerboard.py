@@ -45,7 +45,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -60,9 +59,13 @@ import torch
 from torch import Tensor, nn
 
 from anystep.benchmarks.common import (
+    NOTES_BEGIN,
+    NOTES_END,
     Stopwatch,
     command_line,
+    existing_notes,
     fmt,
+    load_average,
     machine_info,
     markdown_table,
     pyplot,
@@ -88,8 +91,6 @@ __all__ = [
 MODULE = "anystep.benchmarks.checkerboard"
 EVAL_STEPS = (1, 2, 4, 8)
 EULER_STEPS = (1, 2, 4, 8, 16)
-NOTES_BEGIN = "<!-- investigation-notes:begin (kept when the file is regenerated) -->"
-NOTES_END = "<!-- investigation-notes:end -->"
 OUTSIDE_COLOUR = "#ffd400"  # yellow: samples that land off the board (Fig. 3, bottom)
 
 
@@ -395,11 +396,6 @@ class TrainRecord:
     params: int
 
 
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover - platform without load average
-        return None
 
 
 def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log) -> TrainRecord:
@@ -468,7 +464,7 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
         final_loss=final_loss,
         reused=reused,
         resumed_from=resumed_from,
-        load_avg=_load_avg(),
+        load_avg=(load_average() or [None])[0],
         params=int(sum(p.numel() for p in model.parameters())),
     )
     log(f"[{key}] done: {rec.seconds:.0f} s ({rec.ms_per_step:.1f} ms/step), final loss {fmt(final_loss)}")
@@ -817,12 +813,6 @@ def bundle_models(bundle_dir: Path, best: MethodSpec, work_dir: Path, command: s
 # --------------------------------------------------------------------------------------
 
 
-def _existing_notes(md_path: Path) -> str | None:
-    if not md_path.is_file():
-        return None
-    text = md_path.read_text(encoding="utf-8")
-    m = re.search(re.escape(NOTES_BEGIN) + r"\n(.*?)" + re.escape(NOTES_END), text, flags=re.DOTALL)
-    return m.group(1) if m else None
 
 
 DEFAULT_NOTES = (
@@ -1007,7 +997,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
     from anystep.core.modeldir import load_model_dir
 
     torch.set_num_threads(settings.threads)
-    log(f"[setup] torch threads: {settings.threads}; 1-minute load average {_load_avg()}")
+    log(f"[setup] torch threads: {settings.threads}; 1-minute load average {(load_average() or [None])[0]}")
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     specs = resolve_methods(list(settings.methods) if settings.methods else None)
@@ -1196,7 +1186,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         },
     }
     md_path = out_dir / "checkerboard.md"
-    notes = _existing_notes(md_path)
+    notes = existing_notes(md_path)
     md = render_markdown(res, specs, notes)
     paths = write_results(out_dir, "checkerboard", res, md)
     log(f"[done] {paths.json} and {paths.markdown} ({res['timing']['total_s'] / 60:.1f} min)")
@@ -1305,7 +1295,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     methods = tuple(s.key for s in resolve_methods(args.methods)) if args.methods else ()
     threads = args.threads
     if threads is None:
-        load = _load_avg()
+        load = (load_average() or [None])[0]
         threads = 2 if load is not None and load < 1.0 else 1
     return Settings(quick=bool(args.quick), seed=args.seed, threads=threads, teacher_sizes=args.teacher_sizes,
                     methods=methods, **base)

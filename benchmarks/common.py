@@ -22,16 +22,25 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NOTES_BEGIN",
+    "NOTES_END",
     "MachineInfo",
     "ResultPaths",
     "Stopwatch",
     "command_line",
+    "existing_notes",
     "fmt",
+    "load_average",
     "machine_info",
     "markdown_table",
     "pyplot",
+    "versions",
     "write_results",
 ]
+
+NOTES_BEGIN = "<!-- investigation-notes:begin (kept when the file is regenerated) -->"
+NOTES_END = "<!-- investigation-notes:end -->"
+"""Markers of the hand-written notes block that a regenerated report keeps."""
 
 
 # --------------------------------------------------------------------------------------
@@ -103,6 +112,42 @@ def machine_info() -> MachineInfo:
         platform=platform.platform(),
         gpu=gpu,
     )
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (rounded), or None where the platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - platform without load average
+        return None
+
+
+def versions(modules: Sequence[str] = ("torch", "numpy")) -> dict[str, str | None]:
+    """``{"python": ..., module: version or None}`` for the packages a report depends on."""
+    import importlib.util
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for mod in modules:
+        try:
+            out[mod] = __import__(mod).__version__ if importlib.util.find_spec(mod) else None
+        except (ImportError, AttributeError, ValueError):  # not installed / broken install
+            out[mod] = None
+    return out
+
+
+def existing_notes(md_path: str | os.PathLike) -> str | None:
+    """The hand-written notes between :data:`NOTES_BEGIN` and :data:`NOTES_END` of a report.
+
+    Returns:
+        The notes without surrounding blank lines, or None when the file or block is missing.
+    """
+    try:
+        text = Path(md_path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if NOTES_BEGIN in text and NOTES_END in text:
+        return text[text.index(NOTES_BEGIN) + len(NOTES_BEGIN): text.index(NOTES_END)].strip("\n")
+    return None
 
 
 def command_line(argv: Sequence[str] | None = None, module: str | None = None) -> str:

@@ -43,7 +43,6 @@ import gc
 import importlib.util
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,11 +55,16 @@ import torch
 from torch import Tensor
 
 from anystep.benchmarks.common import (
+    NOTES_BEGIN,
+    NOTES_END,
     command_line,
+    existing_notes,
     fmt,
+    load_average,
     machine_info,
     markdown_table,
     pyplot,
+    versions,
     write_results,
 )
 from anystep.errors import AnystepError
@@ -86,8 +90,6 @@ __all__ = [
 
 MODULE = "anystep.benchmarks.latency"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTES_BEGIN = "<!-- investigation-notes:begin (kept when the file is regenerated) -->"
-NOTES_END = "<!-- investigation-notes:end -->"
 GOAL_SPEEDUP = 20.0
 GOAL_KL_RATIO = 1.5
 GOAL_ONNX_SPEEDUP = 1.5
@@ -754,14 +756,6 @@ class EngineRow(SamplerRow):
     max_abs_diff: float | None = None
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    for mod in ("onnxruntime", "onnx", "tensorrt"):
-        try:
-            out[mod] = __import__(mod).__version__ if importlib.util.find_spec(mod) else None
-        except (ImportError, AttributeError):  # pragma: no cover - broken installs
-            out[mod] = None
-    return out
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -1257,8 +1251,8 @@ def run(settings: BenchSettings, *, out_dir: Path, work_dir: Path, command: str,
         "duration_s": time.perf_counter() - t_start,
         "machine": machine,
         "machine_description": machine.describe(),
-        "load_average": _load_avg(),
-        "versions": _versions(),
+        "load_average": load_average(),
+        "versions": versions(("torch", "numpy", "onnxruntime", "onnx", "tensorrt")),
         "settings": settings,
         "results": results,
         "goals": goals,
@@ -1267,7 +1261,7 @@ def run(settings: BenchSettings, *, out_dir: Path, work_dir: Path, command: str,
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         md_path = out_dir / "latency.md"
-        notes = _existing_notes(md_path)
+        notes = existing_notes(md_path)
         png = None
         try:
             png = make_plot(results, settings, out_dir / "latency.png")
@@ -1279,11 +1273,6 @@ def run(settings: BenchSettings, *, out_dir: Path, work_dir: Path, command: str,
     return data
 
 
-def _load_avg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -1343,14 +1332,6 @@ def make_plot(results: dict[str, Any], settings: BenchSettings, path: Path) -> P
     return path
 
 
-def _existing_notes(md_path: Path) -> str | None:
-    try:
-        text = md_path.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    if NOTES_BEGIN in text and NOTES_END in text:
-        return text[text.index(NOTES_BEGIN) + len(NOTES_BEGIN): text.index(NOTES_END)].strip("\n")
-    return None
 
 
 def _q(row: SamplerRow, key: str) -> float | None:

@@ -48,7 +48,18 @@ from typing import Any
 
 import numpy as np
 
-from anystep.benchmarks.common import command_line, fmt, machine_info, markdown_table, write_results
+from anystep.benchmarks.common import (
+    NOTES_BEGIN,
+    NOTES_END,
+    command_line,
+    existing_notes,
+    fmt,
+    load_average,
+    machine_info,
+    markdown_table,
+    versions,
+    write_results,
+)
 from anystep.benchmarks.latency import interleaved_timing, percentile, summarize
 from anystep.errors import AnystepError
 
@@ -70,8 +81,6 @@ __all__ = [
 MODULE = "anystep.benchmarks.load"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-NOTES_BEGIN = "<!-- investigation-notes:begin (kept when the file is regenerated) -->"
-NOTES_END = "<!-- investigation-notes:end -->"
 GOAL_LATENCY_RATIO = 2.0
 GOAL_THROUGHPUT_RATIO = 0.7
 
@@ -913,47 +922,24 @@ def run(settings: LoadSettings, *, out_dir: Path, work_dir: Path, command: str,
         "duration_s": time.perf_counter() - t0,
         "machine": machine,
         "machine_description": machine.describe(),
-        "load_average": _load_avg(),
-        "versions": _versions(),
+        "load_average": load_average(),
+        "versions": versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn", "starlette")),
         "settings": settings,
         "results": results,
         "goals": goals,
     }
     if write:
         md = out_dir / "load.md"
-        paths = write_results(out_dir, "load", data, render_markdown(data, _existing_notes(md)))
+        paths = write_results(out_dir, "load", data, render_markdown(data, existing_notes(md)))
         log(f"[done] {paths.json}, {paths.markdown}")
     return data
 
 
 
-def _versions() -> dict[str, str | None]:
-    import platform
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for mod in ("torch", "numpy", "onnxruntime", "fastapi", "uvicorn", "starlette"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):  # not installed
-            out[mod] = None
-    return out
 
 
-def _load_avg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
 
 
-def _existing_notes(md_path: Path) -> str | None:
-    try:
-        text = md_path.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    if NOTES_BEGIN in text and NOTES_END in text:
-        return text[text.index(NOTES_BEGIN) + len(NOTES_BEGIN): text.index(NOTES_END)].strip("\n")
-    return None
 
 
 def _hist_text(h: dict[str, Any]) -> str:

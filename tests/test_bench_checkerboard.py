@@ -172,8 +172,8 @@ def test_bad_options_exit_2(capsys):
 def test_notes_block_survives_regeneration(tmp_path):
     md = tmp_path / "checkerboard.md"
     md.write_text(f"# old\n{cb.NOTES_BEGIN}\nwe tried X\n{cb.NOTES_END}\n")
-    assert cb._existing_notes(md) == "we tried X\n"
-    assert cb._existing_notes(tmp_path / "missing.md") is None
+    assert cb.existing_notes(md) == "we tried X"
+    assert cb.existing_notes(tmp_path / "missing.md") is None
 
 
 # --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 
@@ -74,7 +75,7 @@ def test_pareto_front_is_exactly_the_non_dominated_set(points):
     xs = [points[i][0] for i in front]
     ys = [points[i][1] for i in front]
     assert xs == sorted(xs)
-    assert all(a > b for a, b in zip(ys, ys[1:]))
+    assert all(a > b for a, b in itertools.pairwise(ys))
 
 
 def test_pareto_front_skips_non_finite_points():
@@ -242,7 +243,7 @@ def test_render_markdown_and_notes_round_trip(tmp_path):
     assert "## Goals" in md and "met" in md
     path = tmp_path / "latency.md"
     path.write_text(md)
-    assert L._existing_notes(path) == "keep me: profiled X"
+    assert L.existing_notes(path) == "keep me: profiled X"
     png = L.make_plot(results, s, tmp_path / "latency.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -311,12 +312,12 @@ def test_summarize_phase_counts_errors_and_throughput():
 
 
 def test_categorize_stacks_assigns_layers():
-    text = "\n".join([
-        "run (server/scheduler.py:1);step (server/engines.py:2);forward (torch/nn/linear.py:3) 6",
-        "run (uvicorn/server.py:1);handle (h11/_conn.py:2) 3",
-        "run (asyncio/base_events.py:1);generate (server/app.py:5) 1",
-        "garbage line",
-    ])
+    text = (
+        "run (server/scheduler.py:1);step (server/engines.py:2);forward (torch/nn/linear.py:3) 6\n"
+        "run (uvicorn/server.py:1);handle (h11/_conn.py:2) 3\n"
+        "run (asyncio/base_events.py:1);generate (server/app.py:5) 1\n"
+        "garbage line"
+    )
     out = LD.categorize_stacks(text)
     assert out["samples"] == 10
     assert out["categories"]["engine call (torch / ONNX Runtime compute)"] == pytest.approx(0.6)

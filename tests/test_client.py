@@ -11,9 +11,10 @@ import sys
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
+
 from anystep.client import AnystepConnectionError, AnystepHTTPError, AsyncClient, Client
 from anystep.server.testing import ServerProcess, free_port, make_tiny_models
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from anystep.training.config import TrainConfig
-from anystep.training.ddp import DistInfo
-from anystep.training.trainer import Trainer, read_log
 
 from anystep.core.config import BackboneConfig, ModelConfig
 from anystep.core.flowmap import build_model
 from anystep.core.modeldir import save_model_dir
+from anystep.training.config import TrainConfig
+from anystep.training.ddp import DistInfo
+from anystep.training.trainer import Trainer, read_log
 
 
 def tiny_model(kind: str) -> ModelConfig:

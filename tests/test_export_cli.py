@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from anystep.export.manifest import load_manifest
 from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
 
 from anystep.cli import main
+from anystep.export.manifest import load_manifest
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

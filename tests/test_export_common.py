@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from anystep.export.common import BatchRange, ExportError, staging_dir
 
 from anystep.core.config import BackboneConfig, ModelConfig
 from anystep.core.flowmap import build_model
 from anystep.core.modeldir import save_model_dir
+from anystep.export.common import BatchRange, ExportError, staging_dir
 
 
 def make_model_dir(

@@ -8,14 +8,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from anystep.export.common import BatchRange, ExportError
-from anystep.export.fused import fused_grid
-from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
 from test_export_common import model_dirs  # noqa: F401  (fixture)
 
 from anystep.core.modeldir import load_model_dir
 from anystep.core.samplers import GridError, sample_flowmap
 from anystep.core.solvers import solve_fixed
+from anystep.export.common import BatchRange, ExportError
+from anystep.export.fused import fused_grid
+from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
 
 GRID = [0.0, 0.3, 0.7, 1.0]
 

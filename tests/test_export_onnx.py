@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
+
+from anystep.core.modeldir import load_model_dir, model_dir_sha256
 from anystep.export import onnx_export
 from anystep.export.common import MANIFEST_NAME, BatchRange, ParityError, sha256_file
 from anystep.export.manifest import ManifestError, load_manifest
 from anystep.export.onnx_export import OnnxOptions, check_step_parity, export_onnx, ort_session
-from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
-
-from anystep.core.modeldir import load_model_dir, model_dir_sha256
 
 # (s, t) pairs of the independent parity check: forward, identity, backwards (s > t).
 PAIRS = [(0.0, 1.0), (0.2, 0.6), (0.5, 0.5), (1.0, 0.0), (0.8, 0.1)]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
+
+from anystep.cli import main
 from anystep.export.common import BatchRange, DeviceUnavailableError, ExportError
 from anystep.export.manifest import load_manifest
 from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
 from anystep.export.precision import make_fp16_onnx, time_only_nodes
 from anystep.export.tensorrt_build import gpu_unavailable_reason
-from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
-
-from anystep.cli import main
 
 REASON = gpu_unavailable_reason()
 needs_gpu = pytest.mark.skipif(
@@ -81,6 +81,7 @@ def test_fp16_graph_for_strongly_typed_builds(model_dirs, tmp_path):  # noqa: F8
 @pytest.mark.parametrize("fp16, strongly_typed", [(False, None), (True, None), (True, False)])
 def test_engine_builds_and_matches_onnxruntime(model_dirs, tmp_path, fp16, strongly_typed):  # noqa: F811
     import tensorrt as trt
+
     from anystep.export.tensorrt_build import (
         TensorRTOptions,
         TensorRTRunner,

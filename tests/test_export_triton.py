@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from test_export_common import leftovers, make_model_dir, model_dirs  # noqa: F401  (fixture)
+
 from anystep.export.common import MANIFEST_NAME, BatchRange, ExportError
 from anystep.export.manifest import ManifestError, load_manifest
 from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
@@ -16,7 +18,6 @@ from anystep.export.triton_repo import (
     parse_config,
     serve_with_pytriton,
 )
-from test_export_common import leftovers, make_model_dir, model_dirs  # noqa: F401  (fixture)
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",

@@ -1,9 +1,16 @@
 import pytest
 import torch
+from gaussian_flow import ExactFlowMap, ExactVelocity, GaussianFlow
 
 from anystep.core.flowmap import FlowMap, VelocityModel
-from anystep.core.samplers import GridError, base_noise, make_grid, sample_flowmap, sample_ode, sample_seeds
-from gaussian_flow import ExactFlowMap, ExactVelocity, GaussianFlow
+from anystep.core.samplers import (
+    GridError,
+    base_noise,
+    make_grid,
+    sample_flowmap,
+    sample_ode,
+    sample_seeds,
+)
 
 
 class RandomBackbone(torch.nn.Module):

@@ -101,7 +101,8 @@ def test_unknown_config_key(tmp_path):
 
 
 def _anystep(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "anystep.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "anystep.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          check=False)
 
 
 def test_cli_sample_and_errors(tmp_path):

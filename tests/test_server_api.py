@@ -9,6 +9,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from anystep.core.modeldir import load_model_dir
+from anystep.core.samplers import base_noise, sample_flowmap
 from anystep.server.app import ServerConfig, create_app
 from anystep.server.registry import (
     Limits,
@@ -18,11 +23,6 @@ from anystep.server.registry import (
     load_models,
 )
 from anystep.server.testing import make_tiny_models
-from fastapi.testclient import TestClient
-from PIL import Image
-
-from anystep.core.modeldir import load_model_dir
-from anystep.core.samplers import base_noise, sample_flowmap
 
 LIMITS = Limits(max_steps=16, max_n=32, max_compute=256)
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from anystep.server.testing import ServerProcess, make_tiny_models
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

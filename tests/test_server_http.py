@@ -12,8 +12,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from anystep.server.testing import ServerProcess, make_tiny_models
 from PIL import Image
+
+from anystep.server.testing import ServerProcess, make_tiny_models
 
 DIGITS_UNITS_PER_MODEL_UNIT = (
     8.0  # digits grey level g = 8 (x + 1): compare at atol 1e-5 in model units

@@ -8,6 +8,10 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+
+from anystep.core import solvers
+from anystep.core.modeldir import load_model_dir
+from anystep.core.samplers import base_noise, sample_flowmap
 from anystep.server.engines import (
     EngineError,
     OnnxEngine,
@@ -19,10 +23,6 @@ from anystep.server.engines import (
 )
 from anystep.server.scheduler import CostModel, Job, QueueFullError, StepScheduler
 from anystep.server.testing import make_tiny_models
-
-from anystep.core import solvers
-from anystep.core.modeldir import load_model_dir
-from anystep.core.samplers import base_noise, sample_flowmap
 
 
 @pytest.fixture(scope="module")

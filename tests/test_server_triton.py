@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from anystep.server.engines import TorchEngine, TritonEngine
-from anystep.server.testing import ServerProcess, make_tiny_models
 
 from anystep.core.modeldir import load_model_dir
 from anystep.core.samplers import base_noise, sample_flowmap
 from anystep.core.solvers import solve_fixed
+from anystep.server.engines import TorchEngine, TritonEngine
+from anystep.server.testing import ServerProcess, make_tiny_models
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (extra 'triton')")
 

@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from gaussian_flow import GaussianFlow
 
 from anystep.core.solvers import dopri5, solve, solve_fixed
-from gaussian_flow import GaussianFlow
 
 
 def linear_ode(x, t):  # dx/dt = cos(t) x  -> x(t) = x0 exp(sin t)

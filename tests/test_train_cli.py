@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from anystep.training.cli import train
-from anystep.training.config import TrainConfig
-from anystep.training.presets import PRESETS, get_preset, list_presets
-from anystep.training.trainer import read_log
 from click.testing import CliRunner
 
 from anystep.core.config import BackboneConfig, ModelConfig
 from anystep.core.flowmap import build_model
 from anystep.core.modeldir import load_model_dir, save_model_dir
+from anystep.training.cli import train
+from anystep.training.config import TrainConfig
+from anystep.training.presets import PRESETS, get_preset, list_presets
+from anystep.training.trainer import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 ANYSTEP = REPO / ".venv" / "bin" / "anystep"

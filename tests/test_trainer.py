@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from anystep.core.config import BackboneConfig, ConfigError, ModelConfig
+from anystep.core.flowmap import build_model
+from anystep.core.modeldir import load_model_dir, model_dir_sha256, save_model_dir
 from anystep.training.checkpoint import (
     CheckpointError,
     flatten_optimizer_state,
@@ -19,10 +23,6 @@ from anystep.training.checkpoint import (
 from anystep.training.config import TrainConfig, apply_overrides, learning_rate, validate_config
 from anystep.training.ema import EMA
 from anystep.training.trainer import Trainer, read_log
-
-from anystep.core.config import BackboneConfig, ConfigError, ModelConfig
-from anystep.core.flowmap import build_model
-from anystep.core.modeldir import load_model_dir, model_dir_sha256, save_model_dir
 
 
 @pytest.fixture(autouse=True)

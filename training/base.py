@@ -8,7 +8,7 @@ scalar loss; the trainer owns data, optimiser, EMA and checkpoints. Time convent
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn

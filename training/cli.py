@@ -13,6 +13,7 @@ import json
 import sys
 
 import click
+
 from anystep.training.presets import list_presets
 
 

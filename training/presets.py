@@ -24,9 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anystep.training.config import TrainConfig
-
 from anystep.core.config import BackboneConfig, ConfigError, InterpolantConfig, ModelConfig
+from anystep.training.config import TrainConfig
 
 __all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
 

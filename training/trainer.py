@@ -50,6 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
+from anystep.core.config import ConfigError, ModelConfig
+from anystep.errors import AnystepError
 from anystep.training import ddp
 from anystep.training.base import Batch, Objective
 from anystep.training.checkpoint import (
@@ -62,10 +66,6 @@ from anystep.training.checkpoint import (
 )
 from anystep.training.config import TrainConfig, learning_rate, validate_config
 from anystep.training.ema import EMA
-from torch import Tensor, nn
-
-from anystep.core.config import ConfigError, ModelConfig
-from anystep.errors import AnystepError
 
 __all__ = [
     "LOG_NAME",

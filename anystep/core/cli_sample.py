@@ -74,11 +74,11 @@ def _write(out, suffix, x, dataset_name, units):
         Path(out).write_bytes(samples_png(x))
         return
     if units:
-        from anystep.core.data import get_dataset
+        from anystep.core.data import DataError, get_dataset
 
         try:
             x = get_dataset(dataset_name).to_units(x)
-        except Exception:  # unknown/custom dataset: keep model units
+        except DataError:  # a custom data set this install cannot build: keep model units
             pass
     np.save(out, np.asarray(x))
 

@@ -74,7 +74,7 @@ class BackboneConfig:
             )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BackboneConfig":
+    def from_dict(cls, data: dict[str, Any]) -> BackboneConfig:
         return _from_dict(cls, data, "backbone")
 
 
@@ -97,7 +97,7 @@ class InterpolantConfig:
             raise ConfigError("interpolant.gamma must be >= 0")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InterpolantConfig":
+    def from_dict(cls, data: dict[str, Any]) -> InterpolantConfig:
         return _from_dict(cls, data, "interpolant")
 
 
@@ -148,7 +148,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError("config.json must hold a JSON object")
         data = dict(data)

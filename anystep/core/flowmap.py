@@ -16,7 +16,6 @@ Time convention: ``t = 0`` base, ``t = 1`` data.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig

@@ -11,8 +11,8 @@ only on its own seed, not on the batch it is drawn in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -8,8 +8,8 @@ sample's trajectory does not depend on the other samples in its batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
