@@ -248,3 +248,13 @@ def test_cli_one_step_samples_are_recognisable_digits_in_data_units(tmp_path, me
     cov = metric.score(x).coverage
     assert cov.min_fraction > 0 and cov.normalized_entropy > 0.9  # every class appears
     assert cov.mean_confidence > 0.8  # and the classifier is confident they are digits
+
+
+def test_second_stage_method_starts_from_its_first_stage(tmp_path):
+    spec = bench.METHODS["lmd_long"]
+    cfg = bench._method_config(spec, tmp_path, quick=False)
+    assert cfg.init_from == str(tmp_path / "lmd") and cfg.teacher == str(tmp_path / "teacher")
+    assert cfg.objective == "lmd" and cfg.max_steps == spec.steps
+    # the first stage comes before the second in the training order
+    order = list(bench.METHODS)
+    assert order.index("lmd") < order.index("lmd_long")
