@@ -73,6 +73,8 @@ class Variant:
         steps: optimisation steps (None: the benchmark's).
         lr: peak learning rate (None: the benchmark's).
         baseline: True for the unmodified method (reuses the benchmark's run).
+        init_from: key of a benchmark run whose weights start this one (``"si"``: the
+            teacher velocity, ``v_{s,t} = b_s``, see :mod:`anystep.core.warmstart`).
     """
 
     name: str
@@ -83,6 +85,7 @@ class Variant:
     steps: int | None = None
     lr: float | None = None
     baseline: bool = False
+    init_from: str | None = None
 
 
 def _v(name: str, method: str, factor: str, **kw: Any) -> Variant:
@@ -112,6 +115,10 @@ VARIANTS: dict[str, Variant] = {
            hparams={"weighting": "unit", "tangent_norm": False}),
         _v("ayf_lmd_nonorm", "ayf_lmd", "no tangent norm", hparams={"tangent_norm": False}),
         _v("ayf_lmd_wu2000", "ayf_lmd", "tangent warm-up 2000 steps", hparams={"warmup_steps": 2000}),
+        _v("ayf_lmd_init", "ayf_lmd", "warm start from the teacher (v_st = b_s)", init_from="si"),
+        _v("ayf_emd_init", "ayf_emd", "warm start from the teacher (v_st = b_s)", init_from="si"),
+        _v("ayf_lmd_init_unit", "ayf_lmd", "warm start from the teacher + weighting unit, no tangent norm",
+           init_from="si", hparams={"weighting": "unit", "tangent_norm": False}),
     )
 }
 
@@ -127,6 +134,8 @@ def _train_config(v: Variant, settings: Settings, work_dir: Path):
     if v.lr is not None:
         s = replace(s, lr=v.lr)
     cfg = build_train_config(spec, s, work_dir)
+    if v.init_from is not None:
+        cfg = cfg.replace(init_from=str(work_dir / v.init_from))
     return apply_overrides(cfg, list(v.sets)) if v.sets else cfg
 
 

@@ -28,6 +28,9 @@ def test_variant_changes_only_its_factor(name, tmp_path):
     if v.lr is not None:
         expected.add("lr")
         assert cfg["lr"] == v.lr
+    if v.init_from is not None:
+        expected.add("init_from")
+        assert cfg["init_from"] == str(tmp_path / v.init_from)
     for s in v.sets:
         key, _, val = s.partition("=")
         expected.add(key)

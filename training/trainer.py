@@ -485,7 +485,13 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.seed, "init"))
             model = build_model(cfg.model)
         if cfg.init_from is not None:
-            model.load_state_dict(load_model_dir(cfg.init_from).model.state_dict())
+            init = load_model_dir(cfg.init_from).model
+            if init.kind == "velocity" and model.kind == "flowmap":  # teacher init: v_st = b_s
+                from anystep.core.warmstart import flowmap_from_velocity
+
+                flowmap_from_velocity(model, init)
+            else:
+                model.load_state_dict(init.state_dict())
         model.to(self.device).train()
         ddp.broadcast_module(model, info)
         params = [p for p in model.parameters() if p.requires_grad]
