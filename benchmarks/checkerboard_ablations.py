@@ -117,6 +117,9 @@ VARIANTS: dict[str, Variant] = {
         _v("ayf_lmd_wu2000", "ayf_lmd", "tangent warm-up 2000 steps", hparams={"warmup_steps": 2000}),
         _v("ayf_lmd_init", "ayf_lmd", "warm start from the teacher (v_st = b_s)", init_from="si"),
         _v("ayf_emd_init", "ayf_emd", "warm start from the teacher (v_st = b_s)", init_from="si"),
+        _v("ayf_lmd_logit", "ayf_lmd", "logit-normal times (AYF practice)", hparams={"time_kind": "logit_normal"}),
+        _v("ayf_lmd_wu2000_18k", "ayf_lmd", "tangent warm-up 2000 steps + 3x the steps",
+           hparams={"warmup_steps": 2000}, steps=18_000),
         _v("ayf_lmd_init_unit", "ayf_lmd", "warm start from the teacher + weighting unit, no tangent norm",
            init_from="si", hparams={"weighting": "unit", "tangent_norm": False}),
     )

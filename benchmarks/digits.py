@@ -123,7 +123,7 @@ METHODS: dict[str, MethodSpec] = {
         "Lagrangian map distillation (eq. 3.7)",
     ),
     "lmd_long": MethodSpec(
-        "lmd_long", "digits-lmd", "teacher", 6000, 10, {"lr": 3e-4},
+        "lmd_long", "digits-lmd", "teacher", 4000, 10, {"lr": 3e-4},
         "LMD continued from lmd with the preset's own schedule (batch 256, lr 3e-4 stepped, no clip)",
         init_from="lmd",
     ),
