@@ -56,7 +56,7 @@ FROM_CONFIG = "from the preset/config"
 @click.option("--resume", is_flag=True, default=False, show_default="off", help="Continue the run in --out from its checkpoint (exactly).")
 @click.option("--max-steps", type=int, default=None, show_default=FROM_CONFIG, help="Number of optimisation steps.")
 @click.option("--teacher", type=click.Path(), default=None, show_default=FROM_CONFIG, help="Model directory of the frozen teacher (distillation objectives).")
-@click.option("--init-from", type=click.Path(), default=None, show_default=FROM_CONFIG, help="Model directory whose weights initialise the model (pfmm: the teacher).")
+@click.option("--init-from", type=click.Path(), default=None, show_default=FROM_CONFIG, help="Model directory whose weights initialise the model (pfmm: the teacher). A velocity model starts a flow map at v_st = b_s, one Euler step (MLP backbone, residual ansatz).")
 @click.option("--batch-size", type=int, default=None, show_default=FROM_CONFIG, help="Global batch size.")
 @click.option("--lr", type=float, default=None, show_default=FROM_CONFIG, help="Peak learning rate.")
 @click.option("--seed", type=int, default=None, show_default=FROM_CONFIG, help="Seed of every random stream.")
