@@ -287,7 +287,7 @@ def render_markdown(res: dict[str, Any]) -> str:
             rows.append([name, r["method"], r["factor"], r["steps"], "–", "failed", "", "", "", ""])
             continue
         sc = r["scores"]
-        rows.append([name, r["method"], r["factor"], r["steps"], fmt(r["train_seconds"], 0),
+        rows.append([name, r["method"], r["factor"], r["steps"], f"{r['train_seconds']:.0f}" if r.get("train_seconds") is not None else "–",
                      fmt(sc["1"]["kl_ratio"], 2), fmt(sc["2"]["kl_ratio"], 2), fmt(sc["4"]["kl_ratio"], 2),
                      fmt(sc["1"]["coupling_l2"]), fmt(sc["4"]["coupling_l2"])])
     lines.append(markdown_table(headers, rows))
