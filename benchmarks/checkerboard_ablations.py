@@ -270,7 +270,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         "# Checkerboard ablations: one factor at a time",
         "",
         f"- machine: {res['machine_description']}",
-        f"- command: `{res['command']}`",
+        (f"- command: `python -m {MODULE}` (every variant); rows of earlier runs against the same teacher are "
+         f"kept, so subsets run with `--only` add up (last run: `{res['command']}`)"),
         f"- date: {res['date']}",
         (f"- budget (unless the row changes it): MLP {res['settings']['width']} x {res['settings']['depth']}, "
         f"{res['settings']['steps']} Adam steps, batch {res['settings']['batch_size']}, lr {res['settings']['lr']}; "
