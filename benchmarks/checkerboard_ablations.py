@@ -195,12 +195,17 @@ def run(names: Sequence[str], settings: Settings, *, work_dir: Path, out_dir: Pa
     ctx.kl_teacher = m_t.kl
     log(f"[teacher] dopri5 KL {m_t.kl:.4f}")
 
+    data_std = _std(get_dataset("checkerboard").sample(
+        settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)))
     rows: dict[str, Any] = {}
     res: dict[str, Any] = {}
     for name in names:
         v = VARIANTS[name]
         run_dir = work_dir / v.method if v.baseline else work_dir / "ablations" / v.name
         cfg = _train_config(v, settings, work_dir)
+        row: dict[str, Any] = {"method": v.method, "factor": v.factor, "hparams": v.hparams, "sets": list(v.sets),
+                               "steps": int(cfg.max_steps), "lr": cfg.lr}
+        rows[name] = row
         t0 = time.perf_counter()
         try:
             rec = train_one(v.name, cfg, run_dir, fresh=False, progress=False, log=log)
@@ -208,39 +213,42 @@ def run(names: Sequence[str], settings: Settings, *, work_dir: Path, out_dir: Pa
             raise
         except (AnystepError, RuntimeError, ValueError) as e:  # e.g. the loss became NaN
             log(f"[{name}] FAILED: {e}")
-            rows[name] = {"method": v.method, "factor": v.factor, "hparams": v.hparams, "sets": list(v.sets),
-                          "steps": int(cfg.max_steps), "lr": cfg.lr, "failed": " ".join(str(e).split())}
-            res = _write(rows, settings, m_t.kl, out_dir, command)
-            continue
-        model = load_model_dir(run_dir).model
-        scores = {}
-        for k in STEPS:
-            m = score_samples(_sample_map(model, x0, k), ctx, nfe=k)
-            scores[str(k)] = {"kl": m.kl, "kl_ratio": m.kl_ratio, "coupling_l2": m.coupling_l2,
-                              "w2_target": m.w2_target, "outside": m.outside}
-        rows[name] = {
-            "method": v.method, "factor": v.factor, "hparams": v.hparams, "sets": list(v.sets),
-            "steps": int(cfg.max_steps), "lr": cfg.lr, "train_seconds": rec.seconds,
-            "final_loss": rec.final_loss, "reused": rec.reused, "scores": scores,
-            "wall_s": time.perf_counter() - t0,
-        }
-        log(f"[{name}] KL ratio " + ", ".join(f"K={k} {scores[str(k)]['kl_ratio']:.2f}" for k in STEPS))
-        res = _write(rows, settings, m_t.kl, out_dir, command)  # after every variant: nothing is lost
+            row["failed"] = " ".join(str(e).split())
+        else:
+            model = load_model_dir(run_dir).model
+            scores = {}
+            for k in STEPS:
+                xk = _sample_map(model, x0, k)
+                m = score_samples(xk, ctx, nfe=k)
+                scores[str(k)] = {"kl": m.kl, "kl_ratio": m.kl_ratio, "coupling_l2": m.coupling_l2,
+                                  "w2_target": m.w2_target, "outside": m.outside, "std": _std(xk)}
+            row.update(train_seconds=rec.seconds, final_loss=rec.final_loss, reused=rec.reused, scores=scores,
+                       wall_s=time.perf_counter() - t0)
+            log(f"[{name}] KL ratio " + ", ".join(f"K={k} {scores[str(k)]['kl_ratio']:.2f}" for k in STEPS))
+        res = _write(rows, settings, m_t.kl, data_std, out_dir, command)  # after every variant: nothing is lost
     return res
 
 
-def _write(rows: dict[str, Any], settings: Settings, teacher_kl: float, out_dir: Path,
+def _std(x: torch.Tensor) -> float:
+    """Standard deviation of samples ``[n, 2]``, averaged over the two coordinates (finite rows)."""
+    x = x[torch.isfinite(x).all(dim=1)]
+    return float(x.double().std(dim=0).mean())
+
+
+def _write(rows: dict[str, Any], settings: Settings, teacher_kl: float, data_std: float, out_dir: Path,
            command: str) -> dict[str, Any]:
+    machine = machine_info()
     res = {
         "benchmark": "checkerboard ablations",
         "command": command,
-        "machine": machine_info(),
-        "machine_description": machine_info().describe(),
+        "machine": machine,
+        "machine_description": machine.describe(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"steps": settings.steps, "batch_size": settings.batch_size, "lr": settings.lr,
                      "width": settings.width, "depth": settings.depth, "n_samples": settings.n_samples,
                      "rtol": settings.rtol, "seed": settings.seed},
         "teacher_kl": teacher_kl,
+        "data_std": data_std,
         "variants": dict(rows),
     }
     _merge_previous(out_dir / "checkerboard_ablations.json", res)
@@ -278,19 +286,23 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"{res['settings']['n_samples']:,} evaluation points (the full benchmark's)"),
         (f"- teacher dopri5 KL {res['teacher_kl']:.4f}; ratios are KL / teacher KL "
         "(goal: <= 1.5 at 1 step, <= 1.2 at 4 steps); coupling = E|X^SI_01(x0) - X_hat(x0)|^2"),
+        (f"- final loss: last logged training loss (the whole curve is `train_log.jsonl` in the run directory; "
+         f"the AYF value is a surrogate, not a distance); std 1: standard deviation of the one-step samples "
+         f"(data: {res.get('data_std', float('nan')):.2f}; the base N(0, I): 1.00)"),
         "",
     ]
-    headers = ["variant", "method", "factor", "steps", "train (s)", "KL/T 1", "KL/T 2", "KL/T 4",
-               "coupling 1", "coupling 4"]
+    headers = ["variant", "method", "factor", "steps", "train (s)", "final loss", "KL/T 1", "KL/T 2", "KL/T 4",
+               "coupling 1", "coupling 4", "std 1"]
     rows = []
     for name, r in res["variants"].items():
+        head = [name, r["method"], r["factor"], r["steps"]]
         if "failed" in r:
-            rows.append([name, r["method"], r["factor"], r["steps"], "–", "failed", "", "", "", ""])
+            rows.append([*head, "–", "–", "failed", "", "", "", "", ""])
             continue
         sc = r["scores"]
-        rows.append([name, r["method"], r["factor"], r["steps"], f"{r['train_seconds']:.0f}" if r.get("train_seconds") is not None else "–",
+        rows.append([*head, f"{r['train_seconds']:.0f}", fmt(r.get("final_loss")),
                      fmt(sc["1"]["kl_ratio"], 2), fmt(sc["2"]["kl_ratio"], 2), fmt(sc["4"]["kl_ratio"], 2),
-                     fmt(sc["1"]["coupling_l2"]), fmt(sc["4"]["coupling_l2"])])
+                     fmt(sc["1"]["coupling_l2"]), fmt(sc["4"]["coupling_l2"]), fmt(sc["1"].get("std"))])
     lines.append(markdown_table(headers, rows))
     lines.append("")
     return "\n".join(lines)

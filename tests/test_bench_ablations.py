@@ -53,10 +53,14 @@ def test_missing_teacher_is_a_clear_error(tmp_path, capsys):
 
 
 def test_markdown_marks_failed_variants():
-    res = {"machine_description": "m", "command": "c", "date": "d", "teacher_kl": 0.25,
+    res = {"machine_description": "m", "command": "c", "date": "d", "teacher_kl": 0.25, "data_std": 2.3,
            "settings": {"width": 8, "depth": 2, "steps": 10, "batch_size": 4, "lr": 1e-3, "n_samples": 1000},
            "variants": {"ee_ot": {"method": "ee", "factor": "f", "steps": 10, "failed": "NaN loss"},
                         "ee": {"method": "ee", "factor": "baseline", "steps": 10, "train_seconds": 1.0,
-                               "scores": {k: {"kl_ratio": 2.0, "coupling_l2": 0.1} for k in ("1", "2", "4")}}}}
+                               "final_loss": 7.5,
+                               "scores": {k: {"kl_ratio": 2.0, "coupling_l2": 0.1, "std": 1.01}
+                                          for k in ("1", "2", "4")}}}}
     md = AB.render_markdown(res)
-    assert "| ee_ot | ee | f | 10 | – | failed |" in md and "| ee | ee | baseline |" in md
+    assert "| ee_ot | ee | f | 10 | – | – | failed |" in md
+    assert "| ee | ee | baseline | 10 | 1 | 7.5 | 2 | 2 | 2 | 0.1 | 0.1 | 1.01 |" in md
+    assert "data: 2.30" in md

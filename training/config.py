@@ -488,7 +488,9 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
     if resolved.init_from is not None:
         init_cfg = _read_model_config(resolved.init_from, "init_from")
         if init_cfg.kind == "velocity" and config.model.kind == "flowmap":
-            _check_velocity_warm_start(init_cfg, config, resolved.init_from)
+            from anystep.core.warmstart import check_warm_start
+
+            check_warm_start(config.model, init_cfg, f"init_from {resolved.init_from!r}")
         elif init_cfg.kind != config.model.kind or init_cfg.backbone != config.model.backbone or (
             init_cfg.kind == "flowmap" and init_cfg.ansatz != config.model.ansatz
         ):
@@ -499,17 +501,3 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
             )
     return ValidatedConfig(config=resolved, objective_cls=cls, data_shape=shape, teacher_config=teacher_cfg)
 
-
-def _check_velocity_warm_start(init_cfg: Any, config: TrainConfig, path: str) -> None:
-    """A flow map may start from a velocity model (``v_{s,t} = b_s``, anystep.core.warmstart)
-    when both are MLPs of the same size and the map uses the residual ansatz."""
-    fb, vb = config.model.backbone, init_cfg.backbone
-    same = (fb.name == vb.name == "mlp" and fb.width == vb.width and fb.depth == vb.depth
-            and fb.fourier_features == vb.fourier_features and tuple(fb.data_shape) == tuple(vb.data_shape))
-    if not same or config.model.ansatz != "residual":
-        raise ConfigError(
-            f"init_from {path!r} is a velocity model: a flow map can start from it (v_st = b_s) only with the "
-            f"residual ansatz and an MLP backbone of the same width/depth/fourier_features (it has "
-            f"{vb.name}, width {vb.width}, depth {vb.depth}; the map has {fb.name}, width {fb.width}, depth "
-            f"{fb.depth}, ansatz {config.model.ansatz})"
-        )

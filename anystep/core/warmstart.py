@@ -20,13 +20,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anystep.core.config import ConfigError
+from anystep.core.config import ConfigError, ModelConfig
 
-__all__ = ["WarmStartError", "flowmap_from_velocity"]
+__all__ = ["WarmStartError", "check_warm_start", "flowmap_from_velocity"]
 
 
 class WarmStartError(ConfigError):
     """The flow map cannot be initialised from this velocity model; the message says why."""
+
+
+def check_warm_start(flowmap_cfg: ModelConfig, velocity_cfg: ModelConfig, source: str = "the velocity model") -> None:
+    """Check, from the configs alone, that :func:`flowmap_from_velocity` can start this map.
+
+    Args:
+        flowmap_cfg: the flow map's model config.
+        velocity_cfg: the velocity model's config.
+        source: how to name the velocity model in the message (e.g. its path).
+
+    Raises:
+        WarmStartError: not MLP + residual ansatz, or different width/depth/fourier_features/data shape.
+    """
+    fb, vb = flowmap_cfg.backbone, velocity_cfg.backbone
+    same = (fb.name == vb.name == "mlp" and fb.width == vb.width and fb.depth == vb.depth
+            and fb.fourier_features == vb.fourier_features and tuple(fb.data_shape) == tuple(vb.data_shape))
+    if not same or flowmap_cfg.ansatz != "residual":
+        raise WarmStartError(
+            f"{source} is a velocity model: a flow map can start from it (v_st = b_s) only with the residual "
+            f"ansatz and an MLP backbone of the same width/depth/fourier_features (it has {vb.name}, width "
+            f"{vb.width}, depth {vb.depth}; the map has {fb.name}, width {fb.width}, depth {fb.depth}, ansatz "
+            f"{flowmap_cfg.ansatz})"
+        )
 
 
 @torch.no_grad()
@@ -59,14 +82,11 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     f_layers = [m for m in fb.net if isinstance(m, nn.Linear)]
     v_layers = [m for m in vb.net if isinstance(m, nn.Linear)]
     feats = fb.features.out_features
-    same = (
-        len(f_layers) == len(v_layers)
-        and fb.dim == vb.dim
-        and feats == vb.features.out_features
-        and all(a.weight.shape == b.weight.shape for a, b in zip(f_layers[1:], v_layers[1:], strict=True))
-        and f_layers[0].out_features == v_layers[0].out_features
-    )
-    if not same:
+    if (
+        len(f_layers) != len(v_layers)
+        or feats != vb.features.out_features
+        or any(a.weight.shape != b.weight.shape for a, b in zip(f_layers[1:], v_layers[1:], strict=True))
+    ):
         raise WarmStartError(
             "the velocity model's MLP differs from the flow map's (width, depth, fourier_features or data "
             "shape); warm start needs the same backbone settings"
