@@ -10,7 +10,7 @@ class AnystepError(ValueError):
 def _collect() -> tuple[type[BaseException], ...]:
     from anystep.core.config import ConfigError
     from anystep.core.modeldir import ModelDirError
-    from anystep.core.samplers import GridError
+    from anystep.core.grid import GridError
 
     errs: list[type[BaseException]] = [AnystepError, ConfigError, ModelDirError, GridError, FileNotFoundError]
     try:

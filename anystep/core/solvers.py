@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .interpolants import broadcast_time
+from .tableaux import DEFAULT_MAX_NFE, DOPRI5, SOLVERS, TABLEAUX, SolverError, Tableau
 
 Velocity = Callable[[Tensor, Tensor], Tensor]  # b(x [B,*shape], t [B]) -> [B,*shape]
 
@@ -42,29 +43,40 @@ def _bt(h: Tensor, x: Tensor) -> Tensor:
     return broadcast_time(h, x)
 
 
+def rk_step(b: Velocity, x: Tensor, t: Tensor, h: Tensor, tableau: Tableau) -> Tensor:
+    """One explicit Runge-Kutta step of the given tableau (S evaluations of ``b``).
+
+    ``k_j = b(x + h sum_l A_jl k_l, t + c_j h)``, ``x <- x + h sum_j b_j k_j``.
+    """
+    hb = _bt(h, x)
+    ks: list[Tensor] = []
+    for j in range(tableau.stages):
+        xj = x
+        for a, k in zip(tableau.a[j][:j], ks):
+            if a != 0.0:
+                xj = xj + (hb * a) * k
+        ks.append(b(xj, t + tableau.c[j] * h))
+    incr = sum(w * k for w, k in zip(tableau.b, ks) if w != 0.0)
+    return x + hb * incr
+
+
 def euler_step(b: Velocity, x: Tensor, t: Tensor, h: Tensor) -> Tensor:
     """One forward-Euler step (order 1)."""
-    return x + _bt(h, x) * b(x, t)
+    return rk_step(b, x, t, h, TABLEAUX["euler"])
 
 
 def heun_step(b: Velocity, x: Tensor, t: Tensor, h: Tensor) -> Tensor:
     """One Heun (explicit trapezoid) step (order 2, 2 NFE)."""
-    k1 = b(x, t)
-    k2 = b(x + _bt(h, x) * k1, t + h)
-    return x + _bt(h, x) * 0.5 * (k1 + k2)
+    return rk_step(b, x, t, h, TABLEAUX["heun"])
 
 
 def rk4_step(b: Velocity, x: Tensor, t: Tensor, h: Tensor) -> Tensor:
     """One classical Runge-Kutta step (order 4, 4 NFE)."""
-    hb = _bt(h, x)
-    k1 = b(x, t)
-    k2 = b(x + 0.5 * hb * k1, t + 0.5 * h)
-    k3 = b(x + 0.5 * hb * k2, t + 0.5 * h)
-    k4 = b(x + hb * k3, t + h)
-    return x + hb * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+    return rk_step(b, x, t, h, TABLEAUX["rk4"])
 
 
 FIXED_STEPPERS = {"euler": (euler_step, 1), "heun": (heun_step, 2), "rk4": (rk4_step, 4)}
+"""Fixed-step solvers: ``name -> (stepper, evaluations per step)``, derived from :data:`TABLEAUX`."""
 
 
 def _as_times(t: Tensor | float, x: Tensor) -> Tensor:
@@ -96,16 +108,16 @@ def solve_fixed(
         ODESolution with ``nfe = steps * evaluations per step``.
     """
     if method not in FIXED_STEPPERS:
-        raise ValueError(f"unknown fixed-step method {method!r}; choose from {sorted(FIXED_STEPPERS)} or 'dopri5'")
+        raise SolverError(f"unknown fixed-step method {method!r}; choose from {sorted(FIXED_STEPPERS)} or 'dopri5'")
     stepper, per_step = FIXED_STEPPERS[method]
     if steps is None:
         if nfe is None:
-            raise ValueError("give steps or nfe")
+            raise SolverError("give steps or nfe")
         steps = nfe // per_step
         if steps < 1:
-            raise ValueError(f"nfe={nfe} is below the {per_step} evaluations one {method} step needs")
+            raise SolverError(f"nfe={nfe} is below the {per_step} evaluations one {method} step needs")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise SolverError(f"steps must be >= 1, got {steps}")
     t0_, t1_ = _as_times(t0, x), _as_times(t1, x)
     h = (t1_ - t0_) / steps
     traj = [x] if return_trajectory else None
@@ -116,20 +128,12 @@ def solve_fixed(
     return ODESolution(x=x, nfe=steps * per_step, steps=steps, trajectory=traj)
 
 
-# Dormand-Prince 5(4) tableau.
-_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
-_A = [
-    [],
-    [1 / 5],
-    [3 / 40, 9 / 40],
-    [44 / 45, -56 / 15, 32 / 9],
-    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-    [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
-]
-_B5 = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
-_B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
-_E = [b5 - b4 for b5, b4 in zip(_B5, _B4)]
+_DP = TABLEAUX["dopri5"]
+_C, _A, _B5, _E = _DP.c, _DP.a, _DP.b, _DP.b_err
+
+
+class SolverFailedError(SolverError):
+    """An adaptive solve did not reach its end time within its evaluation bound."""
 
 
 def dopri5(
@@ -142,13 +146,15 @@ def dopri5(
     atol: float = 1e-5,
     h0: float | None = None,
     max_steps: int = 10_000,
+    max_nfe: int | None = None,
 ) -> ODESolution:
     """Adaptive Dormand-Prince 5(4) with per-sample step-size control.
 
     Each sample keeps its own time and step size; a step is accepted for the samples
     whose scaled RMS error is <= 1 and retried (smaller) for the others. All live
     samples share one batched evaluation of ``b`` per stage, so ``nfe`` counts batched
-    calls (first-same-as-last saves one per step).
+    calls (first-same-as-last saves one per step). The tableau and the controller are
+    :data:`anystep.core.tableaux.TABLEAUX` ``["dopri5"]`` and :data:`~anystep.core.tableaux.DOPRI5`.
 
     Args:
         b: velocity ``b(x [B,*shape], t [B]) -> [B,*shape]``.
@@ -157,18 +163,23 @@ def dopri5(
         rtol, atol: error tolerances (per component, RMS norm per sample).
         h0: initial step magnitude (default ``0.01 * |t1 - t0|``).
         max_steps: safety bound on loop iterations.
+        max_nfe: bound on evaluations of ``b`` (None: only ``max_steps``).
 
     Returns:
         ODESolution; ``steps`` is the largest accepted-step count of any sample.
+
+    Raises:
+        SolverFailedError: ``t1`` not reached within ``max_steps`` / ``max_nfe``.
     """
     if rtol <= 0 or atol <= 0:
-        raise ValueError("rtol and atol must be > 0")
+        raise SolverError("rtol and atol must be > 0")
+    ctl = DOPRI5
     t0_, t1_ = _as_times(t0, x), _as_times(t1, x)
     span = t1_ - t0_
     direction = torch.sign(span)
     direction = torch.where(direction == 0, torch.ones_like(direction), direction)
     t = t0_.clone()
-    h = (h0 if h0 is not None else 0.01) * span.abs().clamp(min=1e-12)
+    h = ctl.h0_fraction * span.abs().clamp(min=1e-12)
     if h0 is not None:
         h = torch.full_like(t, float(h0))
     done = span.abs() <= 0
@@ -178,16 +189,22 @@ def dopri5(
     accepted = torch.zeros_like(t, dtype=torch.long)
     rejected = 0
     red = tuple(range(1, x.ndim))
+    limit = max_nfe if max_nfe is not None else 1 + 6 * max_steps
     for _ in range(max_steps):
         if bool(done.all()):
             break
+        if nfe + 6 > limit:
+            raise SolverFailedError(
+                f"dopri5 needs more than max_nfe={limit} evaluations at rtol={rtol:g}; "
+                "raise max_nfe or rtol, or use a fixed-step solver"
+            )
         remaining = (t1_ - t).abs()
         hs = torch.minimum(h, remaining) * direction
         hs = torch.where(done, torch.zeros_like(hs), hs)
         hb = _bt(hs, x)
         ks = [k1]
         for i in range(1, 7):
-            xi = x + hb * sum(a * k for a, k in zip(_A[i], ks))
+            xi = x + hb * sum(a * k for a, k in zip(_A[i][:i], ks) if a != 0)
             ks.append(b(xi, t + _C[i] * hs))
             nfe += 1
         x5 = x + hb * sum(c * k for c, k in zip(_B5, ks) if c != 0)
@@ -201,16 +218,15 @@ def dopri5(
         t = torch.where(ok, t + hs, t)
         accepted = accepted + ok.long()
         rejected += int(((~ok) & ~done).sum())
-        factor = torch.clamp(0.9 * err_norm.clamp(min=1e-10) ** (-0.2), 0.2, 10.0)
+        factor = torch.clamp(
+            ctl.safety * err_norm.clamp(min=1e-10) ** ctl.exponent, ctl.min_factor, ctl.max_factor
+        )
         h = torch.where(done, h, h * factor)
         done = done | ((t1_ - t).abs() <= 1e-12 * (1 + t1_.abs())) | (ok & (remaining <= hs.abs() + 1e-15))
         t = torch.where(done, t1_, t)
     else:
-        raise RuntimeError(f"dopri5 did not reach t1 within max_steps={max_steps}; loosen rtol/atol")
+        raise SolverFailedError(f"dopri5 did not reach t1 within max_steps={max_steps}; loosen rtol/atol")
     return ODESolution(x=x, nfe=nfe, steps=int(accepted.max()), rejected=rejected)
-
-
-SOLVERS = ("euler", "heun", "rk4", "dopri5")
 
 
 def solve(
@@ -225,10 +241,11 @@ def solve(
     rtol: float = 1e-5,
     atol: float | None = None,
     return_trajectory: bool = False,
+    max_nfe: int | None = DEFAULT_MAX_NFE,
 ) -> ODESolution:
-    """Dispatch to a fixed-step solver or dopri5 (``atol`` defaults to ``rtol``)."""
+    """Dispatch to a fixed-step solver or dopri5 (``atol`` defaults to ``rtol``; ``max_nfe`` bounds dopri5)."""
     if method == "dopri5":
-        return dopri5(b, x, t0, t1, rtol=rtol, atol=atol if atol is not None else rtol)
+        return dopri5(b, x, t0, t1, rtol=rtol, atol=atol if atol is not None else rtol, max_nfe=max_nfe)
     if method not in FIXED_STEPPERS:
-        raise ValueError(f"unknown solver {method!r}; choose from {list(SOLVERS)}")
+        raise SolverError(f"unknown solver {method!r}; choose from {list(SOLVERS)}")
     return solve_fixed(b, x, t0, t1, method=method, steps=steps, nfe=nfe, return_trajectory=return_trajectory)
