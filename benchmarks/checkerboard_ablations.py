@@ -39,17 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from anystep.benchmarks.checkerboard import (
-    METHODS,
-    BenchmarkError,
-    EvalContext,
-    Settings,
-    _sample_map,
-    _sample_ode,
-    build_train_config,
-    score_samples,
-    train_one,
-)
+from anystep.benchmarks.checkerboard_eval import EvalContext, sample_map, sample_ode, score_samples
+from anystep.benchmarks.checkerboard_methods import METHODS, BenchmarkError, Settings
+from anystep.benchmarks.checkerboard_train import build_train_config, train_one
 from anystep.benchmarks.common import command_line, fmt, machine_info, markdown_table, write_results
 from anystep.errors import AnystepError
 
@@ -154,7 +146,7 @@ def _teacher_samples(work_dir: Path, ctx: EvalContext, settings: Settings, log) 
         return torch.from_numpy(np.load(cache))
     log(f"[teacher] dopri5 on {ctx.x0.shape[0]:,} points (cached afterwards in {cache})")
     teacher = load_model_dir(work_dir / "si").model
-    x1, _ = _sample_ode(teacher, ctx.x0, "dopri5", None, settings.rtol)
+    x1, _ = sample_ode(teacher, ctx.x0, "dopri5", None, settings.rtol)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, x1.numpy())
     meta.write_text(json.dumps(key))
@@ -218,7 +210,7 @@ def run(names: Sequence[str], settings: Settings, *, work_dir: Path, out_dir: Pa
             model = load_model_dir(run_dir).model
             scores = {}
             for k in STEPS:
-                xk = _sample_map(model, x0, k)
+                xk = sample_map(model, x0, k)
                 m = score_samples(xk, ctx, nfe=k)
                 scores[str(k)] = {"kl": m.kl, "kl_ratio": m.kl_ratio, "coupling_l2": m.coupling_l2,
                                   "w2_target": m.w2_target, "outside": m.outside, "std": _std(xk)}

@@ -1,0 +1,263 @@
+"""Checkerboard benchmark: the method registry and the shared budget (:class:`Settings`).
+
+A row of the benchmark is a :class:`MethodSpec` in :data:`METHODS`; another objective joins
+the benchmark by adding one entry there (its preset, teacher / warm start, paper numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from anystep.errors import AnystepError
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "EULER_STEPS",
+    "EVAL_STEPS",
+    "METHODS",
+    "QUICK",
+    "BenchmarkError",
+    "MethodSpec",
+    "Settings",
+    "register_method",
+    "resolve_methods",
+]
+
+EVAL_STEPS = (1, 2, 4, 8)
+EULER_STEPS = (1, 2, 4, 8, 16)
+
+
+class BenchmarkError(AnystepError):
+    """Invalid benchmark options or run directories; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------
+# methods
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the benchmark.
+
+    Attributes:
+        key: short name used on the command line and as the run directory (``"lmd"``).
+        label: row label in tables and figures (``"LMD"``).
+        preset: training preset the config starts from (``anystep.training.presets``).
+        objective: objective replacing the preset's (negative controls), or None.
+        hparams: objective hyper-parameters added to the preset's.
+        teacher: key of the method whose model is the frozen teacher, or None.
+        init_from: key of the method whose weights warm-start this one, or None.
+        table3_steps: steps at which the paper's Table 3 scores the method (FMM N=4: 4).
+        paper: the paper's Table 3 numbers ``{"kl", "w2_target", "w2_teacher", "l2"}``.
+        one_step: True when the map is meant to be used in one step (candidate for the
+            bundled model; FMM N=4 is a 4-step map, negative controls never qualify).
+        control: negative control (biased or wrong minimiser), reported but never bundled.
+        note: one line on what the row is.
+    """
+
+    key: str
+    label: str
+    preset: str
+    objective: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    init_from: str | None = None
+    table3_steps: int = 1
+    paper: dict[str, float | None] = field(default_factory=dict)
+    one_step: bool = True
+    control: bool = False
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``"velocity"`` for the teacher, ``"flowmap"`` for every other row."""
+        return "velocity" if self.key == "si" else "flowmap"
+
+
+def _paper(kl: float, w2: float, w2t: float | None, l2: float | None) -> dict[str, float | None]:
+    return {"kl": kl, "w2_target": w2, "w2_teacher": w2t, "l2": l2}
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.key: m
+    for m in (
+        MethodSpec("si", "SI (teacher)", "checkerboard-velocity", paper=_paper(0.020, 0.026, 0.0, 0.0),
+                   one_step=False, note="velocity b_t (eq. 3.14); sampled with dopri5 / Euler"),
+        MethodSpec("lmd", "LMD", "checkerboard-lmd", teacher="si", paper=_paper(0.043, 0.059, 0.032, 0.085),
+                   note="Lagrangian map distillation (eq. 3.7)"),
+        MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", paper=_paper(0.079, 0.029, 0.010, 0.011),
+                   note="Eulerian map distillation (eq. 3.9)"),
+        MethodSpec("fmm1", "FMM, N=1", "checkerboard-fmm1", paper=_paper(0.104, 0.021, None, 0.026),
+                   note="flow map matching (eq. 3.15) on the whole square"),
+        MethodSpec("fmm4", "FMM, N=4", "checkerboard-fmm4", table3_steps=4, one_step=False,
+                   paper=_paper(0.045, 0.014, None, 0.024),
+                   note="flow map matching with |t-s| <= 1/4; a 4-step map (PFMM's teacher)"),
+        MethodSpec("pfmm", "PFMM, N=1", "checkerboard-pfmm", teacher="fmm4", init_from="fmm4",
+                   paper=_paper(0.043, 0.014, None, 0.023),
+                   note="progressive FMM (eq. 3.16): FMM N=4 (4 steps) distilled to one step"),
+        MethodSpec("ee", "EE (stop-grad)", "checkerboard-ee",
+                   note="Eulerian estimation with stop-gradient (successors §1), no teacher"),
+        MethodSpec("lsd", "LSD", "checkerboard-lsd", note="Lagrangian self-distillation (successors §2)"),
+        MethodSpec("esd", "ESD", "checkerboard-esd", note="Eulerian self-distillation (successors §2)"),
+        MethodSpec("psd", "PSD", "checkerboard-psd", note="progressive self-distillation (successors §2)"),
+        MethodSpec("ayf_emd", "AYF-EMD", "checkerboard-ayf-emd", teacher="si",
+                   note="Align Your Flow, Eulerian (successors §3)"),
+        MethodSpec("ayf_lmd", "AYF-LMD", "checkerboard-ayf-lmd", teacher="si",
+                   note="Align Your Flow, Lagrangian (successors §3)"),
+        MethodSpec("ee_naive", "EE naive (control)", "checkerboard-ee", objective="ee_naive", control=True,
+                   note="negative control: biased Eulerian estimator without stop-gradient (eq. B.6)"),
+        MethodSpec("denoiser", "Denoiser (control)", "checkerboard-ee", objective="denoiser", control=True,
+                   note="negative control: converges to the denoiser E[I_t | I_s] (eq. B.1), not the map"),
+    )
+}
+DEFAULT_METHODS: list[str] = ["si", "lmd", "emd", "fmm1", "fmm4", "pfmm", "ee", "lsd", "esd", "psd", "ayf_emd",
+                              "ayf_lmd"]
+
+
+def register_method(spec: MethodSpec, *, default: bool = True) -> MethodSpec:
+    """Add a row to the benchmark (e.g. a new objective's preset).
+
+    Args:
+        spec: the method; its ``teacher`` / ``init_from`` must already be registered.
+        default: also run it when ``--methods`` is not given (``all``).
+
+    Returns:
+        ``spec``.
+
+    Raises:
+        BenchmarkError: the key is taken or a dependency is unknown.
+    """
+    if spec.key in METHODS:
+        raise BenchmarkError(f"method {spec.key!r} is already registered")
+    for dep in (spec.teacher, spec.init_from):
+        if dep is not None and dep not in METHODS:
+            raise BenchmarkError(f"method {spec.key!r}: register its teacher / warm start {dep!r} first")
+    METHODS[spec.key] = spec
+    if default:
+        DEFAULT_METHODS.append(spec.key)
+    return spec
+
+
+def resolve_methods(requested: Sequence[str] | str | None) -> list[MethodSpec]:
+    """The methods to run, with their dependencies, in a valid training order.
+
+    Args:
+        requested: keys (or one comma-separated string); None or ``"all"`` for the
+            default set, ``"all+controls"`` adds the negative controls.
+
+    Returns:
+        Specs in :data:`METHODS` order; the teacher ``si`` is always included (every
+        metric is relative to it), and a method's teacher / warm start comes first.
+
+    Raises:
+        BenchmarkError: an unknown key.
+    """
+    if requested is None:
+        keys = list(DEFAULT_METHODS)
+    else:
+        items = requested.split(",") if isinstance(requested, str) else list(requested)
+        keys = []
+        for item in (s.strip().lower().replace("-", "_") for s in items):
+            if not item:
+                continue
+            if item == "all":
+                keys += list(DEFAULT_METHODS)
+            elif item in ("all+controls", "all_controls", "everything"):
+                keys += list(METHODS)
+            elif item in METHODS:
+                keys.append(item)
+            else:
+                raise BenchmarkError(
+                    f"--methods: unknown method {item!r}; choose from {', '.join(METHODS)} "
+                    "(or 'all', 'all+controls')"
+                )
+    wanted = set(keys) | {"si"}
+    changed = True
+    while changed:
+        changed = False
+        for k in list(wanted):
+            for dep in (METHODS[k].teacher, METHODS[k].init_from):
+                if dep is not None and dep not in wanted:
+                    wanted.add(dep)
+                    changed = True
+    return [METHODS[k] for k in METHODS if k in wanted]
+
+
+# --------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """Everything the benchmark's numbers depend on (recorded in the JSON).
+
+    Attributes:
+        quick: the ``--quick`` preset of the other fields.
+        width: MLP hidden width (paper: 512) for every model.
+        depth: MLP hidden layers (paper: 6).
+        steps: optimisation steps per method (paper: 5e4).
+        batch_size: samples per step.
+        lr: peak learning rate (Adam).
+        lr_min: final learning rate of the cosine decay.
+        lr_warmup_steps: linear warm-up.
+        ema_decay: EMA of the weights used for evaluation.
+        grad_clip: global gradient-norm clip (None: off).
+        seed: seed of every training run and of the evaluation draws.
+        n_samples: base points per evaluation (KL and coupling use all of them).
+        w2_samples: subsample size for the exact-OT ``W_2^2``.
+        kl_bins: histogram cells per axis of the KL estimator.
+        kl_range: ``(lo, hi)`` of the KL grid on both axes.
+        rtol: dopri5 tolerance (atol = rtol) for the teacher's reference samples.
+        threads: ``torch.set_num_threads``.
+        size_samples: base points (the first ones of the shared ``x0``) for the
+            teacher-size comparison.
+        teacher_sizes: extra teacher nets ``(width, depth)`` for the size comparison.
+        methods: keys of the methods run.
+    """
+
+    quick: bool = False
+    width: int = 256
+    depth: int = 4
+    steps: int = 6000
+    batch_size: int = 1000
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    lr_warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    n_samples: int = 200_000
+    w2_samples: int = 3000
+    kl_bins: int = 100
+    kl_range: tuple[float, float] = (-4.5, 4.5)
+    rtol: float = 1e-4
+    threads: int = 2
+    size_samples: int = 50_000
+    teacher_sizes: tuple[tuple[int, int], ...] = ()
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise BenchmarkError(msg)
+
+        for name in ("width", "depth", "steps", "batch_size", "threads"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        need(self.n_samples >= 1000, f"--n-samples must be >= 1000 (the issue asks for >= 20000), got {self.n_samples}")
+        need(self.w2_samples >= 100, f"--w2-samples must be >= 100, got {self.w2_samples}")
+        need(self.lr > 0 and 0 <= self.lr_min <= self.lr, f"need 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
+        need(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        need(self.rtol > 0, f"--rtol must be > 0, got {self.rtol}")
+        need(self.kl_bins >= 10, f"kl_bins must be >= 10, got {self.kl_bins}")
+
+
+QUICK = {
+    "width": 64, "depth": 3, "steps": 300, "batch_size": 256, "lr": 2e-3, "lr_warmup_steps": 20,
+    "ema_decay": 0.99, "n_samples": 20_000, "w2_samples": 1000, "rtol": 1e-4,
+}
+
