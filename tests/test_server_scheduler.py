@@ -139,17 +139,20 @@ def test_velocity_stages_match_core_solvers(velocity, method, per_step):
     assert stats.ticks == max(4 * per_step, 2 * 4)
 
 
-def test_dopri5_runs_as_its_own_batch_and_matches_core(velocity):
+def test_dopri5_is_staged_with_other_jobs_and_matches_core(velocity):
     eng = TorchEngine(velocity.model, (2,))
     job = Job(
         x=base_noise([3, 4], (2,)).numpy(), grid=np.array([0.0, 1.0]), method="dopri5", rtol=1e-4
     )
     other = _job(velocity, 9, 2, np.linspace(0, 1, 3), "euler")
-    (res, res2), _ = run(_serve(eng, [job, other]))
+    (res, res2), stats = run(_serve(eng, [job, other]))
     want = solvers.dopri5(velocity.model, base_noise([3, 4], (2,)), 0.0, 1.0, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(res.x, want.x.numpy(), atol=1e-5)
+    # per-sample nfe: the slowest sample's count equals the lockstep solver's batched count
     assert res.nfe == want.nfe and res.steps == want.steps
     assert res2.nfe == 2
+    # the Euler job rode along in the dopri5 job's first two ticks instead of waiting for it
+    assert stats.max_jobs_in_tick == 2 and stats.ticks == res.nfe
 
 
 def test_encode_runs_reversed_grid(flowmap):

@@ -1,0 +1,290 @@
+"""A request's samples as per-sample solver state, advanced one engine evaluation at a time.
+
+A :class:`Job` holds ``n`` samples, each with its own state ``x``, time, step size,
+Runge-Kutta stage and evaluation count. :func:`stage_inputs` gives the engine inputs
+of selected samples for their current stage and :func:`advance` consumes the engine's
+outputs, so every method -- flow-map jumps, Euler/Heun/RK4 and adaptive dopri5 -- is
+staged the same way and can share engine calls with any other job (step-level
+batching). Stages come from :data:`anystep.core.tableaux.TABLEAUX`:
+
+* flow maps: ``x <- X_{t_k, t_{k+1}}(x)`` along the grid (eq. 3.6; a decreasing grid
+  runs the inverse map);
+* fixed-step RK of step ``h = t_{k+1} - t_k``: stage ``j`` evaluates
+  ``k_j = b(x + h sum_l A_jl k_l, t_k + c_j h)``; after the last stage
+  ``x <- x + h sum_j b_j k_j``;
+* dopri5: the same stages with the sample's own ``(t, h)``; after stage 7 the scaled
+  RMS error accepts or rejects the step and the controller
+  (:data:`~anystep.core.tableaux.DOPRI5`) resizes ``h``; FSAL reuses ``k_7`` as the next
+  ``k_1``. A sample that would exceed ``max_nfe`` evaluations fails the job.
+
+Everything here is row-wise, so a sample's result depends only on its own inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anystep.core.tableaux import DEFAULT_MAX_NFE, DOPRI5, TABLEAUX
+from anystep.errors import AnystepError
+
+METHODS = ("flowmap", *TABLEAUX)
+
+
+class SchedulerError(AnystepError):
+    """Base of scheduler errors."""
+
+
+class SolverFailedError(SchedulerError):
+    """An adaptive solve did not reach its end time within ``max_nfe`` evaluations."""
+
+
+class NonFiniteError(SchedulerError):
+    """The model produced NaN or Inf for some samples of a job."""
+
+
+@dataclass
+class JobResult:
+    """What a finished job hands back.
+
+    Attributes:
+        x: ``[n, *shape]`` float32 final states (model units).
+        nfe: network evaluations per sample (the most any sample used, for dopri5).
+        steps: steps taken (accepted steps of the slowest sample for dopri5).
+        queue_s: seconds from submission to the first tick that ran the job.
+        compute_s: seconds of engine ticks the job took part in.
+        ticks: number of ticks it took part in.
+    """
+
+    x: np.ndarray
+    nfe: int
+    steps: int
+    queue_s: float
+    compute_s: float
+    ticks: int
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: ``n`` samples stepped along a shared grid (or adaptively, dopri5).
+
+    Attributes:
+        x: ``[n, *shape]`` float32 current states (start states at submission).
+        grid: ``[K + 1]`` float64 times; decreasing grids run the map backwards. dopri5
+            uses ``grid[0]`` and ``grid[-1]`` only.
+        method: ``"flowmap"`` or a solver of :data:`~anystep.core.tableaux.TABLEAUX`.
+        rtol: dopri5 tolerance (atol = rtol).
+        max_nfe: dopri5 bound on evaluations per sample.
+        tag: free-form label (the model name) for logs.
+    """
+
+    x: np.ndarray
+    grid: np.ndarray
+    method: str = "flowmap"
+    rtol: float = 1e-3
+    max_nfe: int = DEFAULT_MAX_NFE
+    tag: str = ""
+    id: int = field(default_factory=_ids.__next__)
+    k: np.ndarray = field(init=False)
+    stage: np.ndarray = field(init=False)
+    nfe: np.ndarray = field(init=False)
+    done: np.ndarray = field(init=False)
+    kstore: np.ndarray | None = field(init=False, default=None)
+    t: np.ndarray | None = field(init=False, default=None)
+    h: np.ndarray | None = field(init=False, default=None)
+    hs: np.ndarray | None = field(init=False, default=None)
+    rejected: int = field(init=False, default=0)
+    error: BaseException | None = field(init=False, default=None)
+    future: asyncio.Future | None = field(init=False, default=None, repr=False)
+    submitted_at: float = field(init=False, default=0.0)
+    started_at: float | None = field(init=False, default=None)
+    compute_s: float = field(init=False, default=0.0)
+    ticks: int = field(init=False, default=0)
+    cancelled: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32).copy()
+        self.grid = np.asarray(self.grid, dtype=np.float64).reshape(-1)
+        n = self.x.shape[0]
+        if n < 1:
+            raise SchedulerError("a job needs at least one sample")
+        if self.method not in METHODS:
+            raise SchedulerError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.grid.size < 2:
+            raise SchedulerError("a grid needs at least two times")
+        self.k = np.zeros(n, dtype=np.int64)
+        self.stage = np.zeros(n, dtype=np.int64)
+        self.nfe = np.zeros(n, dtype=np.int64)
+        self.done = np.zeros(n, dtype=bool)
+        tb = TABLEAUX.get(self.method)
+        if tb is not None and tb.stages > 1:
+            self.kstore = np.zeros((tb.stages, *self.x.shape), dtype=np.float32)
+        if self.adaptive:
+            if self.max_nfe < tb.stages:
+                raise SchedulerError(f"max_nfe must be >= {tb.stages}")
+            t0, t1 = float(self.grid[0]), float(self.grid[-1])
+            span = abs(t1 - t0)
+            self.t = np.full(n, t0, dtype=np.float64)
+            self.h = np.full(n, DOPRI5.h0_fraction * max(span, 1e-12), dtype=np.float64)
+            self.hs = np.minimum(self.h, span) * (1.0 if t1 >= t0 else -1.0)
+            self.done[:] = span <= 0
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def K(self) -> int:
+        """Steps of the grid (fixed-step methods)."""
+        return int(self.grid.size - 1)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method == "dopri5"
+
+    @property
+    def stages(self) -> int:
+        """Evaluations per step."""
+        return 1 if self.method == "flowmap" else TABLEAUX[self.method].stages
+
+    @property
+    def evals_left(self) -> int:
+        """Engine rows this job may still need (the ``max_nfe`` bound for dopri5)."""
+        live = ~self.done
+        if self.adaptive:
+            return int(np.sum(np.maximum(self.max_nfe - self.nfe[live], 0)))
+        return int(np.sum(self.K * self.stages - self.nfe[live]))
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or bool(self.done.all())
+
+    def live(self) -> np.ndarray:
+        """Indices of unfinished samples, least evaluated first (stable)."""
+        idx = np.flatnonzero(~self.done)
+        if idx.size > 1:
+            idx = idx[np.argsort(self.nfe[idx], kind="stable")]
+        return idx
+
+    def result_nfe(self) -> int:
+        return int(self.nfe.max()) if self.adaptive else self.K * self.stages
+
+    def result_steps(self) -> int:
+        return int(self.k.max()) if self.adaptive else self.K
+
+
+def _col(a: np.ndarray, ndim: int) -> np.ndarray:
+    return a.reshape(-1, *([1] * (ndim - 1)))
+
+
+def _step_times(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start time and signed step ``(t, h)`` (float64) of the selected samples' current step."""
+    if job.adaptive:
+        return job.t[idx], job.hs[idx]
+    k = job.k[idx]
+    t_k = job.grid[k]
+    return t_k, job.grid[k + 1] - t_k
+
+
+def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Engine inputs ``(x, s, t)`` of the selected samples for their current stage.
+
+    Flow maps: ``(x, t_k, t_{k+1})``. RK stage ``j``: ``(x + h sum_l A_jl K_l, ., t + c_j h)``
+    (the middle entry repeats the time; velocity engines ignore it).
+    """
+    t0, h = _step_times(job, idx)
+    x = job.x[idx]
+    if job.method == "flowmap":
+        return x, t0.astype(np.float32), (t0 + h).astype(np.float32)
+    tb = TABLEAUX[job.method]
+    j = job.stage[idx]
+    t_in = (t0 + np.asarray(tb.c)[j] * h).astype(np.float32)
+    if job.kstore is None or not np.any(j):
+        return x, t_in, t_in
+    coeff = np.asarray(tb.a, dtype=np.float32)[j]  # [m, S]
+    incr = np.einsum("ms,sm...->m...", coeff, job.kstore[:, idx])
+    x_in = x + _col(h.astype(np.float32), x.ndim) * incr
+    return x_in.astype(np.float32, copy=False), t_in, t_in
+
+
+def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
+    """Consume engine outputs ``y`` of the selected samples and move them one stage on."""
+    job.nfe[idx] += 1
+    if job.method == "flowmap":
+        job.x[idx] = y
+        job.k[idx] += 1
+        job.done[idx] = job.k[idx] >= job.K
+        return
+    tb = TABLEAUX[job.method]
+    S = tb.stages
+    if S == 1:  # Euler
+        _, h = _step_times(job, idx)
+        job.x[idx] = job.x[idx] + _col(h.astype(np.float32), y.ndim) * y
+        job.k[idx] += 1
+        job.done[idx] = job.k[idx] >= job.K
+        return
+    j = job.stage[idx]
+    job.kstore[j, idx] = y
+    last = j == S - 1
+    if np.any(~last):
+        job.stage[idx[~last]] += 1
+    if not np.any(last):
+        return
+    li = idx[last]
+    t0, h = _step_times(job, li)
+    hb = _col(h.astype(np.float32), y.ndim)
+    ks = job.kstore[:, li]
+    x = job.x[li]
+    x_new = x + hb * np.einsum("s,sm...->m...", np.asarray(tb.b, dtype=np.float32), ks)
+    if not job.adaptive:
+        job.x[li] = x_new
+        job.k[li] += 1
+        job.stage[li] = 0
+        job.done[li] = job.k[li] >= job.K
+        return
+    _dopri5_control(job, li, x, x_new, hb * np.einsum("s,sm...->m...", np.asarray(tb.b_err, dtype=np.float32), ks))
+
+
+def _dopri5_control(job: Job, li: np.ndarray, x: np.ndarray, x5: np.ndarray, err: np.ndarray) -> None:
+    """Accept or reject the finished dopri5 steps of samples ``li`` and resize their steps."""
+    ctl = DOPRI5
+    red = tuple(range(1, x.ndim))
+    scale = job.rtol + job.rtol * np.maximum(np.abs(x), np.abs(x5))
+    with np.errstate(over="ignore", invalid="ignore"):
+        err_norm = np.sqrt(np.mean((err / scale) ** 2, axis=red)).astype(np.float64)
+    if not (np.isfinite(err_norm).all() and np.isfinite(x5).all()):
+        job.error = NonFiniteError(
+            f"the model produced non-finite values in a dopri5 step of {job.tag or 'this request'}"
+        )
+        return
+    ok = err_norm <= 1.0
+    t1 = float(job.grid[-1])
+    t, hs = job.t[li], job.hs[li]
+    remaining = np.abs(t1 - t)
+    acc = li[ok]
+    job.x[acc] = x5[ok]
+    job.kstore[0, acc] = job.kstore[-1, acc]  # FSAL
+    job.k[acc] += 1
+    t_new = np.where(ok, t + hs, t)
+    job.rejected += int(np.sum(~ok))
+    factor = np.clip(ctl.safety * np.maximum(err_norm, 1e-10) ** ctl.exponent, ctl.min_factor, ctl.max_factor)
+    job.h[li] = job.h[li] * factor
+    done = (np.abs(t1 - t_new) <= 1e-12 * (1 + abs(t1))) | (ok & (remaining <= np.abs(hs) + 1e-15))
+    t_new = np.where(done, t1, t_new)
+    job.t[li] = t_new
+    job.done[li] = done
+    job.hs[li] = np.minimum(job.h[li], np.abs(t1 - t_new)) * (1.0 if t1 >= float(job.grid[0]) else -1.0)
+    job.stage[li] = 1  # stage 0 of the next step is the FSAL k_7
+    over = (~done) & (job.nfe[li] + (TABLEAUX["dopri5"].stages - 1) > job.max_nfe)
+    if np.any(over):
+        job.error = SolverFailedError(
+            f"dopri5 needs more than max_nfe={job.max_nfe} evaluations per sample at rtol={job.rtol:g}; "
+            "raise max_nfe or rtol, or use a fixed-step solver"
+        )

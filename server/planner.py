@@ -1,0 +1,151 @@
+"""The pure planner of step-level batching: which samples advance this tick, with which times.
+
+Given the queue (oldest job first), :func:`share_rows` splits the ``max_batch`` rows of
+one engine call max-min fairly over the jobs (every job with live samples gets at
+least one row while rows last, no job more than it needs), so one large or slow
+request -- a 256-sample dopri5 solve, say -- cannot starve the others: they advance
+every tick. :func:`plan_tick` turns that split into a :class:`TickPlan` of per-job row
+selections and the fused engine inputs ``(x, s, t)``, padded up to a fixed batch
+bucket (:func:`bucket_size`) so the engine only ever sees a few batch sizes (bounded
+kernel caches; the padding rows are copies of the first row and are discarded).
+
+No threads and no engine here: the executor (:mod:`.scheduler`) calls :func:`plan_tick`,
+makes one engine call, and hands the outputs back with :func:`apply_outputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .jobs import Job, advance, stage_inputs
+
+
+def share_rows(live: Sequence[int], max_batch: int, batching: bool = True) -> list[int]:
+    """Rows each job gets this tick (max-min fair; oldest first when rows are scarce).
+
+    Args:
+        live: live samples of each job, oldest job first.
+        max_batch: rows of one engine call.
+        batching: False serves the oldest job with live samples only.
+
+    Returns:
+        ``rows[i] <= live[i]`` with ``sum(rows) <= max_batch``.
+    """
+    rows = [0] * len(live)
+    want = [max(0, int(v)) for v in live]
+    if not batching:
+        for i, w in enumerate(want):
+            if w:
+                rows[i] = min(w, max_batch)
+                break
+        return rows
+    left = int(max_batch)
+    active = [i for i, w in enumerate(want) if w]
+    while left > 0 and active:
+        share = left // len(active)
+        if share == 0:  # fewer rows than jobs: one row each to the oldest
+            for i in active[:left]:
+                rows[i] += 1
+            break
+        nxt = []
+        for i in active:
+            give = min(share, want[i] - rows[i])
+            rows[i] += give
+            left -= give
+            if rows[i] < want[i]:
+                nxt.append(i)
+        if len(nxt) == len(active):  # everyone took a full share: spread the remainder
+            for i in nxt[:left]:
+                rows[i] += 1
+            break
+        active = nxt
+    return rows
+
+
+def bucket_size(rows: int, max_batch: int) -> int:
+    """The padded batch size of ``rows``: the next power of two, capped at ``max_batch``."""
+    if rows <= 1:
+        return 1
+    return min(int(max_batch), 1 << (int(rows) - 1).bit_length())
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """Every size :func:`bucket_size` can return (what warm-up should run)."""
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    out.append(int(max_batch))
+    return out
+
+
+@dataclass
+class TickPlan:
+    """One engine call: the samples it advances and its (padded) inputs.
+
+    Attributes:
+        jobs: ``(job, sample indices)`` in batch order.
+        x: ``[B, *shape]`` float32 inputs (``B`` a bucket size, ``rows <= B``).
+        s: ``[B]`` float32 start times (flow maps) or None.
+        t: ``[B]`` float32 end / evaluation times.
+        rows: real rows (the rest is padding).
+    """
+
+    jobs: list[tuple[Job, np.ndarray]] = field(default_factory=list)
+    x: np.ndarray | None = None
+    s: np.ndarray | None = None
+    t: np.ndarray | None = None
+    rows: int = 0
+
+
+def plan_tick(
+    jobs: Sequence[Job], max_batch: int, *, flowmap: bool, batching: bool = True, pad: bool = True
+) -> TickPlan:
+    """Plan the next engine call over ``jobs`` (oldest first); empty when nothing is live.
+
+    Args:
+        jobs: unfinished, uncancelled jobs in submission order.
+        max_batch: rows of one engine call.
+        flowmap: the engine takes ``(x, s, t)``; else ``(x, t)``.
+        batching: fuse jobs (False: the oldest job only).
+        pad: pad to a bucket size (:func:`bucket_size`).
+    """
+    lives = [j.live() for j in jobs]
+    rows = share_rows([lv.size for lv in lives], max_batch, batching)
+    plan = TickPlan()
+    xs, ss, ts = [], [], []
+    for job, lv, r in zip(jobs, lives, rows):
+        if r == 0:
+            continue
+        idx = lv[:r]
+        x_in, s_in, t_in = stage_inputs(job, idx)
+        plan.jobs.append((job, idx))
+        xs.append(x_in)
+        ss.append(s_in)
+        ts.append(t_in)
+    if not plan.jobs:
+        return plan
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    t = ts[0] if len(ts) == 1 else np.concatenate(ts)
+    s = (ss[0] if len(ss) == 1 else np.concatenate(ss)) if flowmap else None
+    plan.rows = int(x.shape[0])
+    B = bucket_size(plan.rows, max_batch) if pad else plan.rows
+    if B > plan.rows:
+        extra = B - plan.rows
+        x = np.concatenate([x, np.repeat(x[:1], extra, axis=0)])
+        t = np.concatenate([t, np.repeat(t[:1], extra)])
+        if s is not None:
+            s = np.concatenate([s, np.repeat(s[:1], extra)])
+    plan.x, plan.s, plan.t = np.ascontiguousarray(x), s, t
+    return plan
+
+
+def apply_outputs(plan: TickPlan, y: np.ndarray) -> None:
+    """Hand the engine's outputs of a tick back to its jobs (padding rows are dropped)."""
+    offset = 0
+    for job, idx in plan.jobs:
+        advance(job, idx, y[offset : offset + idx.size])
+        offset += idx.size
