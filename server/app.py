@@ -37,6 +37,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from anystep.core.config import TimeRegionError, check_invertible
+
 from .engines import EngineOptions
 from .metrics import ServerMetrics
 from .registry import Limits, ModelSpec, ServedModel, load_models
@@ -736,6 +738,10 @@ def create_app(
                 f"{m.name} is a velocity model; encode needs a flow map (X_{{1,0}})",
                 "model",
             )
+        try:  # a forward-only map (s <= t) never fitted X_{1,0}: refuse, do not answer wrongly
+            check_invertible(m.config, m.name)
+        except TimeRegionError as e:
+            raise ApiError(422, "not_invertible", str(e), "model") from None
         lim = m.limits
         steps = check_range("steps", raw.get("steps", 1), 1, lim.max_steps)
         grid = raw.get("grid")

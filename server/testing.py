@@ -164,8 +164,10 @@ def make_tiny_models(
             channels=8,
             channel_mult=(1, 2),
         )
+        # random weights: they claim both directions so that /encode can be exercised
         cfg = ModelConfig(
-            kind=kind, backbone=bb, data_shape=shape, dataset=dataset, provenance={"test": True}
+            kind=kind, backbone=bb, data_shape=shape, dataset=dataset, provenance={"test": True},
+            time_region="both",
         )
         model = build_model(cfg)
         with torch.no_grad():

@@ -43,6 +43,7 @@ __all__ = [
     "ValidatedConfig",
     "apply_overrides",
     "learning_rate",
+    "trained_time_region",
     "validate_config",
 ]
 
@@ -384,6 +385,21 @@ class ValidatedConfig:
     teacher_config: ModelConfig | None = None
 
 
+def trained_time_region(objective: Any) -> str:
+    """The ``time_region`` a model trained by ``objective`` may claim (ModelConfig.time_region).
+
+    ``"both"`` when the objective's time sampler draws ``s > t`` as well as ``s <= t``
+    (``forward_only=False``, e.g. FMM, eq. 3.15) or the model is a velocity field;
+    ``"forward"`` otherwise (the conservative answer when the objective has no sampler).
+    """
+    if getattr(objective, "model_kind", "flowmap") != "flowmap":
+        return "both"
+    times = getattr(objective, "times", None)
+    if times is None or getattr(times, "forward_only", True):
+        return "forward"
+    return "both"
+
+
 def _objective_class(name: str) -> type:
     from anystep.training import base
 
@@ -481,6 +497,14 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
             raise ConfigError(
                 f"teacher {config.teacher!r} has data shape {tuple(teacher_cfg.data_shape)} but the model has "
                 f"{shape}; use a teacher trained on the same data"
+            )
+        if teacher_cfg.interpolant != config.model.interpolant:
+            t_i, m_i = teacher_cfg.interpolant, config.model.interpolant
+            raise ConfigError(
+                f"teacher {config.teacher!r} was trained with interpolant {t_i.name!r} (gamma={t_i.gamma}) but the "
+                f"model uses {m_i.name!r} (gamma={m_i.gamma}); its velocity/map is another flow, so distilling it "
+                f"would learn the wrong map: set model.interpolant.name={t_i.name!r} and "
+                f"model.interpolant.gamma={t_i.gamma} or use a teacher trained with the model's interpolant"
             )
     resolved = config
     if config.objective == "pfmm" and config.init_from is None and config.teacher is not None:

@@ -64,7 +64,7 @@ from anystep.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from anystep.training.config import TrainConfig, learning_rate, validate_config
+from anystep.training.config import TrainConfig, learning_rate, trained_time_region, validate_config
 from anystep.training.ema import EMA
 
 __all__ = [
@@ -748,7 +748,10 @@ class Trainer:
             provenance["progressive_rounds"] = [
                 {"round": r.index, "steps": [r.start, r.end], "objective_hparams": r.hparams} for r in self.rounds
             ]
-        model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "provenance": provenance})
+        # the (s, t) region every round sampled decides whether X_{1,0} may be used
+        regions = {trained_time_region(self._build_objective(r)) for r in self.rounds}
+        time_region = "both" if regions == {"both"} else "forward"
+        model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "provenance": provenance, "time_region": time_region})
         tmp = self.out_dir / ".model.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)

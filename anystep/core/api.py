@@ -59,6 +59,10 @@ def generate(
         x0 = base_noise(sample_seeds(seed, n), cfg.data_shape)
     elif tuple(x0.shape[1:]) != tuple(cfg.data_shape):
         raise AnystepError(f"--x0 has sample shape {tuple(x0.shape[1:])}, the model expects {cfg.data_shape}")
+    if reverse:
+        from .config import check_invertible
+
+        check_invertible(cfg, str(lm.path))
     t0 = time.perf_counter()
     if cfg.kind == "flowmap":
         if solver is not None or nfe is not None:

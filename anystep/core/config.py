@@ -7,21 +7,76 @@ distribution rho_0 (e.g. a Gaussian), ``t = 1`` is the data distribution rho_1.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says how to fix it."""
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
+# Upper bounds of the sizes a config may ask for: far above any model anystep trains, low
+# enough that a typo (``width: 10000000``) is refused before anything is allocated.
+MAX_WIDTH = 65_536
+MAX_DEPTH = 1_024
+MAX_FEATURES = 4_096
+MAX_CHANNELS = 8_192
+MAX_DIM = 65_536
+MAX_SAMPLE_NUMEL = 1 << 24
+MAX_CLASSES = 100_000
+
+TIME_REGIONS = ("forward", "both")
+
+
+def _int(v: Any, name: str, lo: int, hi: int) -> int:
+    """``v`` as an int in ``[lo, hi]`` (bools, strings and floats are refused)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {type(v).__name__} {v!r}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name}={v} is out of range: use an integer in [{lo}, {hi}]")
+    return int(v)
+
+
+def _num(v: Any, name: str, lo: float, hi: float, hi_open: bool = False) -> float:
+    """``v`` as a finite number in ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {type(v).__name__} {v!r}")
+    if v < lo or v > hi or (hi_open and v >= hi):
+        raise ConfigError(f"{name}={v} is out of range [{lo}, {hi}{')' if hi_open else ']'}")
+    return float(v)
+
+
+def _ints(v: Any, name: str, lo: int, hi: int, min_len: int, max_len: int) -> tuple[int, ...]:
+    """``v`` as a tuple of ints in ``[lo, hi]`` with ``min_len <= len <= max_len``."""
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of integers, got {type(v).__name__} {v!r}")
+    if not min_len <= len(v) <= max_len:
+        raise ConfigError(f"{name} must have {min_len} to {max_len} entries, got {len(v)}")
+    return tuple(_int(d, f"{name}[{i}]", lo, hi) for i, d in enumerate(v))
+
+
+def _name(v: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ConfigError(f"{name}={v!r}: use one of {list(choices)}")
+    return v
+
+
+def _from_dict(cls, data: dict[str, Any], where: str, strict: bool = False):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    if strict:
+        optional = cls.optional_fields(data) if hasattr(cls, "optional_fields") else {}
+        missing = sorted(n for n in names if n not in data and n not in optional)
+        if missing:
+            raise ConfigError(
+                f"{where}: missing required key(s) {missing}; a model directory states every field "
+                "that changes its output (re-save it with anystep, or add the key)"
+            )
     kwargs = dict(data)
     for f in dataclasses.fields(cls):
         if f.name in kwargs and isinstance(kwargs[f.name], list) and "tuple" in str(f.type):
@@ -60,13 +115,22 @@ class BackboneConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        self.data_shape = tuple(int(d) for d in self.data_shape)
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.attention_levels = tuple(int(a) for a in self.attention_levels)
-        if self.name not in ("mlp", "unet"):
-            raise ConfigError(f"backbone.name={self.name!r}: use 'mlp' or 'unet'")
-        if self.time_inputs not in (1, 2):
+        self.name = _name(self.name, "backbone.name", ("mlp", "unet"))
+        self.data_shape = _ints(self.data_shape, "backbone.data_shape", 1, MAX_DIM, 1, 4)
+        if math.prod(self.data_shape) > MAX_SAMPLE_NUMEL:
+            raise ConfigError(f"backbone.data_shape {self.data_shape} has over {MAX_SAMPLE_NUMEL} values per sample")
+        if isinstance(self.time_inputs, bool) or self.time_inputs not in (1, 2):
             raise ConfigError("backbone.time_inputs must be 1 (velocity) or 2 (flow map)")
+        self.width = _int(self.width, "backbone.width", 1, MAX_WIDTH)
+        self.depth = _int(self.depth, "backbone.depth", 1, MAX_DEPTH)
+        self.fourier_features = _int(self.fourier_features, "backbone.fourier_features", 1, MAX_FEATURES)
+        self.channels = _int(self.channels, "backbone.channels", 1, MAX_CHANNELS)
+        self.channel_mult = _ints(self.channel_mult, "backbone.channel_mult", 1, 64, 1, 8)
+        self.num_res_blocks = _int(self.num_res_blocks, "backbone.num_res_blocks", 1, 64)
+        self.attention_levels = _ints(
+            self.attention_levels, "backbone.attention_levels", 0, len(self.channel_mult) - 1, 0, 8
+        )
+        self.dropout = _num(self.dropout, "backbone.dropout", 0.0, 1.0, hi_open=True)
         if self.name == "unet" and len(self.data_shape) != 3:
             raise ConfigError(
                 f"backbone 'unet' needs image data_shape (C, H, W), got {self.data_shape}; "
@@ -74,8 +138,9 @@ class BackboneConfig:
             )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BackboneConfig:
-        return _from_dict(cls, data, "backbone")
+    def from_dict(cls, data: dict[str, Any], strict: bool = False) -> BackboneConfig:
+        """Build from a dict; ``strict`` (model directories) requires every field."""
+        return _from_dict(cls, data, "backbone", strict)
 
 
 @dataclass
@@ -91,14 +156,13 @@ class InterpolantConfig:
     gamma: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.name not in ("linear", "trig", "vp"):
-            raise ConfigError(f"interpolant.name={self.name!r}: use 'linear', 'trig' or 'vp'")
-        if self.gamma < 0:
-            raise ConfigError("interpolant.gamma must be >= 0")
+        self.name = _name(self.name, "interpolant.name", ("linear", "trig", "vp"))
+        self.gamma = _num(self.gamma, "interpolant.gamma", 0.0, 1e6)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InterpolantConfig:
-        return _from_dict(cls, data, "interpolant")
+    def from_dict(cls, data: dict[str, Any], strict: bool = False) -> InterpolantConfig:
+        """Build from a dict; ``strict`` (model directories) requires every field."""
+        return _from_dict(cls, data, "interpolant", strict)
 
 
 @dataclass
@@ -109,12 +173,23 @@ class ModelConfig:
         kind: ``"velocity"`` (b_t, sampled with an ODE solver) or ``"flowmap"`` (X_{s,t}).
         backbone: the network.
         interpolant: the interpolant the model was trained with.
+        time_region: which time pairs a flow map was trained on: ``"forward"`` (``s <= t``
+            only: ``X_{s,t}`` with ``s > t``, e.g. the encoder ``X_{1,0}``, was never fitted)
+            or ``"both"`` (``s <= t`` and ``s > t``: the map also inverts). Required in a flow
+            map's config.json; written by the trainer from the objective's time sampler. In
+            code it defaults to ``"forward"`` for flow maps and ``"both"`` for velocity models.
         ansatz: flow maps only: ``"residual"`` for ``x + (t-s) v_{s,t}(x)`` or
             ``"convex"`` for eq. 4.1 ``(1-t+s) x + (t-s) f_{s,t}(x)``.
         base: name of the base distribution rho_0 (``"gaussian"`` or a data set name).
         dataset: name of the data set rho_1 (e.g. ``"checkerboard"``, ``"digits"``).
         data_shape: shape of one sample.
         provenance: free-form record of how the model was made (preset, steps, ...).
+        num_classes: optional; class-conditional model with labels ``0..num_classes-1`` and
+            the null class ``num_classes`` (classifier-free guidance). 0 (or absent from
+            ``config.json``): unconditional.
+        guidance_input: optional; flow maps only: the network also takes the guidance
+            scale ``w`` (distilled from the guided teacher ``b(x,∅) + w (b(x,y) - b(x,∅))``).
+            False or absent: no ``w`` input.
     """
 
     kind: str = "flowmap"
@@ -126,13 +201,55 @@ class ModelConfig:
     data_shape: tuple[int, ...] = (2,)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = 1
+    num_classes: int = 0
+    guidance_input: bool = False
+    time_region: str | None = None
+
+    # Fields a model directory's config.json may omit, with the documented value an absent
+    # key means. Only fields whose default leaves the (unconditional) output unchanged
+    # belong here; every other field is required (ModelConfig.from_dict(strict=True)).
+    OPTIONAL: ClassVar[dict[str, Any]] = {
+        "provenance": {},  # a free-form record; never read by sampling
+        "num_classes": 0,  # 0: unconditional
+        "guidance_input": False,  # False: no guidance-scale input
+    }
+
+    @classmethod
+    def optional_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Fields ``data`` (a config.json object) may omit, with the value an absent key means.
+
+        ``time_region`` is required for flow maps (which pairs (s, t) they were trained on
+        decides whether ``X_{1,0}`` may be used); a velocity model is defined for every t and
+        can be integrated both ways, so for it an absent ``time_region`` means ``"both"``.
+        """
+        out = dict(cls.OPTIONAL)
+        if data.get("kind") == "velocity":
+            out["time_region"] = "both"
+        return out
 
     def __post_init__(self) -> None:
-        self.data_shape = tuple(int(d) for d in self.data_shape)
-        if self.kind not in ("velocity", "flowmap"):
-            raise ConfigError(f"kind={self.kind!r}: use 'velocity' or 'flowmap'")
-        if self.ansatz not in ("residual", "convex"):
-            raise ConfigError(f"ansatz={self.ansatz!r}: use 'residual' or 'convex'")
+        self.kind = _name(self.kind, "kind", ("velocity", "flowmap"))
+        self.ansatz = _name(self.ansatz, "ansatz", ("residual", "convex"))
+        self.data_shape = _ints(self.data_shape, "data_shape", 1, MAX_DIM, 1, 4)
+        if not isinstance(self.backbone, BackboneConfig):
+            raise ConfigError(f"backbone must be a JSON object, got {type(self.backbone).__name__}")
+        if not isinstance(self.interpolant, InterpolantConfig):
+            raise ConfigError(f"interpolant must be a JSON object, got {type(self.interpolant).__name__}")
+        for name in ("base", "dataset"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{name} must be a non-empty data set name, got {v!r}")
+        if not isinstance(self.provenance, dict):
+            raise ConfigError(f"provenance must be a JSON object, got {type(self.provenance).__name__}")
+        if isinstance(self.format_version, bool) or self.format_version != 1:
+            raise ConfigError(f"format_version={self.format_version!r}: this anystep reads model format 1")
+        if self.time_region is None:
+            # flow maps built in code claim the conservative region (forward only: X_{1,0}
+            # refused); the trainer records the region its objective really sampled
+            self.time_region = "forward"
+        self.time_region = _name(self.time_region, "time_region", TIME_REGIONS)
+        if self.kind == "velocity":
+            self.time_region = "both"  # b_t is defined for every t: its ODE runs either way
         want = 1 if self.kind == "velocity" else 2
         if self.backbone.time_inputs != want:
             raise ConfigError(
@@ -143,17 +260,81 @@ class ModelConfig:
             raise ConfigError(
                 f"backbone.data_shape {self.backbone.data_shape} != data_shape {self.data_shape}"
             )
+        # num_classes / guidance_input are optional (absent = unconditional): see to_dict
+        self.num_classes = _int(self.num_classes, "num_classes (0 = unconditional)", 0, MAX_CLASSES)
+        if not isinstance(self.guidance_input, bool):
+            raise ConfigError(f"guidance_input={self.guidance_input!r}: use true or false")
+        if self.guidance_input and (self.kind != "flowmap" or self.num_classes == 0):
+            raise ConfigError(
+                "guidance_input=true needs a class-conditional flow map (kind 'flowmap', num_classes > 0); "
+                "a velocity model is guided at sampling time instead"
+            )
+
+    @property
+    def conditional(self) -> bool:
+        """True for a class-conditional model (``num_classes > 0``)."""
+        return self.num_classes > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # optional fields: absent means unconditional, so unconditional configs are unchanged
+        for key, default in (("num_classes", 0), ("guidance_input", False)):
+            if out.get(key) == default:
+                out.pop(key)
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any], strict: bool = False) -> ModelConfig:
+        """Build from a dict.
+
+        Args:
+            data: the JSON object.
+            strict: a model directory's ``config.json``: every field that is not in
+                :meth:`optional_fields` must be present (no default may change the output).
+
+        Raises:
+            ConfigError: unknown, missing or invalid field (one line naming it).
+        """
         if not isinstance(data, dict):
             raise ConfigError("config.json must hold a JSON object")
         data = dict(data)
+        if strict:
+            names = {f.name for f in dataclasses.fields(cls)}
+            missing = sorted(n for n in names if n not in data and n not in cls.optional_fields(data))
+            if missing:
+                raise ConfigError(
+                    f"missing required key(s) {missing}; a model directory states every field that "
+                    "changes its output (flow maps: time_region 'forward' if trained on s <= t only, "
+                    "'both' if also on s > t)"
+                )
         if "backbone" in data:
-            data["backbone"] = BackboneConfig.from_dict(data["backbone"])
+            data["backbone"] = BackboneConfig.from_dict(data["backbone"], strict)
         if "interpolant" in data:
-            data["interpolant"] = InterpolantConfig.from_dict(data["interpolant"])
+            data["interpolant"] = InterpolantConfig.from_dict(data["interpolant"], strict)
         return _from_dict(cls, data, "config.json")
+
+
+class TimeRegionError(ConfigError):
+    """A flow map is asked for times ``(s, t)`` outside the region it was trained on."""
+
+
+def check_invertible(config: ModelConfig, where: str = "this model") -> None:
+    """Refuse to run ``X_{s,t}`` with ``s > t`` (encoding, ``X_{1,0}``) on a forward-only map.
+
+    A flow map trained with the forward weight ``w_{s,t} = 1(s <= t)`` never fitted the
+    backward maps, so ``X_{1,0}(x_1)`` is not ``X_{0,1}^{-1}(x_1)``; its answer would be
+    wrong, not merely inaccurate. Velocity models pass (their ODE runs either way).
+
+    Args:
+        config: the model's configuration.
+        where: the model's name or directory, used in the message.
+
+    Raises:
+        TimeRegionError: ``config`` is a flow map with ``time_region == "forward"``.
+    """
+    if config.kind == "flowmap" and config.time_region != "both":
+        raise TimeRegionError(
+            f"{where} was trained on forward times only (s <= t, time_region 'forward'), so it cannot "
+            "encode (X_{1,0} was never fitted); use a map trained on both directions: train with "
+            "--set objective_hparams.forward_only=false (lmd, emd, ayf-*) or the fmm objective"
+        )

@@ -24,6 +24,12 @@ from .flowmap import build_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MAX_CONFIG_BYTES = 16 << 20
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def _one_line(e: object) -> str:
+    return " ".join(str(e).split())
 
 
 class ModelDirError(ValueError):
@@ -109,22 +115,34 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     if not cfg_path.exists():
         raise ModelDirError(f"{p} has no {CONFIG_NAME}; is it a model directory written by anystep?")
     try:
+        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelDirError(f"{cfg_path} is over {MAX_CONFIG_BYTES} bytes; it is not an anystep config.json")
         data = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelDirError(f"{cfg_path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelDirError(f"{cfg_path} is not valid JSON: {_one_line(e)}") from None
+    except OSError as e:
+        raise ModelDirError(f"{cfg_path} cannot be read: {_one_line(e)}") from None
     try:
-        return ModelConfig.from_dict(data)
-    except (ConfigError, TypeError) as e:
-        raise ModelDirError(f"{cfg_path}: {e}") from None
+        return ModelConfig.from_dict(data, strict=True)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{cfg_path}: {_one_line(e)}") from None
 
 
 def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model directory, validating config and weights.
 
+    Checks, in this order, before any weight is trusted: ``config.json`` holds every
+    required field with the right type and range (:func:`read_config`); the safetensors
+    header of ``model.safetensors`` lists exactly the tensors ``config.json`` implies, with
+    the same shapes and a floating dtype (compared against a model built on the ``meta``
+    device, so an absurd size allocates nothing); every weight is finite. Nothing is
+    unpickled.
+
     Raises:
-        ModelDirError: with a message naming the missing file, bad key or shape mismatch.
+        ModelDirError: one line naming the file and the missing key, bad value, shape
+            mismatch or non-finite tensor.
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -133,23 +151,39 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     if not w_path.exists():
         raise ModelDirError(f"{p} has no {WEIGHTS_NAME}")
     try:
-        state = load_file(str(w_path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelDirError(f"{w_path} is not a readable safetensors file: {e}") from None
-    model = build_model(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+        with torch.device("meta"):
+            expected = {k: (tuple(v.shape), v.dtype) for k, v in build_model(config).state_dict().items()}
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ModelDirError(f"{p / CONFIG_NAME}: {_one_line(e)}") from None
+    try:
+        with safe_open(str(w_path), framework="pt") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelDirError(f"{w_path} is not a readable safetensors file: {_one_line(e)}") from None
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
         raise ModelDirError(
             f"{w_path} does not match config.json: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
+    for k, (shape, _dtype) in expected.items():
+        if header[k][0] != shape:
+            raise ModelDirError(f"{w_path}: tensor {k} has shape {header[k][0]}, config.json implies {shape}")
+        if header[k][1] not in _FLOAT_DTYPES:
+            raise ModelDirError(f"{w_path}: tensor {k} has dtype {header[k][1]}; weights must be floating point")
+    try:
+        state = load_file(str(w_path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelDirError(f"{w_path} is not a readable safetensors file: {_one_line(e)}") from None
+    for k, v in state.items():
+        if not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
             raise ModelDirError(
-                f"{w_path}: tensor {k} has shape {tuple(state[k].shape)}, config.json implies {tuple(v.shape)}"
+                f"{w_path}: tensor {k} holds {bad} non-finite value(s) (NaN/Inf); the weights are corrupt, "
+                "retrain or restore the model"
             )
+    model = build_model(config)
     model.load_state_dict(state)
     model.to(device).eval()
     for param in model.parameters():
