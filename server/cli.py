@@ -121,6 +121,44 @@ from .engines import ENGINES
     default="info",
     show_default=True,
 )
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Deploy as a Ray Serve application (replicas behind Ray's HTTP proxy on --host/--port); "
+    "needs the ray extra: pip install 'anystep[ray]'.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 10000),
+    default=None,
+    help="--ray: number of replicas (default 1).",
+)
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    default=None,
+    help="--ray: autoscale between MIN and MAX replicas on ongoing requests (not with --replicas).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--ray: join an existing cluster (auto, HOST:6379, ray://HOST:10001); "
+    "default: start a local one.",
+)
+@click.option(
+    "--ray-num-cpus",
+    type=click.FloatRange(0),
+    default=None,
+    help="--ray: CPUs per replica [default: --threads, at least 1].",
+)
+@click.option(
+    "--ray-num-gpus",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="--ray: GPUs per replica (fractions share a GPU).",
+)
 def serve(
     model_specs: tuple[str, ...],
     engine: str,
@@ -143,6 +181,12 @@ def serve(
     request_timeout: float,
     no_warmup: bool,
     log_level: str,
+    use_ray: bool = False,
+    replicas: int | None = None,
+    autoscale: str | None = None,
+    ray_address: str | None = None,
+    ray_num_cpus: float | None = None,
+    ray_num_gpus: float = 0.0,
 ) -> None:
     """Serve models over HTTP: POST /generate?steps=K, /encode, /v1/models, /metrics, /docs."""
     import uvicorn
@@ -179,7 +223,11 @@ def serve(
             "(set --api-key or ANYSTEP_API_KEY)",
             err=True,
         )
-    models = load_models(specs, engine, options, limits)  # fails fast, before binding
+    ray_opts = _ray_options(
+        use_ray, replicas, autoscale, ray_address, ray_num_cpus, ray_num_gpus, threads
+    )
+    # fails fast, before binding (with --ray the replicas load the models themselves)
+    models = load_models(specs, engine, options, limits) if ray_opts is None else None
     config = ServerConfig(
         models=specs,
         engine=engine,
@@ -193,6 +241,11 @@ def serve(
         warmup=not no_warmup,
         drain_timeout_s=request_timeout,
     )
+    if ray_opts is not None:
+        from .ray_serve import serve_forever
+
+        serve_forever(config, ray_opts, host, port, log_level, echo=lambda m: click.echo(m, err=True))
+        return
     app = create_app(config, models=models)
     click.echo(
         f"serving {', '.join(f'{m.name} ({m.kind}, {m.engine.name})' for m in models)} on http://{host}:{port} "
@@ -206,4 +259,35 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=int(request_timeout) + 5,
         access_log=log_level == "debug",
+    )
+
+
+def _ray_options(
+    use_ray: bool,
+    replicas: int | None,
+    autoscale: str | None,
+    address: str | None,
+    num_cpus: float | None,
+    num_gpus: float,
+    threads: int,
+):
+    """The :class:`~anystep.server.ray_serve.RayOptions` of ``--ray``, or None without it."""
+    ray_only = {"--replicas": replicas, "--autoscale": autoscale, "--ray-address": address,
+                "--ray-num-cpus": num_cpus, "--ray-num-gpus": num_gpus or None}  # fmt: skip
+    if not use_ray:
+        given = [k for k, v in ray_only.items() if v is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --ray")
+        return None
+    if replicas is not None and autoscale is not None:
+        raise click.UsageError("give either --replicas N or --autoscale MIN:MAX, not both")
+    from .ray_serve import RayOptions, import_serve, parse_autoscale
+
+    import_serve()  # the extra is missing: say so before anything starts
+    return RayOptions(
+        replicas=replicas or 1,
+        autoscale=parse_autoscale(autoscale) if autoscale else None,
+        address=address,
+        num_cpus=num_cpus if num_cpus is not None else float(max(1, threads)),
+        num_gpus=num_gpus,
     )

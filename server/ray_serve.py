@@ -1,0 +1,618 @@
+"""Scale out on Ray Serve: N replicas of the same app, one command from a laptop to a cluster.
+
+``anystep serve --ray [--replicas N | --autoscale MIN:MAX] [--ray-address ADDR]`` deploys
+the app :func:`~anystep.server.app.create_app` builds — the same routes, validation,
+step-level batching (one :class:`~anystep.server.scheduler.StepScheduler` per model *per
+replica*) and engines — as a Ray Serve application (``@serve.ingress``). Ray's HTTP proxy
+spreads requests over the replicas (each request goes to the less loaded of two), restarts
+a replica whose process dies, and scales between ``MIN`` and ``MAX`` replicas on the
+number of ongoing requests.
+
+Per replica:
+
+* the models are loaded **once**, in the app's lifespan, inside the replica process; the
+  replica only joins the proxy's routing table after its engines are loaded and warmed up
+  (the lifespan startup waits for the warm-up), so no request reaches a cold replica;
+* ``num_cpus`` / ``num_gpus`` are Ray resources of the replica actor; the engine's
+  ``threads`` (``--threads``) are set in the replica, and ``OMP_NUM_THREADS`` with them;
+* every response carries ``X-Anystep-Replica: <replica id>``; ``GET /metrics`` is the
+  answering replica's own Prometheus registry (the header says which);
+* ``GET /readyz`` is 200 only when the answering replica is ready **and** every replica
+  of the deployment has loaded its models (asked of the Serve controller, cached 1 s).
+
+The same application is built from a Ray Serve config file (KubeRay ``RayService``,
+``serve deploy``) by :func:`build_app` (``import_path: anystep.server.ray_serve:build_app``);
+see ``deploy/README.md``. Ray is the optional ``ray`` extra: ``pip install 'anystep[ray]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from anystep.errors import AnystepError
+
+from .app import ServerConfig, create_app, error_response
+from .engines import ENGINES, EngineOptions
+from .registry import Limits, ModelSpec, discover_default_models
+from .schemas import ApiError
+
+log = logging.getLogger("anystep.server")
+
+RAY_EXTRA = "pip install 'anystep[ray]'  (ray[serve]==2.60.0)"
+REPLICA_HEADER = "X-Anystep-Replica"
+APP_NAME = "anystep"
+DEPLOYMENT_NAME = "AnystepServer"
+READY_CACHE_S = 1.0
+
+
+class RayServeError(AnystepError):
+    """Bad Ray Serve options, or Ray is not installed; the message says how to fix it."""
+
+
+def import_serve() -> tuple[Any, Any]:
+    """``(ray, ray.serve)``, or :class:`RayServeError` naming the extra to install."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError as e:
+        raise RayServeError(
+            f"--ray needs Ray Serve, which is not installed ({e.name or e}): {RAY_EXTRA}"
+        ) from None
+    return ray, serve
+
+
+@dataclass
+class RayOptions:
+    """How the app is deployed on Ray Serve.
+
+    Attributes:
+        replicas: fixed number of replicas (ignored with ``autoscale``).
+        autoscale: ``(min, max)`` replicas; Ray scales on ongoing requests per replica.
+        address: an existing cluster (``auto``, ``ray://host:10001``, ``host:6379``);
+            None starts a local cluster for the lifetime of the command.
+        num_cpus: Ray CPUs reserved per replica.
+        num_gpus: Ray GPUs reserved per replica (fractions share a GPU).
+        max_ongoing_requests: most requests a replica works on at once (more wait in
+            Ray's router); None: the server's ``max_queue``, so step-level batching sees
+            as many requests as the single-process server would.
+        target_ongoing_requests: autoscaling target per replica; None: half of
+            ``max_ongoing_requests``.
+        app_name: the Serve application name.
+    """
+
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None
+    address: str | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: int | None = None
+    target_ongoing_requests: float | None = None
+    app_name: str = APP_NAME
+
+    def __post_init__(self) -> None:
+        if self.autoscale is None and int(self.replicas) < 1:
+            raise RayServeError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.autoscale is not None:
+            lo, hi = self.autoscale
+            if not (1 <= lo <= hi):
+                raise RayServeError(f"--autoscale MIN:MAX needs 1 <= MIN <= MAX, got {lo}:{hi}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise RayServeError("--ray-num-cpus and --ray-num-gpus must be >= 0")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < 1:
+            raise RayServeError("max_ongoing_requests must be >= 1")
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscale[1] if self.autoscale else int(self.replicas)
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``"MIN:MAX"`` -> ``(MIN, MAX)``, or :class:`RayServeError` saying the form."""
+    lo, sep, hi = str(text).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        out = (int(lo), int(hi))
+    except ValueError:
+        raise RayServeError(
+            f"--autoscale {text!r}: use MIN:MAX replicas, e.g. --autoscale 1:4"
+        ) from None
+    RayOptions(autoscale=out)  # validates the range
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# inside a replica
+# --------------------------------------------------------------------------------------
+
+
+class ClusterReadiness:
+    """Whether every replica of the deployment has loaded its models (the controller's view).
+
+    A replica turns ``RUNNING`` only after its constructor, which waits for model loading
+    and warm-up, returns; so "every replica RUNNING" means "every replica loaded".
+
+    Args:
+        app_name, deployment: the Serve application and deployment.
+        ttl_s: how long an answer is reused.
+        status: a ``serve.status``-like callable (tests); default ``ray.serve.status``.
+    """
+
+    def __init__(
+        self,
+        app_name: str,
+        deployment: str,
+        ttl_s: float = READY_CACHE_S,
+        status: Callable[[], Any] | None = None,
+    ) -> None:
+        self.app_name, self.deployment, self.ttl_s = app_name, deployment, ttl_s
+        self._status = status
+        self._cached: tuple[float, str | None] | None = None
+        self._lock = asyncio.Lock()
+
+    def check(self) -> str | None:
+        """None when ready, else why not (blocking: asks the controller)."""
+        status = self._status or import_serve()[1].status
+        app = status().applications.get(self.app_name)
+        if app is None:
+            return f"the Ray Serve application {self.app_name!r} is not deployed"
+        dep = app.deployments.get(self.deployment)
+        if dep is None:
+            return f"deployment {self.deployment!r} is not in application {self.app_name!r}"
+        states = {str(getattr(k, "value", k)): int(v) for k, v in dep.replica_states.items()}
+        running, total = states.get("RUNNING", 0), sum(states.values())
+        if total == 0 or running < total:
+            others = ", ".join(
+                f"{v} {k.lower()}" for k, v in sorted(states.items()) if k != "RUNNING"
+            )
+            return f"{running} of {total} replicas have loaded their models" + (
+                f" ({others})" if others else ""
+            )
+        return None
+
+    async def __call__(self) -> str | None:
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.ttl_s:
+                return self._cached[1]
+            try:
+                reason = await asyncio.to_thread(self.check)
+            except Exception as e:  # noqa: BLE001 - the controller is unreachable: not ready
+                reason = f"the Ray Serve controller did not answer ({type(e).__name__})"
+            self._cached = (time.monotonic(), reason)
+            return reason
+
+
+class ReplicaMiddleware:
+    """ASGI middleware: the replica header on every response; cluster-wide ``/readyz``.
+
+    Args:
+        app: the inner ASGI app.
+        replica: the replica id put in :data:`REPLICA_HEADER`.
+        cluster_ready: async callable, None when every replica is ready, else the reason.
+    """
+
+    def __init__(
+        self, app: Any, replica: str, cluster_ready: Callable[[], Awaitable[str | None]]
+    ) -> None:
+        self.app, self.cluster_ready = app, cluster_ready
+        self._header = (REPLICA_HEADER.lower().encode(), replica.encode("latin-1"))
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self._header]}
+            await send(message)
+
+        if scope.get("path") == "/readyz":
+            reason = await self.cluster_ready()
+            if reason is not None:
+                resp = error_response(
+                    ApiError(
+                        503,
+                        "not_ready",
+                        f"not ready: {reason}; retry shortly",
+                        None,
+                        {"Retry-After": "1"},
+                    )
+                )
+                await resp(scope, receive, send_tagged)
+                return
+        await self.app(scope, receive, send_tagged)
+
+
+class ProxyErrorMiddleware:
+    """ASGI middleware of Ray's HTTP proxy: its own errors become the API's JSON error body.
+
+    When the replica working on a request dies, Ray's proxy ends the request without
+    an answer (uvicorn would send a plain-text 500); when no replica can take it, the
+    proxy answers a plain-text 503. Both become a 503 with ``Retry-After`` and the API's
+    ``{error, message, field}`` body (``replica_failed`` / ``unavailable``), so clients
+    retry them as any other 503. A 5xx carrying :data:`REPLICA_HEADER` came from the app
+    and passes unchanged. Installed by :func:`proxy_middlewares`.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @staticmethod
+    def _answer(error: str, message: str, keep: list) -> list[dict]:
+        body = json.dumps({"error": error, "message": message, "field": None}).encode()
+        if not any(k.lower() == b"retry-after" for k, _ in keep):
+            keep = [*keep, (b"retry-after", b"1")]
+        head = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        return [
+            {"type": "http.response.start", "status": 503, "headers": head + keep},
+            {"type": "http.response.body", "body": body},
+        ]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = replaced = False
+        replica_key = REPLICA_HEADER.lower().encode()
+
+        async def send_checked(message: dict) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the body of a replaced answer
+            if message["type"] == "http.response.start":
+                started = True
+                headers = message.get("headers", [])
+                if message["status"] >= 500 and not any(
+                    k.lower() == replica_key for k, _ in headers
+                ):
+                    replaced = True
+                    keep = [
+                        (k, v) for k, v in headers if k.lower() in (b"x-request-id", b"retry-after")
+                    ]
+                    for m in self._answer(
+                        "unavailable", "no replica can take the request now; retry shortly", keep
+                    ):
+                        await send(m)
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_checked)
+        finally:
+            if not started:  # the replica died mid-request: the proxy sent nothing
+                for m in self._answer(
+                    "replica_failed",
+                    "the replica working on this request stopped before answering "
+                    "(Ray Serve restarts it); retry the request",
+                    [],
+                ):
+                    await send(m)
+
+
+def proxy_middlewares() -> list[Any]:
+    """Middlewares for Ray Serve's HTTP proxy (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProxyErrorMiddleware)]
+
+
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "anystep.server.ray_serve:proxy_middlewares"
+
+
+def _wait_for_warmup(app: Any) -> None:
+    """Make the app's lifespan startup return only once its engines are loaded and warm.
+
+    Ray Serve runs the lifespan in the replica constructor, so a replica reports RUNNING
+    (and receives traffic) only when ready; a failed warm-up fails the replica (Ray
+    retries it) instead of leaving a replica that answers 503 forever.
+    """
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any):
+        async with inner(a) as st:
+            state = a.state.anystep
+            while not state.ready:
+                if state.warm_error:
+                    raise RuntimeError(f"engine warm-up failed: {state.warm_error}")
+                await asyncio.sleep(0.05)
+            yield st
+
+    app.router.lifespan_context = lifespan
+
+
+def build_replica_app(
+    config: ServerConfig, replica: str, cluster_ready: Callable[[], Awaitable[str | None]]
+) -> Any:
+    """The app one replica serves: :func:`create_app` plus :class:`ReplicaMiddleware`.
+
+    Models are loaded from ``config.models`` at the app's startup, in the replica.
+    """
+    app = create_app(config)
+    _wait_for_warmup(app)
+    app.add_middleware(ReplicaMiddleware, replica=replica, cluster_ready=cluster_ready)
+    return app
+
+
+# --------------------------------------------------------------------------------------
+# the Serve application
+# --------------------------------------------------------------------------------------
+
+
+def _replica_class(serve: Any) -> type:
+    @serve.ingress()
+    class AnystepServer:
+        """One replica: builds the anystep app in the replica process (late-bound ingress)."""
+
+        def __init__(self, config: ServerConfig, app_name: str) -> None:
+            self._config, self._app_name = config, app_name
+
+        def __serve_build_asgi_app__(self) -> Any:
+            ctx = serve.get_replica_context()
+            return build_replica_app(
+                self._config,
+                replica=str(ctx.replica_id.unique_id),
+                cluster_ready=ClusterReadiness(self._app_name, ctx.deployment),
+            )
+
+    return AnystepServer
+
+
+def application(config: ServerConfig, options: RayOptions) -> Any:
+    """The Ray Serve application (``serve.run`` it) for ``config`` deployed as ``options`` say."""
+    _, serve = import_serve()
+    threads = config.engine_options.threads
+    env = {"OMP_NUM_THREADS": str(threads or max(1, int(options.num_cpus) or 1))}
+    for k in ("OMP_WAIT_POLICY", "ANYSTEP_MODELS_DIR"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    max_ongoing = options.max_ongoing_requests or config.max_queue
+    kw: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "max_ongoing_requests": max_ongoing,
+        "ray_actor_options": {
+            "num_cpus": options.num_cpus,
+            "num_gpus": options.num_gpus,
+            "runtime_env": {"env_vars": env},
+        },
+        "graceful_shutdown_timeout_s": config.drain_timeout_s,
+    }
+    if options.autoscale:
+        kw["autoscaling_config"] = {
+            "min_replicas": options.autoscale[0],
+            "max_replicas": options.autoscale[1],
+            "target_ongoing_requests": options.target_ongoing_requests or max(1, max_ongoing // 2),
+        }
+    else:
+        kw["num_replicas"] = int(options.replicas)
+    dep = serve.deployment(**kw)(_replica_class(serve))
+    return dep.bind(config, options.app_name)
+
+
+_BUILD_KEYS = {
+    "models", "engine", "threads", "device", "triton_url", "triton_models", "cache_dir",
+    "max_batch", "max_n", "max_steps", "max_compute", "max_queue", "request_timeout",
+    "batching", "warmup", "replicas", "autoscale", "num_cpus", "num_gpus",
+    "max_ongoing_requests", "target_ongoing_requests",
+}  # fmt: skip
+
+
+def build_app(args: Mapping[str, Any]) -> Any:
+    """Application builder for Ray Serve config files (``import_path: ...ray_serve:build_app``).
+
+    ``args`` (all optional) mirror ``anystep serve``'s flags: ``models`` (``{name: dir}``
+    or ``["NAME=DIR"]``; default the bundled models), ``engine``, ``threads``, ``device``,
+    ``triton_url``, ``triton_models`` (``{name: triton name}``), ``cache_dir``,
+    ``max_batch``, ``max_n``, ``max_steps``, ``max_compute``, ``max_queue``,
+    ``request_timeout``, ``batching``, ``warmup``; deployment: ``replicas``,
+    ``autoscale`` (``"MIN:MAX"``), ``num_cpus``, ``num_gpus``, ``max_ongoing_requests``,
+    ``target_ongoing_requests``. The API key comes from ``ANYSTEP_API_KEY``.
+    Replica counts and resources may also be overridden by the config file's own
+    ``deployments:`` section.
+    """
+    args = dict(args or {})
+    unknown = sorted(set(args) - _BUILD_KEYS)
+    if unknown:
+        raise RayServeError(f"unknown args {unknown}; use any of {sorted(_BUILD_KEYS)}")
+    models = args.get("models")
+    if models is None:
+        specs = discover_default_models()
+    elif isinstance(models, Mapping):
+        specs = [ModelSpec(str(k), Path(str(v))) for k, v in models.items()]
+    else:
+        specs = [ModelSpec.parse(str(s)) for s in models]
+    engine = str(args.get("engine", "torch"))
+    if engine not in ENGINES:
+        raise RayServeError(f"engine {engine!r} is not one of {list(ENGINES)}")
+    max_batch = int(args.get("max_batch", 256))
+    threads = int(args.get("threads", 1))
+    timeout = float(args.get("request_timeout", 60.0))
+    config = ServerConfig(
+        models=specs,
+        engine=engine,
+        engine_options=EngineOptions(
+            device=str(args.get("device", "cpu")),
+            cache_dir=Path(args["cache_dir"]) if args.get("cache_dir") else None,
+            triton_url=args.get("triton_url"),
+            triton_models=dict(args.get("triton_models") or {}),
+            max_batch=max_batch,
+            threads=threads or None,
+        ),
+        api_key=os.environ.get("ANYSTEP_API_KEY") or None,
+        limits=Limits(
+            max_steps=int(args.get("max_steps", 128)),
+            max_n=int(args.get("max_n", 256)),
+            max_compute=int(args.get("max_compute", 65536)),
+        ),
+        max_batch=max_batch,
+        max_queue=int(args.get("max_queue", 64)),
+        batching=bool(args.get("batching", True)),
+        request_timeout_s=timeout,
+        warmup=bool(args.get("warmup", True)),
+        drain_timeout_s=timeout,
+    )
+    auto = args.get("autoscale")
+    options = RayOptions(
+        replicas=int(args.get("replicas", 1)),
+        autoscale=parse_autoscale(auto) if auto else None,
+        num_cpus=float(args.get("num_cpus", 1.0)),
+        num_gpus=float(args.get("num_gpus", 0.0)),
+        max_ongoing_requests=args.get("max_ongoing_requests"),
+        target_ongoing_requests=args.get("target_ongoing_requests"),
+    )
+    return application(config, options)
+
+
+# --------------------------------------------------------------------------------------
+# `anystep serve --ray`
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayDeployment:
+    """A running deployment started by :func:`deploy` (stop it with :meth:`stop`).
+
+    Attributes:
+        url: where Ray's HTTP proxy listens.
+        options: how it was deployed.
+        local_cluster: True when :func:`deploy` started the Ray cluster itself.
+    """
+
+    url: str
+    options: RayOptions
+    local_cluster: bool
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self) -> None:
+        """Delete the application; shut down Serve and Ray too when the cluster is ours."""
+        if self._stopped:
+            return
+        self._stopped = True
+        ray, serve = import_serve()
+        try:
+            if self.local_cluster:
+                serve.shutdown()
+            else:
+                serve.delete(self.options.app_name)
+        finally:
+            ray.shutdown()
+
+
+def _local_paths(config: ServerConfig) -> ServerConfig:
+    """Model and cache paths made absolute (replica processes run in other folders)."""
+    specs = [ModelSpec(s.name, Path(s.path).expanduser().resolve()) for s in config.models]
+    opts = config.engine_options
+    cache = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else None
+    return replace(config, models=specs, engine_options=replace(opts, cache_dir=cache))
+
+
+def deploy(
+    config: ServerConfig,
+    options: RayOptions,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> RayDeployment:
+    """Start (or join) a Ray cluster, start Serve's HTTP proxy on ``host:port``, deploy, wait.
+
+    Returns when every replica has loaded and warmed its models.
+
+    Raises:
+        RayServeError: Ray is missing, or the local cluster has too few CPUs/GPUs.
+    """
+    ray, serve = import_serve()
+    if not config.models:
+        raise RayServeError("nothing to serve: pass --model NAME=DIR or create the bundled models")
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    local = options.address is None
+    if local:
+        config = _local_paths(config)
+        from anystep.core.modeldir import read_config
+
+        for spec in config.models:  # a wrong path fails here, not in every replica
+            read_config(spec.path)
+        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # the proxy inherits it
+        cpus = os.cpu_count() or 1
+        need = options.num_cpus * options.max_replicas
+        if need > cpus:
+            log.warning("%g replica CPUs requested on %d cores: they will share cores", need, cpus)
+        ray.init(
+            num_cpus=max(cpus, int(need + 0.999)),
+            include_dashboard=False,
+            logging_level=max(level, logging.WARNING),
+            log_to_driver=level <= logging.DEBUG,
+        )
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if options.num_gpus * options.max_replicas > gpus:
+            ray.shutdown()
+            raise RayServeError(
+                f"{options.max_replicas} replicas x {options.num_gpus:g} GPUs do not fit the "
+                f"{gpus:g} GPUs of this machine; lower --ray-num-gpus or --replicas"
+            )
+    else:
+        ray.init(
+            address=options.address,
+            logging_level=max(level, logging.WARNING),
+            log_to_driver=level <= logging.DEBUG,
+        )
+    try:
+        serve.start(http_options={"host": host, "port": int(port)})
+        serve.run(application(config, options), name=options.app_name, route_prefix="/")
+    except BaseException:
+        (serve.shutdown() if local else None)
+        ray.shutdown()
+        raise
+    return RayDeployment(url=f"http://{host}:{port}", options=options, local_cluster=local)
+
+
+def serve_forever(
+    config: ServerConfig,
+    options: RayOptions,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    echo: Callable[[str], None] = print,
+) -> None:
+    """:func:`deploy`, report, and keep serving until SIGINT/SIGTERM; then clean up."""
+    what = (
+        f"autoscaling {options.autoscale[0]}..{options.autoscale[1]} replicas"
+        if options.autoscale
+        else f"{options.replicas} replica(s)"
+    )
+    where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
+    echo(
+        f"deploying {', '.join(s.name for s in config.models)} ({config.engine}) as {what} "
+        f"on {where} ..."
+    )
+    dep = deploy(config, options, host, port, log_level)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        echo(
+            f"serving on {dep.url} ({what}, {options.num_cpus:g} CPU / "
+            f"{options.num_gpus:g} GPU each, header {REPLICA_HEADER}); Ctrl-C to stop"
+        )
+        while not stop.wait(0.5):
+            pass
+        echo("stopping the Ray Serve application ...")
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        dep.stop()
