@@ -5,6 +5,11 @@ distribution rho_1 (paper, Sec. 2: the interpolant ``I_t`` joins ``x0 ~ rho_0``
 to ``x1 ~ rho_1``). Every data set here produces samples ``x1`` for the
 interpolant of paper Eq. (2.1); ``base_sample`` produces ``x0``.
 
+Labels. Data sets with class labels (``digits``, ``cifar10``, ``folder:`` with one
+sub-folder per class, ``npz:`` with a ``y`` array, ``blobs``) report ``num_classes > 0``
+and ``sample_labelled(n, g)`` returns a :class:`LabelledSample` ``(x, y)``; its ``x`` is
+exactly what ``sample(n, g)`` draws from the same generator state.
+
 Every sample is drawn *only* from the ``torch.Generator`` that is passed in, so
 the same generator seed always gives the same batch. ``per_sample_normal`` goes
 one step further for the server: row ``i`` depends only on ``seeds[i]``.
@@ -21,6 +26,7 @@ Registry names (``list_datasets()``):
   ``spirals``, ``rings`` (definitions in ``_sample_*`` below).
 * ``gaussian``: ``N(mean, cov)`` in any dimension ``d`` (kind ``"2d"`` for
   ``d = 2``, else ``"vector"``).
+* ``blobs``: a labelled 2D set, ``K`` classes ``N(mu_k, sigma^2 I)`` (tests of conditioning).
 * ``digits``: scikit-learn's bundled 8x8 digits (kind ``"image"``).
 * ``folder:/path`` (``ImageFolderDataset``), ``npz:/path`` (``NpzDataset``),
   ``cifar10:/root`` (``Cifar10Dataset``, binary format): real data read from
@@ -44,12 +50,14 @@ from torch import Tensor
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "BlobsDataset",
     "Cifar10Dataset",
     "DataError",
     "Dataset",
     "DigitsDataset",
     "GaussianDataset",
     "ImageFolderDataset",
+    "LabelledSample",
     "NpzDataset",
     "Toy2DDataset",
     "base_sample",
@@ -122,6 +130,19 @@ def _kind_for_shape(shape: tuple[int, ...]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass
+class LabelledSample:
+    """Samples with their class labels.
+
+    Attributes:
+        x: ``[n, *shape]`` float32 samples in model units.
+        y: ``[n]`` int64 labels in ``0..num_classes-1``.
+    """
+
+    x: Tensor
+    y: Tensor
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A distribution that can be sampled with an explicit ``torch.Generator``.
@@ -150,6 +171,22 @@ class Dataset:
             Tensor of shape ``[n, *shape]``, float32, model units.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the labels (0: the data set has no labels)."""
+        return 0
+
+    def sample_labelled(self, n: int, generator: torch.Generator) -> LabelledSample:
+        """Draw ``n`` samples with their labels (``x`` equals ``sample(n, generator)``'s).
+
+        Raises:
+            DataError: the data set has no labels.
+        """
+        raise DataError(
+            f"data set {self.name!r} has no class labels; a class-conditional model needs a labelled "
+            "set (digits, cifar10, folder: with one sub-folder per class, npz: with a 'y' array, blobs)"
+        )
 
     def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
         """Map model-unit samples ``[n, *shape]`` to the data set's own units (identity here)."""
@@ -320,6 +357,60 @@ class Toy2DDataset(Dataset):
         return _TOY_SAMPLERS[self.name](n, g).to(torch.float32).contiguous()
 
 
+@dataclass(frozen=True, init=False)
+class BlobsDataset(Dataset):
+    """Labelled 2D set: class ``k`` (uniform over ``K``) is ``N(mu_k, sigma^2 I)``.
+
+    ``mu_k = radius (cos(2 pi k / K), sin(2 pi k / K))``. Each class is a Gaussian, so the
+    class-conditional velocity and flow map of the linear interpolant from ``N(0, I)`` are
+    known in closed form (the tests of conditional training use that).
+
+    Attributes:
+        classes: ``K``.
+        radius: distance of the class means from the origin.
+        sigma: per-class standard deviation.
+    """
+
+    classes: int
+    radius: float
+    sigma: float
+
+    def __init__(self, classes: int = 4, radius: float = 2.0, sigma: float = 0.3) -> None:
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise DataError(f"blobs: classes must be an integer >= 1, got {classes!r}")
+        if not (float(radius) >= 0 and float(sigma) > 0):
+            raise DataError(f"blobs: need radius >= 0 and sigma > 0, got radius={radius}, sigma={sigma}")
+        object.__setattr__(self, "name", "blobs")
+        object.__setattr__(self, "shape", (2,))
+        object.__setattr__(self, "classes", int(classes))
+        object.__setattr__(self, "radius", float(radius))
+        object.__setattr__(self, "sigma", float(sigma))
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes
+
+    def means(self) -> Tensor:
+        """Class means ``[K, 2]`` float32."""
+        ang = 2 * math.pi * torch.arange(self.classes, dtype=torch.float64) / self.classes
+        return (self.radius * torch.stack([torch.cos(ang), torch.sin(ang)], dim=1)).to(torch.float32)
+
+    def sample_labelled(self, n: int, generator: torch.Generator) -> LabelledSample:
+        """Draw labels uniformly, then ``x ~ N(mu_y, sigma^2 I)``; ``[n, 2]`` and ``[n]``."""
+        n = _check_n(n, self.name)
+        g = _check_generator(generator, self.name)
+        y = torch.randint(0, self.classes, (n,), generator=g, device=g.device)
+        noise = torch.randn((n, 2), generator=g, device=g.device)
+        return LabelledSample(self.means().to(g.device)[y] + self.sigma * noise, y)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """The mixture's samples ``[n, 2]`` (labels dropped)."""
+        return self.sample_labelled(n, generator).x
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "blobs", "kwargs": {"classes": self.classes, "radius": self.radius, "sigma": self.sigma}}
+
+
 # --------------------------------------------------------------------------------------
 # Gaussian in any dimension
 # --------------------------------------------------------------------------------------
@@ -455,6 +546,26 @@ class _ArrayDataset(Dataset):
         g = _check_generator(generator, self.name)
         idx = torch.randint(0, len(self), (n,), generator=g, device=g.device)
         return self._raw_to_model(self._raw[idx.cpu()]).to(g.device)
+
+    @property
+    def num_classes(self) -> int:
+        """``max(label) + 1`` when every row is labelled, else 0."""
+        if self._labels.numel() == 0 or bool((self._labels < 0).any()):
+            return 0
+        return int(self._labels.max()) + 1
+
+    def sample_labelled(self, n: int, generator: torch.Generator) -> LabelledSample:
+        """Draw ``n`` rows and their labels (same rows as :meth:`sample` with that generator)."""
+        if self.num_classes == 0:
+            unlabelled = int((self._labels < 0).sum())
+            raise DataError(
+                f"data set {self.name!r} has {unlabelled} unlabelled row(s); a class-conditional model needs "
+                "every row labelled (for folder: put every image in one sub-folder per class)"
+            )
+        n = _check_n(n, self.name)
+        g = _check_generator(generator, self.name)
+        idx = torch.randint(0, len(self), (n,), generator=g, device=g.device).cpu()
+        return LabelledSample(self._raw_to_model(self._raw[idx]).to(g.device), self._labels[idx].to(g.device))
 
 
 class _Uint8ImageUnits:
@@ -839,6 +950,7 @@ def _toy_factory(name: str) -> Callable[[], Dataset]:
 _REGISTRY: dict[str, Callable[..., Dataset]] = {
     **{name: _toy_factory(name) for name in _TOY_SAMPLERS},
     "gaussian": GaussianDataset,
+    "blobs": BlobsDataset,
     "digits": DigitsDataset,
     "folder": ImageFolderDataset,
     "npz": NpzDataset,
@@ -888,6 +1000,10 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset:
                 f"{name!r}: give {_SPEC_ARG[key]} either in the spec string or as a keyword, not both"
             )
         kwargs = {_SPEC_ARG[key]: arg, **kwargs}
+    if key in ("folder", "npz", "cifar10") and _SPEC_ARG[key] in kwargs:
+        where = Path(str(kwargs[_SPEC_ARG[key]])).expanduser()
+        if not where.exists():
+            raise DataError(f"{key}: path {str(where)!r} does not exist; pass an existing path, e.g. '{key}:/data/x'")
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:

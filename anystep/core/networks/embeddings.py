@@ -18,9 +18,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "GUIDANCE_EMBED_SCALE",
+    "ConditionEmbedding",
     "FourierFeatures",
     "FourierTimeEmbedding",
     "MultiTimeEmbedding",
+    "prepare_condition",
     "prepare_times",
 ]
 
@@ -211,3 +214,134 @@ class MultiTimeEmbedding(nn.Module):
         if len(parts) == 1:
             return parts[0]
         return self.combine(torch.cat(parts, dim=1))
+
+
+# --------------------------------------------------------------------------------------
+# conditioning: class label y and guidance scale w
+# --------------------------------------------------------------------------------------
+
+# The guidance scale is embedded as phi(w / GUIDANCE_EMBED_SCALE): Fourier features have
+# period 2, so scales in [0, 2 * GUIDANCE_EMBED_SCALE) never alias.
+GUIDANCE_EMBED_SCALE = 8.0
+
+
+def _is_tracing() -> bool:
+    """True inside torch.export / torch.compile / jit tracing (no value-dependent checks there)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and (
+        getattr(compiler, "is_exporting", lambda: False)() or compiler.is_compiling()
+    ):
+        return True
+    return bool(torch.jit.is_tracing())
+
+
+def prepare_condition(
+    x: Tensor,
+    y: Tensor | None,
+    w: Tensor | None,
+    num_classes: int,
+    guidance_input: bool,
+    where: str,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check the conditioning inputs of a backbone and return them in canonical form.
+
+    Args:
+        x: the batch, shape ``[B, ...]`` (gives ``B``, dtype and device).
+        y: class labels ``[B]`` (integers in ``0..num_classes``, where ``num_classes`` is the
+            null class ``∅`` of classifier-free guidance), or None for the null class.
+        w: guidance scales ``[B]`` (floating point), required iff ``guidance_input``.
+        num_classes: number of real classes the network was built for (0: unconditional).
+        guidance_input: whether the network takes ``w``.
+        where: name of the calling module, used in error messages.
+
+    Returns:
+        ``(y, w)``: ``y`` as int64 ``[B]`` (None for an unconditional network), ``w`` in
+        ``x``'s dtype ``[B]`` (None when the network takes no ``w``).
+
+    Raises:
+        ValueError: conditioning passed to a network that takes none, wrong shapes,
+            non-integer or out-of-range labels, or a missing ``w``.
+    """
+    b = x.shape[0]
+    if num_classes == 0 and y is not None:
+        raise ValueError(
+            f"{where} is unconditional (num_classes=0) but got class labels y; "
+            "drop y or use a model trained with num_classes > 0"
+        )
+    if not guidance_input and w is not None:
+        raise ValueError(
+            f"{where} takes no guidance scale (guidance_input=False) but got w; drop w"
+        )
+    y_out = None
+    if num_classes > 0:
+        if y is None:
+            y_out = torch.full((b,), num_classes, dtype=torch.int64, device=x.device)
+        else:
+            if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != b:
+                raise ValueError(
+                    f"{where}: y must be a tensor of shape [B]=[{b}] (one label per sample), got "
+                    f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
+                )
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise ValueError(f"{where}: y must hold integer class labels, got dtype {y.dtype}")
+            y_out = y.to(torch.int64)
+            if not _is_tracing() and b > 0 and bool(((y_out < 0) | (y_out > num_classes)).any()):
+                raise ValueError(
+                    f"{where}: class labels must be in 0..{num_classes - 1} (or {num_classes} for the "
+                    f"null class), got min {int(y_out.min())}, max {int(y_out.max())}"
+                )
+    w_out = None
+    if guidance_input:
+        if w is None:
+            raise ValueError(
+                f"{where} takes a guidance scale: pass w of shape [B] (w = 1 is the plain "
+                "conditional model, w = 0 the unconditional one)"
+            )
+        if not isinstance(w, Tensor) or w.dim() != 1 or w.shape[0] != b:
+            raise ValueError(
+                f"{where}: w must be a tensor of shape [B]=[{b}] (one guidance scale per sample), got "
+                f"{tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}"
+            )
+        w_out = w.to(x.dtype)
+    return y_out, w_out
+
+
+class ConditionEmbedding(nn.Module):
+    """Embedding ``e(y) [+ e_w(w)]`` of a class label and a guidance scale.
+
+    ``e(y)`` is a table of ``num_classes + 1`` rows (the last is the null class ``∅``);
+    ``e_w(w)`` is a :class:`FourierTimeEmbedding` of ``w / GUIDANCE_EMBED_SCALE``. Both
+    start at exactly zero (zero table, zero last layer), so a conditional network built
+    from an unconditional one's weights computes the same function until training moves
+    them; gradients reach both from the first step. The backbones add the result to their
+    time embedding.
+
+    Args:
+        num_classes: number of real classes (>= 1).
+        guidance_input: also embed a guidance scale ``w``.
+        num_frequencies: ``K`` of the Fourier features of ``w``.
+        embed_dim: output dimension (the backbone's time-embedding dimension).
+    """
+
+    def __init__(
+        self, num_classes: int, guidance_input: bool, num_frequencies: int, embed_dim: int
+    ) -> None:
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"ConditionEmbedding needs num_classes >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.label = nn.Embedding(self.num_classes + 1, embed_dim)
+        nn.init.zeros_(self.label.weight)
+        self.guidance: FourierTimeEmbedding | None = None
+        if guidance_input:
+            self.guidance = FourierTimeEmbedding(num_frequencies, embed_dim)
+            last = self.guidance.mlp[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def forward(self, y: Tensor, w: Tensor | None) -> Tensor:
+        """Embed labels ``y [B]`` (int64) and scales ``w [B]`` (or None) -> ``[B, embed_dim]``."""
+        e = self.label(y)
+        if self.guidance is not None and w is not None:
+            e = e + self.guidance(w / GUIDANCE_EMBED_SCALE).to(e.dtype)
+        return e

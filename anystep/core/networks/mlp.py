@@ -13,7 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
-from anystep.core.networks.embeddings import FourierFeatures, prepare_times
+from anystep.core.networks.embeddings import (
+    ConditionEmbedding,
+    FourierFeatures,
+    prepare_condition,
+    prepare_times,
+)
 
 __all__ = ["MLPBackbone"]
 
@@ -31,15 +36,24 @@ class MLPBackbone(nn.Module):
     ``v_{s,t}`` in the ansatz ``X_{s,t}(x) = x + (t - s) v_{s,t}(x)`` is an explicit
     input.
 
+    Conditional variant (``num_classes > 0``): a class embedding ``e(y)`` (plus
+    ``e_w(w)`` of the guidance scale when ``guidance_input``), see
+    :class:`~anystep.core.networks.embeddings.ConditionEmbedding`, is added to the first
+    hidden layer's pre-activation, i.e. to the network's joint embedding of ``(x, t)``.
+    It starts at zero, so the unconditional weights load into it unchanged.
+
     Args:
         cfg: backbone configuration; uses ``data_shape``, ``time_inputs``,
             ``width``, ``depth``, ``fourier_features``, ``dropout``.
+        num_classes: number of classes of ``y`` (0: unconditional, no ``y`` input).
+        guidance_input: take a guidance scale ``w`` (flow maps distilled from a
+            classifier-free-guided teacher).
 
     Raises:
         ConfigError: if ``width``, ``depth`` or ``dropout`` are out of range.
     """
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, num_classes: int = 0, guidance_input: bool = False) -> None:
         super().__init__()
         if cfg.width < 1:
             raise ConfigError(f"backbone.width must be >= 1 (paper: 512), got {cfg.width}")
@@ -65,23 +79,43 @@ class MLPBackbone(nn.Module):
                 layers.append(nn.Dropout(cfg.dropout))
         layers.append(nn.Linear(cfg.width, self.dim))
         self.net = nn.Sequential(*layers)
+        self.num_classes = int(num_classes)
+        self.guidance_input = bool(guidance_input)
+        if self.guidance_input and self.num_classes < 1:
+            raise ConfigError("a guidance input w needs a class-conditional network (num_classes >= 1)")
+        self.cond: ConditionEmbedding | None = None
+        if self.num_classes > 0:
+            self.cond = ConditionEmbedding(
+                self.num_classes, self.guidance_input, cfg.fourier_features, cfg.width
+            )
 
-    def forward(self, x: Tensor, *times: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, *times: Tensor, y: Tensor | None = None, w: Tensor | None = None
+    ) -> Tensor:
         """Evaluate the network.
 
         Args:
             x: samples, shape ``[B, *data_shape]``.
             *times: ``(t,)`` for a velocity model or ``(s, t)`` for a flow map,
                 each of shape ``[B]``.
+            y: conditional networks only: class labels ``[B]`` in ``0..num_classes``
+                (``num_classes`` = null class ∅); None means ∅.
+            w: networks with ``guidance_input`` only: guidance scales ``[B]``.
 
         Returns:
             Output of shape ``[B, *data_shape]``.
 
         Raises:
-            ValueError: wrong number of times or wrong shapes.
+            ValueError: wrong number of times, wrong shapes or conditioning.
         """
         ts = prepare_times(x, times, self.data_shape, self.time_inputs, "MLPBackbone")
+        y_, w_ = prepare_condition(x, y, w, self.num_classes, self.guidance_input, "MLPBackbone")
         if self.time_inputs == 2:
             ts.append(ts[1] - ts[0])
         h = torch.cat([x.flatten(1)] + [self.features(t) for t in ts], dim=1)
-        return self.net(h).unflatten(1, self.data_shape)
+        if self.cond is None:
+            return self.net(h).unflatten(1, self.data_shape)
+        h = self.net[0](h) + self.cond(y_, w_).to(h.dtype)
+        for layer in self.net[1:]:
+            h = layer(h)
+        return h.unflatten(1, self.data_shape)

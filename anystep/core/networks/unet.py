@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
-from anystep.core.networks.embeddings import MultiTimeEmbedding, prepare_times
+from anystep.core.networks.embeddings import (
+    ConditionEmbedding,
+    MultiTimeEmbedding,
+    prepare_condition,
+    prepare_times,
+)
 
 __all__ = ["UNetBackbone", "group_norm_groups"]
 
@@ -185,13 +190,18 @@ class UNetBackbone(nn.Module):
         cfg: backbone configuration; uses ``data_shape`` ``(C, H, W)``,
             ``time_inputs``, ``fourier_features``, ``channels``, ``channel_mult``,
             ``num_res_blocks``, ``attention_levels``, ``dropout``.
+        num_classes: number of classes of ``y`` (0: unconditional). The class
+            embedding (and the guidance embedding) is added to the time embedding,
+            see :class:`~anystep.core.networks.embeddings.ConditionEmbedding`; it starts
+            at zero so unconditional weights load into it unchanged.
+        guidance_input: take a guidance scale ``w`` (needs ``num_classes > 0``).
 
     Raises:
         ConfigError: if a configuration value is out of range or ``H``, ``W`` are
             not divisible by ``2 ** (len(channel_mult) - 1)``.
     """
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, num_classes: int = 0, guidance_input: bool = False) -> None:
         super().__init__()
         if len(cfg.data_shape) != 3:
             raise ConfigError(f"UNetBackbone needs data_shape (C, H, W), got {cfg.data_shape}")
@@ -225,6 +235,15 @@ class UNetBackbone(nn.Module):
         ch = cfg.channels
         emb_dim = 4 * ch
         self.time_embed = MultiTimeEmbedding(cfg.time_inputs, cfg.fourier_features, emb_dim)
+        self.num_classes = int(num_classes)
+        self.guidance_input = bool(guidance_input)
+        if self.guidance_input and self.num_classes < 1:
+            raise ConfigError("a guidance input w needs a class-conditional network (num_classes >= 1)")
+        self.cond: ConditionEmbedding | None = None
+        if self.num_classes > 0:
+            self.cond = ConditionEmbedding(
+                self.num_classes, self.guidance_input, cfg.fourier_features, emb_dim
+            )
         attn_levels = set(cfg.attention_levels)
 
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
@@ -269,22 +288,30 @@ class UNetBackbone(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, *times: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, *times: Tensor, y: Tensor | None = None, w: Tensor | None = None
+    ) -> Tensor:
         """Evaluate the network.
 
         Args:
             x: images, shape ``[B, C, H, W]`` equal to ``[B, *data_shape]``.
             *times: ``(t,)`` for a velocity model or ``(s, t)`` for a flow map,
                 each of shape ``[B]``.
+            y: conditional networks only: class labels ``[B]`` in ``0..num_classes``
+                (``num_classes`` = null class ∅); None means ∅.
+            w: networks with ``guidance_input`` only: guidance scales ``[B]``.
 
         Returns:
             Output of shape ``[B, C, H, W]``.
 
         Raises:
-            ValueError: wrong number of times or wrong shapes.
+            ValueError: wrong number of times, wrong shapes or conditioning.
         """
         ts = prepare_times(x, times, self.data_shape, self.time_inputs, "UNetBackbone")
+        y_, w_ = prepare_condition(x, y, w, self.num_classes, self.guidance_input, "UNetBackbone")
         emb = self.time_embed(ts)
+        if self.cond is not None:
+            emb = emb + self.cond(y_, w_).to(emb.dtype)
         h = self.conv_in(x)
         skips = [h]
         for blocks, down in zip(self.down, self.downsample):
