@@ -19,6 +19,7 @@ Nothing here ever calls ``torch.load`` or unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "atomic_write_text",
+    "check_optimizer_matches",
+    "check_tensors_match",
+    "clean_stale_temps",
+    "discard_run",
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
@@ -237,6 +242,8 @@ def save_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / CHECKPOINT_DIR
+    for stale in out.glob(f".{CHECKPOINT_DIR}.tmp-*"):  # left by a write that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.tmp-", dir=out))
     try:
         _save_tensors(tmp / "model.safetensors", model)
@@ -267,6 +274,155 @@ def save_checkpoint(
     return final
 
 
+def clean_stale_temps(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary folders/files a killed write left in a run directory.
+
+    ``save_checkpoint`` writes into ``.checkpoint.tmp-*`` and :func:`atomic_write_text`
+    into ``.<name>.tmp-*``; a process killed mid-write leaves them behind. Only one
+    process writes a run directory, so any that exist when a write or a resume starts are
+    stale.
+
+    Returns:
+        The paths removed.
+    """
+    out = Path(out_dir)
+    removed: list[Path] = []
+    if not out.is_dir():
+        return removed
+    for p in out.glob(".*.tmp-*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+RUN_FILES = ("checkpoint", ".checkpoint.old", "train_log.jsonl", "train_config.json", "config.json",
+             "model.safetensors", ".model.tmp")
+
+
+def discard_run(out_dir: str | os.PathLike) -> list[str]:
+    """Delete what a training run wrote into ``out_dir`` (``anystep train --restart``).
+
+    Only the files a run writes (:data:`RUN_FILES` and stale temporaries) are removed;
+    anything else in the folder is kept.
+
+    Returns:
+        The names removed.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} exists and is not a directory")
+    removed = [p.name for p in clean_stale_temps(out)]
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            removed.append(name)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+            removed.append(name)
+    return removed
+
+
+def _check_state(state: Any, path: Path) -> dict[str, Any]:
+    """Validate ``state.json``: one-line :class:`CheckpointError` naming the bad entry."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(state).__name__}; the checkpoint is damaged")
+
+    def count(key: str, lo: int, required: bool = True) -> None:
+        if key not in state:
+            if required:
+                raise CheckpointError(f"{path} lacks {key!r}; the checkpoint is damaged")
+            return
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise CheckpointError(f"{path}: {key}={v!r} must be an integer >= {lo}; the checkpoint is damaged")
+
+    count("step", 0)
+    for key in ("round", "ema_updates", "seed"):
+        count(key, 0, required=False)
+    for key in ("world_size", "micro_batches"):
+        count(key, 1, required=False)
+    for key in ("elapsed_s", "last_loss"):
+        v = state.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{path}: {key}={v!r} must be a number; the checkpoint is damaged")
+    return state
+
+
+def _check_optimizer_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """Validate ``optimizer.json`` (the structure :func:`flatten_optimizer_state` writes)."""
+    bad = f"{path} is not an optimizer state written by anystep"
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{bad} (a JSON object is expected, got {type(meta).__name__}); the checkpoint is damaged")
+    groups = meta.get("param_groups")
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) and "params" in g for g in groups):
+        raise CheckpointError(f"{bad} (no param_groups with params); the checkpoint is damaged")
+    for key in ("scalars", "tensor_keys"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise CheckpointError(f"{bad} ({key} must be an object); the checkpoint is damaged")
+    for idx, keys in meta.get("tensor_keys", {}).items():
+        if not str(idx).isascii() or not str(idx).isdigit() or not isinstance(keys, list):
+            raise CheckpointError(f"{bad} (tensor_keys[{idx!r}]); the checkpoint is damaged")
+    for idx, vals in meta.get("scalars", {}).items():
+        if not str(idx).isascii() or not str(idx).isdigit() or not isinstance(vals, dict):
+            raise CheckpointError(f"{bad} (scalars[{idx!r}]); the checkpoint is damaged")
+    return meta
+
+
+def check_tensors_match(tensors: dict[str, Tensor], expected: dict[str, Tensor], path: Path) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``tensors`` has ``expected``'s names and shapes.
+
+    Args:
+        tensors: what a checkpoint file holds.
+        expected: ``module.state_dict()`` of the model being resumed.
+        path: the file, named in the message.
+    """
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match this run's model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "it belongs to another architecture: resume with the run's own config or restart with --restart"
+        )
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {tuple(tensors[k].shape)} but this run's model has {tuple(v.shape)} "
+                "(another width/depth?); resume with the run's own config or restart with --restart"
+            )
+        if not bool(torch.isfinite(tensors[k]).all()):
+            raise CheckpointError(f"{path}: tensor {k} holds NaN/Inf; the checkpoint is damaged, restart with --restart")
+
+
+def check_optimizer_matches(optimizer: dict[str, Any], params: list[Tensor], path: Path) -> None:
+    """One-line :class:`CheckpointError` unless an optimiser state fits ``params``.
+
+    Args:
+        optimizer: ``{"state": {index: {key: value}}, "param_groups": [...]}`` as read.
+        params: the parameters of the optimiser being resumed, in order.
+        path: the file, named in the message.
+    """
+    n_saved = sum(len(g.get("params", [])) for g in optimizer.get("param_groups", []))
+    if n_saved != len(params):
+        raise CheckpointError(
+            f"{path} holds the state of {n_saved} parameters but this run's model has {len(params)}; "
+            "resume with the run's own config or restart with --restart"
+        )
+    for idx, entry in optimizer.get("state", {}).items():
+        if not 0 <= int(idx) < len(params):
+            raise CheckpointError(f"{path}: state of parameter {idx} does not exist in this run's model")
+        for key, v in entry.items():
+            if isinstance(v, Tensor) and v.ndim > 0 and tuple(v.shape) != tuple(params[int(idx)].shape):
+                raise CheckpointError(
+                    f"{path}: {key} of parameter {idx} has shape {tuple(v.shape)} but the parameter has "
+                    f"{tuple(params[int(idx)].shape)}; resume with the run's own config or restart with --restart"
+                )
+
+
 def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The checkpoint folder of a run, recovering one left aside by a crash; None if absent."""
     out = Path(out_dir)
@@ -295,14 +451,13 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     path = find_checkpoint(out_dir)
     if path is None:
         raise CheckpointError(f"{out_dir} has no checkpoint to resume from; start a new run without --resume")
-    state = _load_json(path / "state.json")
-    if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"{path / 'state.json'} lacks 'step'; the checkpoint is damaged")
+    clean_stale_temps(out_dir)
+    state = _check_state(_load_json(path / "state.json"), path / "state.json")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {state.get('format_version')!r}; this anystep reads {FORMAT_VERSION}"
         )
-    opt_meta = _load_json(path / "optimizer.json")
+    opt_meta = _check_optimizer_meta(_load_json(path / "optimizer.json"), path / "optimizer.json")
     optimizer = unflatten_optimizer_state(_load_tensors(path / "optimizer.safetensors"), opt_meta)
     teacher_path = path / "teacher.safetensors"
     return Checkpoint(

@@ -53,7 +53,8 @@ FROM_CONFIG = "from the preset/config"
 )
 @click.argument("preset_or_config", metavar="PRESET_OR_CONFIG")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory; becomes a model directory when training ends.")
-@click.option("--resume", is_flag=True, default=False, show_default="off", help="Continue the run in --out from its checkpoint (exactly).")
+@click.option("--resume", is_flag=True, default=False, show_default="off", help="Continue the run in --out from its checkpoint (exactly); a run killed before its first checkpoint starts again at step 0.")
+@click.option("--restart", is_flag=True, default=False, show_default="off", help="Discard the run in --out (checkpoint, log, train_config.json, model files; nothing else) and start it again.")
 @click.option("--max-steps", type=int, default=None, show_default=FROM_CONFIG, help="Number of optimisation steps.")
 @click.option("--teacher", type=click.Path(), default=None, show_default=FROM_CONFIG, help="Model directory of the frozen teacher (distillation objectives).")
 @click.option("--init-from", type=click.Path(), default=None, show_default=FROM_CONFIG, help="Model directory whose weights initialise the model (pfmm: the teacher). A velocity model starts a flow map at v_st = b_s, one Euler step (MLP backbone, residual ansatz).")
@@ -75,6 +76,7 @@ def train(
     preset_or_config: str,
     out_dir: str,
     resume: bool,
+    restart: bool,
     max_steps: int | None,
     teacher: str | None,
     init_from: str | None,
@@ -95,10 +97,12 @@ def train(
     """
     from anystep.errors import USER_ERRORS
 
+    if resume and restart:
+        raise TrainInputError("--resume continues the run in --out and --restart discards it; pass one of them")
     try:
         _run(
             preset_or_config, out_dir, resume, max_steps, teacher, init_from, batch_size, lr, seed, device,
-            assignments, not no_progress, print_config,
+            assignments, not no_progress, print_config, restart=restart,
         )
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -119,6 +123,7 @@ def _run(
     assignments: tuple[str, ...],
     progress: bool,
     print_config: bool,
+    restart: bool = False,
 ) -> None:
     from pathlib import Path
 
@@ -149,6 +154,13 @@ def _run(
 
     from anystep.training import ddp
     from anystep.training.trainer import Trainer
+
+    if restart:
+        from anystep.training.checkpoint import discard_run
+
+        removed = discard_run(out_dir)
+        if removed:
+            click.echo(f"--restart: removed {', '.join(removed)} from {out_dir}", err=True)
 
     info = ddp.init_from_env(config.device)
     try:

@@ -60,6 +60,8 @@ from anystep.training.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
     atomic_write_text,
+    check_optimizer_matches,
+    check_tensors_match,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -420,9 +422,15 @@ class Trainer:
     def _prepare_out_dir(self) -> dict[str, Any] | None:
         """Check the run directory; return the checkpoint state when resuming."""
         out = self.out_dir
+        self._resume_from_start = False
         if self.resume:
             if find_checkpoint(out) is None:
-                raise CheckpointError(f"{out} has no checkpoint to resume from; run without --resume to start it")
+                if not (out / TRAIN_CONFIG_NAME).is_file() or (out / "config.json").exists():
+                    raise CheckpointError(f"{out} has no checkpoint to resume from; run without --resume to start it")
+                # killed after train_config.json, before the first checkpoint: nothing to
+                # continue, so --resume starts the same run again at step 0
+                self._resume_from_start = True
+                (out / LOG_NAME).unlink(missing_ok=True)
             saved_path = out / TRAIN_CONFIG_NAME
             if not saved_path.is_file():
                 raise CheckpointError(f"{out} has a checkpoint but no {TRAIN_CONFIG_NAME}; cannot check the config")
@@ -440,8 +448,8 @@ class Trainer:
         taken = [n for n in (CHECKPOINT_DIR, LOG_NAME, TRAIN_CONFIG_NAME, "config.json") if (out / n).exists()]
         if taken:
             raise ConfigError(
-                f"{out} already holds a training run ({', '.join(taken)}); pass --resume to continue it "
-                "or choose another --out"
+                f"{out} already holds a training run ({', '.join(taken)}); pass --resume to continue it, "
+                "--restart to discard it and start again, or choose another --out"
             )
         return None
 
@@ -514,7 +522,7 @@ class Trainer:
         elapsed_before = 0.0
         last_loss: float | None = None
         resumed_round: int | None = None
-        if self.resume:
+        if self.resume and not self._resume_from_start:
             ck = load_checkpoint(self.out_dir)
             st = ck.state
             for key, want in (("world_size", W), ("micro_batches", cfg.micro_batches), ("ddp_batch", cfg.ddp_batch)):
@@ -523,9 +531,18 @@ class Trainer:
                         f"the checkpoint was written with {key}={st.get(key)!r} but this run has {want!r}; "
                         "resume with the same number of processes and micro-batches"
                     )
-            model.load_state_dict(ck.model)
-            ema.load_state_dict(ck.ema, st.get("ema_updates", 0))
-            optimizer.load_state_dict(ck.optimizer)
+            check_tensors_match(ck.model, model.state_dict(), ck.path / "model.safetensors")
+            check_tensors_match(ck.ema, ema.state_dict(), ck.path / "ema.safetensors")
+            check_optimizer_matches(ck.optimizer, params, ck.path / "optimizer.json")
+            try:
+                model.load_state_dict(ck.model)
+                ema.load_state_dict(ck.ema, st.get("ema_updates", 0))
+                optimizer.load_state_dict(ck.optimizer)
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(
+                    f"{ck.path} cannot be loaded into this run ({' '.join(str(e).split())[:200]}); "
+                    "restart with --restart"
+                ) from None
             self._set_rng(ck.rng)
             step = int(st["step"])
             resumed_from = step
