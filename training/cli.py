@@ -62,6 +62,9 @@ FROM_CONFIG = "from the preset/config"
 @click.option("--lr", type=float, default=None, show_default=FROM_CONFIG, help="Peak learning rate.")
 @click.option("--seed", type=int, default=None, show_default=FROM_CONFIG, help="Seed of every random stream.")
 @click.option("--device", type=str, default=None, show_default=FROM_CONFIG, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, show_default=FROM_CONFIG, help="Autocast dtype of the backbone forwards (JVPs stay fp32; fp16 adds loss scaling).")
+@click.option("--channels-last", is_flag=True, default=False, show_default="off", help="NHWC image batches and weights (faster convolutions on NVIDIA GPUs).")
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "default", "max-autotune-no-cudagraphs"]), default="off", show_default=True, help="torch.compile the backbone (in place; checkpoints unchanged).")
 @click.option(
     "--set",
     "assignments",
@@ -84,6 +87,9 @@ def train(
     lr: float | None,
     seed: int | None,
     device: str | None,
+    precision: str | None,
+    channels_last: bool,
+    compile_mode: str,
     assignments: tuple[str, ...],
     no_progress: bool,
     print_config: bool,
@@ -100,9 +106,12 @@ def train(
     if resume and restart:
         raise TrainInputError("--resume continues the run in --out and --restart discards it; pass one of them")
     try:
+        from anystep.training.accel import AccelOptions
+
         _run(
             preset_or_config, out_dir, resume, max_steps, teacher, init_from, batch_size, lr, seed, device,
             assignments, not no_progress, print_config, restart=restart,
+            precision=precision, accel=AccelOptions(channels_last=channels_last, compile=compile_mode),
         )
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -124,6 +133,8 @@ def _run(
     progress: bool,
     print_config: bool,
     restart: bool = False,
+    precision: str | None = None,
+    accel: object = None,
 ) -> None:
     from pathlib import Path
 
@@ -144,6 +155,7 @@ def _run(
         "lr": lr,
         "seed": seed,
         "device": device,
+        "precision": precision,
     }
     overrides = list(assignments) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     if overrides:
@@ -164,7 +176,7 @@ def _run(
 
     info = ddp.init_from_env(config.device)
     try:
-        result = Trainer(config, out_dir, resume=resume, progress=progress, dist=info).fit()
+        result = Trainer(config, out_dir, resume=resume, progress=progress, dist=info, accel=accel).fit()
     finally:
         ddp.shutdown()
     if info.is_main:

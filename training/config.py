@@ -49,7 +49,7 @@ __all__ = [
 
 LR_SCHEDULES = ("constant", "step", "linear", "cosine")
 OPTIMIZERS = ("adam", "adamw")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DDP_BATCH_MODES = ("shard", "split")
 COUPLING_NAMES = ("independent", "paired", "minibatch_ot")
 
@@ -98,8 +98,9 @@ class TrainConfig:
         init_from: model directory whose weights initialise the model (warm start);
             defaults to the teacher for ``pfmm``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        precision: ``"fp32"`` (default) or ``"bf16"`` (autocast around the loss;
-            objectives keep their JVPs in fp32).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (autocast around the
+            loss; objectives keep their JVPs in fp32; fp16 adds dynamic loss scaling,
+            see :mod:`anystep.training.accel`).
         ddp_batch: with several processes: ``"shard"`` (each rank draws its own
             ``batch_size / world_size`` samples from a stream seeded by its rank) or
             ``"split"`` (every rank draws the same global batch and keeps its slice, so

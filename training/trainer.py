@@ -35,7 +35,6 @@ Time convention: ``t = 0`` base, ``t = 1`` data.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -252,7 +251,10 @@ class Trainer:
             frequencies and the device).
         eval_fn: evaluation hook ``fn(ema_model, step) -> dict``; default
             :func:`default_eval_fn`; None disables evaluation.
-        progress: show a tqdm progress bar (loss, lr, steps/s) on rank 0.
+        progress: show a tqdm progress bar (loss, lr, steps/s, samples/s) on rank 0.
+        accel: execution options (``channels_last``, ``torch.compile``; see
+            :mod:`anystep.training.accel`); default none. Mixed precision is
+            ``config.precision`` (bf16/fp16 autocast; JVPs stay float32).
         dist: process-group info; default :func:`anystep.training.ddp.current`.
 
     Raises:
@@ -267,6 +269,7 @@ class Trainer:
         resume: bool = False,
         eval_fn: EvalFn | None | object = _DEFAULT,
         progress: bool = True,
+        accel: Any = None,
         dist: ddp.DistInfo | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
@@ -294,6 +297,12 @@ class Trainer:
         self.rounds = self._plan_rounds()
         self.device = _resolve_device(self.config.device, self.dist)
         self._eval_fn_arg = eval_fn
+        from anystep.training.accel import AccelOptions, MixedPrecision
+
+        self.accel = accel if accel is not None else AccelOptions()
+        if not isinstance(self.accel, AccelOptions):
+            raise ConfigError(f"accel must be an AccelOptions, got {type(self.accel).__name__}")
+        self._amp = MixedPrecision(self.config.precision, self.device)
 
     # -- planning ----------------------------------------------------------------------
     def _plan_rounds(self) -> list[_Round]:
@@ -408,9 +417,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint rng.safetensors lacks {e}; the checkpoint is damaged") from None
 
     def _autocast(self):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16/fp16 autocast around the loss (JVPs inside switch it off: float32)."""
+        return self._amp.autocast()
 
     def _frozen_copy(self, module: nn.Module) -> nn.Module:
         t = copy.deepcopy(module).eval()
@@ -500,13 +508,19 @@ class Trainer:
                 flowmap_from_velocity(model, init)
             else:
                 model.load_state_dict(init.state_dict())
+        from anystep.training import accel as accel_mod
+
+        accel_mod.configure_backends(self.accel, self.device)
         model.to(self.device).train()
+        accel_mod.prepare_model(model, self.accel, self.data_shape, compile=False, student=True)
+        batch_channels_last = accel_mod.uses_channels_last(model, self.accel, student=True)
         ddp.broadcast_module(model, info)
         params = [p for p in model.parameters() if p.requires_grad]
 
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         ema = EMA(model, cfg.ema_decay)
+        accel_mod.compile_model(model, self.accel)  # after the EMA copy: the average stays eager
 
         # the global generator only drives dropout; seeded per rank, checkpointed
         W = info.world_size
@@ -515,6 +529,7 @@ class Trainer:
         teacher_orig: nn.Module | None = None
         if cfg.teacher is not None:
             teacher_orig = load_model_dir(cfg.teacher, device=self.device).model
+            accel_mod.prepare_model(teacher_orig, self.accel, self.data_shape)
         teacher = teacher_orig
 
         step = 0
@@ -543,6 +558,7 @@ class Trainer:
                     f"{ck.path} cannot be loaded into this run ({' '.join(str(e).split())[:200]}); "
                     "restart with --restart"
                 ) from None
+            self._amp.load_state_dict(st.get("amp"))
             self._set_rng(ck.rng)
             step = int(st["step"])
             resumed_from = step
@@ -604,6 +620,7 @@ class Trainer:
                         "last_loss": last_loss,
                         "seed": cfg.seed,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                        "amp": self._amp.state_dict(),
                     },
                     teacher=teacher.state_dict() if (replaced_teacher and teacher is not None) else None,
                 )
@@ -637,12 +654,12 @@ class Trainer:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 metric_sums = {}
-                batches = self._draw_batches()
+                batches = [accel_mod.prepare_batch(b, batch_channels_last) for b in self._draw_batches()]
                 loss_sum = torch.zeros((), dtype=torch.float32)
                 for c, batch in zip(chunk_ids, batches):
                     with self._autocast():
                         out = objective.loss(model, batch, self._obj_gens[c], teacher=teacher, step=step)
-                    (out.loss / m).backward()
+                    self._amp.backward(out.loss / m)
                     loss_sum += out.loss.detach().float().cpu() / m
                     for k, v in out.metrics.items():
                         metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / m
@@ -655,8 +672,9 @@ class Trainer:
                 ddp.all_reduce_gradients(params, info)
                 grad_norm = None
                 if cfg.grad_clip:
+                    self._amp.unscale_(optimizer)
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                optimizer.step()
+                self._amp.step(optimizer)
                 ema.update(model)
                 step += 1
                 last_loss = float(loss_all)
@@ -664,7 +682,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == stop:
-                        bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.2g}", refresh=False)
+                        rate = (bar.format_dict.get("rate") or 0.0) * cfg.batch_size  # smoothed steps/s
+                        unit = "img/s" if len(self.data_shape) == 3 else "samples/s"
+                        bar.set_postfix({"loss": f"{last_loss:.4g}", "lr": f"{lr:.2g}", unit: f"{rate:.4g}"}, refresh=False)
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     keys = sorted(metric_sums)
                     vals = torch.tensor([metric_sums[k] for k in keys], dtype=torch.float64)
@@ -680,6 +700,9 @@ class Trainer:
                             lr=lr,
                             time=round(elapsed_before + now - t0, 4),
                             steps_per_s=round((step - step_last) / max(now - t_last, 1e-9), 3),
+                            samples_per_s=round(
+                                accel_mod.samples_per_second(cfg.batch_size * (step - step_last), now - t_last), 2
+                            ),
                         )
                         if grad_norm is not None:
                             row["grad_norm"] = grad_norm
