@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,export,serve,client,triton,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all venv triton-venv lint clean
+.PHONY: run test test-slow test-all venv triton-venv ray-extra lint clean
 
 venv: $(STAMP)
 
@@ -35,10 +35,17 @@ test: venv
 	-bash .ci/install-browser.sh
 	$(BIN)/python -m pytest -q
 
-test-slow: venv
+# The slow suite runs real Ray Serve replicas (tests/test_ray_serve.py): the ray extra, once.
+RAY_STAMP := $(VENV)/.ray-installed
+ray-extra: $(RAY_STAMP)
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS),ray]'
+	touch $(RAY_STAMP)
+
+test-slow: venv ray-extra
 	$(BIN)/python -m pytest -q -m slow
 
-test-all: venv
+test-all: venv ray-extra
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: venv

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .engines import ENGINES
+from .engines import ENGINE_CHOICES
 
 
 @click.command("serve")
@@ -21,10 +21,11 @@ from .engines import ENGINES
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
-    default="torch",
+    type=click.Choice(ENGINE_CHOICES),
+    default="auto",
     show_default=True,
-    help="Inference engine.",
+    help="Inference engine. auto: TensorRT on an NVIDIA GPU when installed, else ONNX Runtime "
+    "(CUDA provider with onnxruntime-gpu, else CPU), else torch; the choice is logged and shown in /v1/models.",
 )
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default)."
@@ -76,10 +77,24 @@ from .engines import ENGINES
 )
 @click.option(
     "--max-n",
-    type=click.IntRange(1, 65536),
+    type=click.IntRange(1),
+    default=None,
+    help="Most samples per request for every model. Default: per model, --max-values divided by the "
+    "numbers in one sample (2D points: 524288; 8x8 digits: 16384), within the compute budget.",
+)
+@click.option(
+    "--max-values",
+    type=click.IntRange(1),
+    default=1 << 20,
+    show_default=True,
+    help="Most output numbers per request (n x numbers per sample); sets each model's sample limit.",
+)
+@click.option(
+    "--max-nfe",
+    type=click.IntRange(7),
     default=256,
     show_default=True,
-    help="Most samples per request.",
+    help="dopri5: default and largest max_nfe (evaluations per sample, enforced); the budget charges n x max_nfe.",
 )
 @click.option(
     "--max-steps",
@@ -93,7 +108,7 @@ from .engines import ENGINES
     type=click.IntRange(1),
     default=65536,
     show_default=True,
-    help="Most sample-evaluations (n x nfe) per request.",
+    help="Most sample-evaluations (n x nfe) per request; dopri5 is charged n x max_nfe.",
 )
 @click.option(
     "--max-queue",
@@ -112,7 +127,7 @@ from .engines import ENGINES
     type=click.FloatRange(0.1),
     default=60.0,
     show_default=True,
-    help="Seconds before a request is dropped (503).",
+    help="Seconds before a request is stopped (503); it then takes part in no further engine tick.",
 )
 @click.option("--no-warmup", is_flag=True, help="Skip engine warm-up.")
 @click.option(
@@ -173,7 +188,9 @@ def serve(
     cache_dir: Path | None,
     fp16: bool,
     max_batch: int,
-    max_n: int,
+    max_n: int | None,
+    max_values: int,
+    max_nfe: int,
     max_steps: int,
     max_compute: int,
     max_queue: int,
@@ -215,7 +232,9 @@ def serve(
         fp16=fp16,
         threads=threads or None,
     )
-    limits = Limits(max_steps=max_steps, max_n=max_n, max_compute=max_compute)
+    limits = Limits(
+        max_steps=max_steps, max_n=max_n, max_compute=max_compute, max_values=max_values, max_nfe=max_nfe
+    )
     api_key = api_key or None
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(
@@ -248,7 +267,8 @@ def serve(
         return
     app = create_app(config, models=models)
     click.echo(
-        f"serving {', '.join(f'{m.name} ({m.kind}, {m.engine.name})' for m in models)} on http://{host}:{port} "
+        f"serving {', '.join(f'{m.name} ({m.kind}, {m.engine.name}, max n {m.max_n})' for m in models)} "
+        f"on http://{host}:{port} "
         f"(auth {'on' if api_key else 'off'}, batching {'off' if no_batching else 'on'})",
         err=True,
     )
@@ -272,16 +292,17 @@ def _ray_options(
     threads: int,
 ):
     """The :class:`~anystep.server.ray_serve.RayOptions` of ``--ray``, or None without it."""
+    from .ray_serve import RayOptions, RayServeError, import_serve, parse_autoscale
+
     ray_only = {"--replicas": replicas, "--autoscale": autoscale, "--ray-address": address,
                 "--ray-num-cpus": num_cpus, "--ray-num-gpus": num_gpus or None}  # fmt: skip
     if not use_ray:
         given = [k for k, v in ray_only.items() if v is not None]
         if given:
-            raise click.UsageError(f"{', '.join(given)} only apply with --ray")
+            raise RayServeError(f"{', '.join(given)} only apply with --ray")
         return None
     if replicas is not None and autoscale is not None:
-        raise click.UsageError("give either --replicas N or --autoscale MIN:MAX, not both")
-    from .ray_serve import RayOptions, import_serve, parse_autoscale
+        raise RayServeError("give either --replicas N or --autoscale MIN:MAX, not both")
 
     import_serve()  # the extra is missing: say so before anything starts
     return RayOptions(

@@ -417,6 +417,14 @@ _BUILD_KEYS = {
 def build_app(args: Mapping[str, Any]) -> Any:
     """Application builder for Ray Serve config files (``import_path: ...ray_serve:build_app``).
 
+    ``args`` as :func:`config_from_args` reads them.
+    """
+    return application(*config_from_args(args))
+
+
+def config_from_args(args: Mapping[str, Any] | None) -> tuple[ServerConfig, RayOptions]:
+    """The server configuration and deployment options of a Serve config file's ``args``.
+
     ``args`` (all optional) mirror ``anystep serve``'s flags: ``models`` (``{name: dir}``
     or ``["NAME=DIR"]``; default the bundled models), ``engine``, ``threads``, ``device``,
     ``triton_url``, ``triton_models`` (``{name: triton name}``), ``cache_dir``,
@@ -477,7 +485,7 @@ def build_app(args: Mapping[str, Any]) -> Any:
         max_ongoing_requests=args.get("max_ongoing_requests"),
         target_ongoing_requests=args.get("target_ongoing_requests"),
     )
-    return application(config, options)
+    return config, options
 
 
 # --------------------------------------------------------------------------------------
@@ -515,6 +523,14 @@ class RayDeployment:
             ray.shutdown()
 
 
+def _check_models(config: ServerConfig) -> None:
+    """Read every model's ``config.json`` here: a wrong path fails now, not in every replica."""
+    from anystep.core.modeldir import read_config
+
+    for spec in config.models:
+        read_config(spec.path)
+
+
 def _local_paths(config: ServerConfig) -> ServerConfig:
     """Model and cache paths made absolute (replica processes run in other folders)."""
     specs = [ModelSpec(s.name, Path(s.path).expanduser().resolve()) for s in config.models]
@@ -544,10 +560,7 @@ def deploy(
     local = options.address is None
     if local:
         config = _local_paths(config)
-        from anystep.core.modeldir import read_config
-
-        for spec in config.models:  # a wrong path fails here, not in every replica
-            read_config(spec.path)
+        _check_models(config)
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # the proxy inherits it
         cpus = os.cpu_count() or 1
         need = options.num_cpus * options.max_replicas
@@ -597,6 +610,8 @@ def serve_forever(
         else f"{options.replicas} replica(s)"
     )
     where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
+    if options.address is None:
+        _check_models(config)
     echo(
         f"deploying {', '.join(s.name for s in config.models)} ({config.engine}) as {what} "
         f"on {where} ..."
