@@ -83,7 +83,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known input errors into exit code 2 with one line."""
-    from anystep.errors import USER_ERRORS
+    from anystep.errors import user_errors  # imports nothing heavy: `generate` stays torch-free
 
     try:
         cli.main(args=argv, prog_name="anystep", standalone_mode=False)
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         click.echo(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
         sys.exit(2)
 

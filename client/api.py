@@ -44,6 +44,76 @@ class AnystepConnectionError(AnystepClientError):
     """The server could not be reached (after retries)."""
 
 
+class AnystepInputError(AnystepClientError, ValueError):
+    """An argument of a client call is invalid (nothing was sent); the message says how to fix it."""
+
+
+class AnystepProtocolError(AnystepClientError):
+    """The server's answer is not an anystep answer (another server on that URL?)."""
+
+
+def check_url(url: str) -> str:
+    """Normalise and validate a server URL; no scheme means ``http://``.
+
+    Args:
+        url: e.g. ``http://127.0.0.1:8000``, ``https://host/prefix`` or ``host:8000``.
+
+    Returns:
+        The URL without a trailing slash.
+
+    Raises:
+        AnystepInputError: another scheme (``ftp://``), no host, a bad port, spaces, etc.
+    """
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url.strip():
+        raise AnystepInputError("the server URL is empty; use e.g. http://127.0.0.1:8000")
+    url = url.strip()
+    if any(c.isspace() for c in url) or not url.isprintable():
+        raise AnystepInputError(f"server URL {url!r} contains spaces or control characters")
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in 0..65535
+    except ValueError as e:
+        raise AnystepInputError(f"server URL {url!r} is malformed ({e}); use e.g. http://127.0.0.1:8000") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise AnystepInputError(
+            f"server URL {url!r} uses {parts.scheme}://; an anystep server speaks http:// or https://"
+        )
+    if not parts.hostname:
+        raise AnystepInputError(f"server URL {url!r} has no host; use e.g. http://127.0.0.1:8000")
+    if port == 0:
+        raise AnystepInputError(f"server URL {url!r} has port 0; use the port the server listens on")
+    if parts.query or parts.fragment:
+        raise AnystepInputError(f"server URL {url!r} has a query or fragment; give only scheme://host:port[/prefix]")
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as e:
+        raise AnystepInputError(f"server URL {url!r} is malformed ({e})") from None
+    return url.rstrip("/")
+
+
+def _summarise_body(resp: httpx.Response, limit: int = 200) -> str:
+    """A one-line summary of a non-anystep error body (HTML title/heading or the text start)."""
+    import html
+    import re
+
+    text = resp.text or ""
+    ctype = resp.headers.get("content-type", "")
+    if "html" in ctype or text.lstrip()[:1] == "<":
+        m = re.search(r"<title[^>]*>(.*?)</title>", text, re.DOTALL | re.IGNORECASE) or re.search(
+            r"<h1[^>]*>(.*?)</h1>", text, re.DOTALL | re.IGNORECASE
+        )
+        text = m.group(1) if m else re.sub(r"<[^>]+>", " ", text)
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or resp.reason_phrase or "no body"
+
+
 class AnystepHTTPError(AnystepClientError):
     """The server answered with an error status.
 
@@ -145,7 +215,7 @@ def _generate_payload(
     latency_ms: float | None,
 ) -> dict[str, Any]:
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}: use one of {list(FORMATS)}")
+        raise AnystepInputError(f"format={format!r}: use one of {list(FORMATS)}")
     body: dict[str, Any] = {"n": n, "format": format}
     if latency_ms is not None:
         body["latency_ms"] = latency_ms
@@ -173,16 +243,26 @@ def _retry_after(resp: httpx.Response) -> float | None:
 
 
 def _error_from(resp: httpx.Response) -> AnystepHTTPError:
-    error, message, fld = "http_error", resp.text[:500] or resp.reason_phrase, None
-    try:
-        data = resp.json()
-        if isinstance(data, dict):
-            error = str(data.get("error", error))
-            message = str(data.get("message", message))
-            fld = data.get("field")
-    except (json.JSONDecodeError, ValueError):
-        pass
-    return AnystepHTTPError(resp.status_code, error, message, fld, _retry_after(resp))
+    data = None
+    if "json" in resp.headers.get("content-type", ""):
+        try:
+            data = resp.json()
+        except (json.JSONDecodeError, ValueError, UnicodeDecodeError):
+            data = None
+    if isinstance(data, dict) and "message" in data:  # an anystep error body
+        fld = data.get("field")
+        message = " ".join(str(data["message"]).split())
+        return AnystepHTTPError(
+            resp.status_code, str(data.get("error", "http_error")), message,
+            None if fld is None else str(fld), _retry_after(resp),
+        )
+    # not an anystep error body: summarise (an HTML page is never dumped in full)
+    summary = _summarise_body(resp)
+    return AnystepHTTPError(
+        resp.status_code, "http_error",
+        f"{summary} (not an anystep error; is {resp.request.url.scheme}://{resp.request.url.netloc.decode()} an anystep server?)",
+        None, _retry_after(resp),
+    )
 
 
 def _float_array(data: Any) -> np.ndarray:
@@ -198,7 +278,23 @@ def _float_array(data: Any) -> np.ndarray:
         return np.asarray(fix(data), dtype=np.float32)
 
 
+def _not_anystep(resp: httpx.Response, what: str, err: Exception) -> AnystepProtocolError:
+    return AnystepProtocolError(
+        f"{resp.request.url} answered {resp.status_code} with {what} that is not an anystep answer "
+        f"({type(err).__name__}: {' '.join(str(err).split())[:120]}); is it an anystep server?"
+    )
+
+
 def _parse_generate(resp: httpx.Response, fmt: str) -> GenerateResult:
+    try:
+        return _parse_generate_unchecked(resp, fmt)
+    except AnystepClientError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError) as e:
+        raise _not_anystep(resp, "a body", e) from None
+
+
+def _parse_generate_unchecked(resp: httpx.Response, fmt: str) -> GenerateResult:
     ctype = resp.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         d = resp.json()
@@ -241,24 +337,53 @@ def _parse_generate(resp: httpx.Response, fmt: str) -> GenerateResult:
     if "npy" in ctype or ctype.startswith("application/octet-stream"):
         arr = np.load(io.BytesIO(resp.content), allow_pickle=False)
         return GenerateResult(format="npy", samples=arr, **common)
-    raise AnystepClientError(f"unexpected response content type {ctype!r} for format={fmt}")
+    raise AnystepProtocolError(
+        f"{resp.request.url} answered with content type {ctype!r} for format={fmt}; is it an anystep server?"
+    )
 
 
 def _parse_encode(resp: httpx.Response) -> EncodeResult:
-    d = resp.json()
-    return EncodeResult(
-        model=d["model"],
-        z=_float_array(d["z"]).reshape(d.get("shape") or -1),
-        steps=int(d["steps"]),
-        nfe=int(d["nfe"]),
-        timing_ms={k: float(v) for k, v in d.get("timing_ms", {}).items()},
-    )
+    try:
+        d = resp.json()
+        return EncodeResult(
+            model=d["model"],
+            z=_float_array(d["z"]).reshape(d.get("shape") or -1),
+            steps=int(d["steps"]),
+            nfe=int(d["nfe"]),
+            timing_ms={k: float(v) for k, v in d.get("timing_ms", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise _not_anystep(resp, "a body", e) from None
+
+
+def _json_of(resp: httpx.Response, key: str | None = None) -> Any:
+    try:
+        d = resp.json()
+        return d if key is None else d[key]
+    except (KeyError, TypeError, ValueError) as e:
+        raise _not_anystep(resp, "a body", e) from None
 
 
 def _encode_payload(
     x: Any, model: str | None, steps: int | None, grid: Sequence[float] | None
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"x": np.asarray(x, dtype=np.float32).tolist()}
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise AnystepInputError(
+            f"encode needs x as numbers of shape [n, *data_shape] (a list or array), got {type(x).__name__}: "
+            f"{' '.join(str(e).split())[:120]}"
+        ) from None
+    if arr.ndim < 2 or arr.shape[0] < 1:
+        raise AnystepInputError(f"encode needs x of shape [n, *data_shape] with n >= 1, got shape {list(arr.shape)}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AnystepInputError(
+            f"encode needs finite data: x holds {int(bad.sum())} NaN/Inf value(s) (first at index {list(first)}); "
+            "remove or replace them"
+        )
+    body: dict[str, Any] = {"x": arr.tolist()}
     if model is not None:
         body["model"] = model
     if grid is not None:
@@ -278,11 +403,11 @@ class _Base:
         backoff: float = 0.25,
         max_backoff: float = 10.0,
     ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if not url.startswith(("http://", "https://")):
-            url = "http://" + url
-        self.url = url.rstrip("/")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise AnystepInputError(f"retries={retries!r} must be an integer >= 0")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise AnystepInputError(f"timeout={timeout!r} must be a positive number of seconds")
+        self.url = check_url(url)
         self.api_key = api_key
         self.timeout = float(timeout)
         self.retries = int(retries)
@@ -346,16 +471,20 @@ class Client(_Base):
         for attempt in range(self.retries + 1):
             try:
                 resp = self._http.request(method, path, **kw)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as e:
                 last = e
                 if attempt < self.retries:
                     time.sleep(self._delay(attempt, None))
                     continue
                 raise AnystepConnectionError(f"cannot reach {self.url}{path}: {e}") from None
-            except httpx.TimeoutException as e:
+            except httpx.TimeoutException:
                 raise AnystepConnectionError(
                     f"{method} {self.url}{path} timed out after {self.timeout:g} s"
-                ) from e
+                ) from None
+            except httpx.HTTPError as e:  # protocol errors, bad redirects, ...
+                raise AnystepConnectionError(
+                    f"{method} {self.url}{path} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                ) from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
                 time.sleep(self._delay(attempt, _retry_after(resp)))
                 continue
@@ -412,11 +541,11 @@ class Client(_Base):
 
     def models(self) -> list[dict[str, Any]]:
         """The served models (``GET /v1/models``)."""
-        return list(self._request("GET", "/v1/models").json()["models"])
+        return list(_json_of(self._request("GET", "/v1/models"), "models"))
 
     def health(self) -> dict[str, Any]:
         """Liveness (``GET /healthz``)."""
-        return dict(self._request("GET", "/healthz").json())
+        return dict(_json_of(self._request("GET", "/healthz")))
 
     def ready(self) -> bool:
         """True when ``GET /readyz`` answers 200 (no retries)."""
@@ -469,16 +598,20 @@ class AsyncClient(_Base):
         for attempt in range(self.retries + 1):
             try:
                 resp = await self._http.request(method, path, **kw)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as e:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as e:
                 last = e
                 if attempt < self.retries:
                     await asyncio.sleep(self._delay(attempt, None))
                     continue
                 raise AnystepConnectionError(f"cannot reach {self.url}{path}: {e}") from None
-            except httpx.TimeoutException as e:
+            except httpx.TimeoutException:
                 raise AnystepConnectionError(
                     f"{method} {self.url}{path} timed out after {self.timeout:g} s"
-                ) from e
+                ) from None
+            except httpx.HTTPError as e:  # protocol errors, bad redirects, ...
+                raise AnystepConnectionError(
+                    f"{method} {self.url}{path} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                ) from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
                 await asyncio.sleep(self._delay(attempt, _retry_after(resp)))
                 continue
@@ -519,11 +652,11 @@ class AsyncClient(_Base):
 
     async def models(self) -> list[dict[str, Any]]:
         """See :meth:`Client.models`."""
-        return list((await self._request("GET", "/v1/models")).json()["models"])
+        return list(_json_of(await self._request("GET", "/v1/models"), "models"))
 
     async def health(self) -> dict[str, Any]:
         """See :meth:`Client.health`."""
-        return dict((await self._request("GET", "/healthz")).json())
+        return dict(_json_of(await self._request("GET", "/healthz")))
 
     async def ready(self) -> bool:
         """See :meth:`Client.ready`."""

@@ -12,7 +12,12 @@ SUFFIX_FORMATS = {".png": "png", ".npy": "npy", ".json": "json"}
 
 
 class _RequestFailed(click.ClickException):
+    """A failed request or bad input: one line ``error: ...`` on stderr, exit code 2."""
+
     exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {' '.join(self.format_message().split())}", err=True, file=file)
 
 
 @click.command("generate")
@@ -27,8 +32,8 @@ class _RequestFailed(click.ClickException):
     "--api-key", envvar="ANYSTEP_API_KEY", default=None, help="Bearer token (env ANYSTEP_API_KEY)."
 )
 @click.option("--model", default=None, help="Served model name (default: the server's first).")
-@click.option("--steps", type=int, default=None, help="Number of steps K (server default 1).")
-@click.option("-n", "--n", "n", type=int, default=1, show_default=True, help="Number of samples.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Number of steps K (server default 1).")
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Number of samples.")
 @click.option(
     "--seed", type=int, default=None, help="Seed; sample i uses seed + i (default: server picks)."
 )
@@ -50,7 +55,11 @@ class _RequestFailed(click.ClickException):
     help="Output file: .png (image grid / scatter), .npy or .json. Default: JSON on stdout.",
 )
 @click.option(
-    "--timeout", type=float, default=60.0, show_default=True, help="Seconds per HTTP request."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds per HTTP request.",
 )
 @click.option(
     "--retries",
@@ -97,7 +106,7 @@ def generate(
     except AnystepHTTPError as e:
         raise _RequestFailed(str(e)) from None
     except AnystepClientError as e:
-        raise click.ClickException(str(e)) from None
+        raise _RequestFailed(str(e)) from None
     summary = (
         f"{r.model} ({r.kind}{', ' + r.solver if r.solver else ''}): n={r.n} steps={r.steps} nfe={r.nfe} "
         f"seed={r.seed} {r.timing_ms.get('total', float('nan')):.1f} ms"

@@ -297,3 +297,174 @@ def test_generate_cli(server, tmp_path, capsys):
     assert "steps=0" in err and "Traceback" not in err
     assert cli("--out", str(tmp_path / "x.gif")) == 2
     assert ".png" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# issue 19 item 9: torch-free and quick, one-line errors, no dumped HTML, clear input errors
+# --------------------------------------------------------------------------------------
+
+BLOCK_TORCH = """
+import sys, time
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test: the client must not import it")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+t0 = time.perf_counter()
+from anystep.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = int(e.code or 0)
+else:
+    code = 0
+print(f"seconds={time.perf_counter() - t0:.3f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _blocked(args, timeout=120):
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_generate_help_and_generate_run_with_torch_blocked(server, tmp_path):
+    r = _blocked(["generate", "--help"])
+    assert r.returncode == 0, r.stderr
+    assert "--url" in r.stdout and "Ask a running anystep server" in r.stdout
+    r = _blocked(["generate", "--url", server.url, "--model", "checkerboard", "--steps", "2", "-n", "8",
+                  "--seed", "0", "--out", str(tmp_path / "cb.npy")])
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "cb.npy").shape == (8, 2)
+    r = _blocked(["generate", "--url", "ftp://127.0.0.1:1", "--out", str(tmp_path / "x.npy")])
+    assert r.returncode == 2 and "ftp://" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("ftp://127.0.0.1:8000", "uses ftp://"),
+        ("http://[::1", "malformed"),
+        ("http://127.0.0.1:99999", "malformed"),
+        ("http://", "no host"),
+        ("http://a b:1", "spaces"),
+        ("http://127.0.0.1:8000/?x=1", "query"),
+    ],
+)
+def test_malformed_url_is_one_line_exit_2(url, fragment, tmp_path, capsys):
+    from anystep.cli import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["generate", "--url", url, "--retries", "0", "--out", str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ei.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    from anystep.client import AnystepInputError
+
+    with pytest.raises(AnystepInputError, match=fragment.split()[0]):
+        Client(url)
+
+
+HTML_PAGE = (
+    "<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>" + "x" * 5000
+    + "</style></head><body><h1>Bad Gateway</h1><p>" + "lorem ipsum " * 500 + "</p></body></html>"
+)
+
+
+def _html_transport(status):
+    return httpx.MockTransport(
+        lambda req: httpx.Response(status, text=HTML_PAGE, headers={"content-type": "text/html"})
+    )
+
+
+def test_html_error_of_another_server_is_summarised_not_dumped():
+    with Client("http://proxy.example:80", retries=0, transport=_html_transport(502)) as c, pytest.raises(
+        AnystepHTTPError
+    ) as ei:
+        c.generate(n=1)
+    msg = str(ei.value)
+    assert "502 Bad Gateway" in msg and "not an anystep" in msg
+    assert len(msg) < 400 and "\n" not in msg and "lorem" not in msg and "<" not in msg
+
+
+def test_html_200_of_another_server_is_a_clear_error():
+    from anystep.client import AnystepProtocolError
+
+    with Client("http://other.example", retries=0, transport=_html_transport(200)) as c:
+        with pytest.raises(AnystepProtocolError, match="anystep server"):
+            c.generate(n=1)
+        with pytest.raises(AnystepProtocolError, match="anystep server"):
+            c.models()
+    json_200 = httpx.MockTransport(lambda req: httpx.Response(200, json={"hello": "world"}))
+    with Client("http://other.example", retries=0, transport=json_200) as c:
+        for call in (lambda: c.generate(n=1, format="json"), lambda: c.encode([[0.0, 0.0]]), c.models):
+            with pytest.raises(AnystepProtocolError, match="not an anystep answer"):
+                call()
+
+
+def test_html_error_in_the_cli_is_one_line(monkeypatch, capsys, tmp_path):
+    from anystep.client import api
+
+    real = api.Client.__init__
+
+    def patched(self, url, *a, **kw):
+        kw["transport"] = _html_transport(404)
+        real(self, url, *a, **kw)
+
+    monkeypatch.setattr(api.Client, "__init__", patched)
+    from anystep.cli import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["generate", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ei.value.code == 2 and len(err) == 1 and "HTTP 404" in err[0] and "lorem" not in err[0], err
+
+
+@pytest.mark.parametrize("x", [[[float("nan"), 0.0]], [[0.0, float("inf")]], [["a", 0.0]], [1.0, 2.0], []])
+def test_encode_of_bad_data_raises_an_anystep_error_before_sending(x):
+    from anystep.client import AnystepClientError, AnystepInputError
+
+    sent = []
+    t = httpx.MockTransport(lambda req: sent.append(req) or httpx.Response(500))
+    with Client("http://127.0.0.1:1", retries=0, transport=t) as c, pytest.raises(AnystepInputError) as ei:
+        c.encode(x)
+    assert isinstance(ei.value, AnystepClientError) and sent == []
+    assert "encode needs" in str(ei.value)
+
+
+def test_readme_generate_works_against_the_readme_serve_command(tmp_path):
+    """The README's `anystep serve ...` then `anystep generate ... -n 1000` (bundled models)."""
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    lines = (repo / "README.md").read_text().splitlines()
+    serve = next(ln for ln in lines if ln.strip().startswith("anystep serve "))
+    gen = next(ln for ln in lines if ln.strip().startswith("anystep generate ") and "-n 1000" in ln)
+    serve_args = shlex.split(serve.strip().rstrip("&"))[2:]
+    models, extra, it = {}, [], iter(serve_args)
+    for a in it:
+        if a == "--model":
+            name, _, path = next(it).partition("=")
+            models[name] = repo / path
+        elif a in ("--port", "--host"):
+            next(it)
+        else:
+            extra.append(a)
+    if "--engine" in extra and extra[extra.index("--engine") + 1] == "onnx":
+        pytest.importorskip("onnxruntime")
+    for p in models.values():
+        if not (p / "config.json").is_file():
+            pytest.skip(f"{p} is not bundled")
+    gen_args = shlex.split(gen.strip())[2:]
+    out_i = gen_args.index("--out") + 1
+    gen_args[out_i] = str(tmp_path / gen_args[out_i])
+    with ServerProcess(models=models, args=extra, log_path=tmp_path / "serve.log") as srv:
+        r = subprocess.run([sys.executable, "-m", "anystep.cli", "generate", "--url", srv.url, *gen_args],
+                           capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0, r.stderr + srv.log_tail()
+        assert "n=1000" in r.stderr
+        assert Image.open(gen_args[out_i]).size[0] > 64
+        with Client(srv.url) as c:  # and the same request for the samples themselves
+            npy = c.generate(model=gen_args[gen_args.index("--model") + 1], steps=4, n=1000, seed=0)
+            assert npy.samples.shape == (1000, 2) and np.isfinite(npy.samples).all()
