@@ -30,7 +30,6 @@ cuda-python (``cuda.bindings.runtime`` / ``cuda.cudart``). tensorrt is an option
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -737,18 +736,6 @@ def export_tensorrt(
     final = final.absolute()
     manifest.path = final / MANIFEST_NAME
     return ExportResult(out_dir=final, artifact=final / PLAN_NAME, manifest=manifest)
-
-
-def copy_plan(src_dir: Path, dst_dir: Path) -> ExportManifest:
-    """Copy a TensorRT export (plan + manifest) from ``src_dir`` into ``dst_dir``."""
-    from .manifest import load_manifest
-
-    m = load_manifest(src_dir)
-    if m.format != "tensorrt":
-        raise ExportError(f"{src_dir} holds a {m.format} export, not a TensorRT plan")
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(m.artifact_path, dst_dir / PLAN_NAME)
-    return m
 
 
 __all__ = [

@@ -238,7 +238,7 @@ def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
     if not np.any(last):
         return
     li = idx[last]
-    t0, h = _step_times(job, li)
+    _, h = _step_times(job, li)
     hb = _col(h.astype(np.float32), y.ndim)
     ks = job.kstore[:, li]
     x = job.x[li]

@@ -50,6 +50,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple, tuple] = {}  # label values -> bound collectors (no per-request lookup)
         self.requests = Counter(
             "anystep_requests",
             "Requests answered, by route, model, steps and HTTP status.",
@@ -94,17 +95,29 @@ class ServerMetrics:
         self, route: str, model: str, steps: int | str | None, status: int, seconds: float | None
     ) -> None:
         """Count one answered request (and its latency when it succeeded)."""
-        steps_label = str(steps) if steps is not None else "-"
-        self.requests.labels(
-            route=route, model=model or "-", steps=steps_label, status=str(status)
-        ).inc()
-        if seconds is not None and 200 <= status < 300 and route in ("/generate", "/encode"):
-            self.latency.labels(model=model or "-", steps=steps_label).observe(seconds)
+        key = ("r", route, model, steps, status)
+        bound = self._children.get(key)
+        if bound is None:
+            steps_label = str(steps) if steps is not None else "-"
+            counter = self.requests.labels(route=route, model=model or "-", steps=steps_label, status=str(status))
+            hist = None
+            if 200 <= status < 300 and route in ("/generate", "/encode"):
+                hist = self.latency.labels(model=model or "-", steps=steps_label)
+            bound = self._children[key] = (counter, hist)
+        bound[0].inc()
+        if seconds is not None and bound[1] is not None:
+            bound[1].observe(seconds)
 
     def observe_tick(self, model: str, rows: int, seconds: float) -> None:
         """Record one engine call."""
-        self.batch_size.labels(model=model).observe(rows)
-        self.engine_seconds.labels(model=model).observe(seconds)
+        bound = self._children.get(("t", model))
+        if bound is None:
+            bound = self._children[("t", model)] = (
+                self.batch_size.labels(model=model),
+                self.engine_seconds.labels(model=model),
+            )
+        bound[0].observe(rows)
+        bound[1].observe(seconds)
 
     def set_queue(self, model: str, depth: int, inflight: int) -> None:
         """Update the queue gauges of one model."""

@@ -523,6 +523,17 @@ class RayDeployment:
             ray.shutdown()
 
 
+def _replica_failure(serve: Any, app_name: str) -> str:
+    """The last line of the deployment's error message (the replica's exception), if any."""
+    try:
+        dep = serve.status().applications[app_name].deployments[DEPLOYMENT_NAME]
+        lines = [ln.strip() for ln in str(dep.message).splitlines() if ln.strip()]
+        cause = lines[-1] if lines else "no message"
+    except Exception:  # noqa: BLE001 - best effort: the controller may be gone
+        cause = "no message"
+    return f"Replica error: {cause[:300]} (replica logs: <ray temp dir>/session_latest/logs/serve/)"
+
+
 def _check_models(config: ServerConfig) -> None:
     """Read every model's ``config.json`` here: a wrong path fails now, not in every replica."""
     from anystep.core.modeldir import read_config
@@ -587,7 +598,10 @@ def deploy(
         )
     try:
         serve.start(http_options={"host": host, "port": int(port)})
-        serve.run(application(config, options), name=options.app_name, route_prefix="/")
+        try:
+            serve.run(application(config, options), name=options.app_name, route_prefix="/")
+        except RuntimeError as e:  # the replicas failed to start: say why, in one line
+            raise RayServeError(f"{e} {_replica_failure(serve, options.app_name)}") from None
     except BaseException:
         (serve.shutdown() if local else None)
         ray.shutdown()

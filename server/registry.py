@@ -18,17 +18,26 @@ from typing import Any
 
 import numpy as np
 
+from anystep.core.noise import base_noise_np
+from anystep.core.tableaux import DEFAULT_SOLVER, SOLVERS
+from anystep.core.units import Units, units_for
 from anystep.errors import AnystepError
 
-from .engines import ENGINES, Engine, EngineOptions, available_engines, build_engine
+from .engines import (
+    ENGINE_CHOICES,
+    ENGINES,
+    Engine,
+    EngineOptions,
+    available_engines,
+    build_engine,
+    resolve_engine,
+)
 
 log = logging.getLogger("anystep.server")
 
 BUNDLED_MODELS = ("checkerboard", "checkerboard-teacher", "digits", "digits-teacher")
 """Model names served by default, in this order, when their directories exist."""
 
-SOLVERS = ("euler", "heun", "rk4", "dopri5")
-"""ODE solvers offered for velocity models (``euler`` is the default)."""
 
 
 class RegistryError(AnystepError):
@@ -99,64 +108,39 @@ def discover_default_models(root: str | os.PathLike | None = None) -> list[Model
 
 @dataclass
 class Limits:
-    """Per-request limits of a served model.
+    """Per-request limits, applied to each served model by its own cost.
 
     Attributes:
         max_steps: largest K (steps of a grid or of a fixed-step solver).
-        max_n: most samples per request.
-        max_compute: most sample-evaluations per request, ``n * nfe``.
+        max_n: most samples per request; None derives it per model as
+            ``max_values // (values per sample)`` (a 2D model may return many more
+            points than an image model).
+        max_compute: most sample-evaluations per request, ``n x nfe`` (dopri5 is
+            charged ``n x max_nfe``, a bound the solver enforces).
+        max_values: most output numbers per request (``n x values per sample``).
+        max_nfe: default and largest dopri5 ``max_nfe`` per sample.
     """
 
     max_steps: int = 128
-    max_n: int = 256
+    max_n: int | None = None
     max_compute: int = 65536
+    max_values: int = 1 << 20
+    max_nfe: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "max_n", "max_compute"):
+        for name in ("max_steps", "max_compute", "max_values", "max_nfe"):
             if int(getattr(self, name)) < 1:
                 raise RegistryError(f"{name} must be >= 1")
+        if self.max_n is not None and int(self.max_n) < 1:
+            raise RegistryError("max_n must be >= 1")
+        if self.max_nfe < 7:
+            raise RegistryError("max_nfe must be >= 7 (one dopri5 step)")
 
-
-class Units:
-    """Conversion between model units and the data set's own units (``to_units``/``from_units``).
-
-    Falls back to the identity when the data set cannot be built in this process.
-    """
-
-    def __init__(self, dataset: str, data_shape: Sequence[int]) -> None:
-        self.dataset_name = dataset
-        self.data_shape = tuple(int(d) for d in data_shape)
-        self._ds: Any = None
-        try:
-            from anystep.core.data import get_dataset
-
-            ds = get_dataset(dataset)
-            if tuple(ds.shape) == self.data_shape:
-                self._ds = ds
-            else:
-                log.warning(
-                    "data set %r has shape %s, model %s: serving model units",
-                    dataset,
-                    ds.shape,
-                    self.data_shape,
-                )
-        except Exception as e:  # noqa: BLE001 - unknown/unavailable data set: identity units
-            log.warning("data set %r unavailable (%s): serving model units", dataset, e)
-        zero = np.zeros((1, *self.data_shape), dtype=np.float32)
-        self.units_shape = tuple(self.to_units(zero).shape[1:])
-
-    def to_units(self, x: np.ndarray) -> np.ndarray:
-        """``[n, *data_shape]`` model units -> ``[n, *units_shape]`` data units (float32)."""
-        if self._ds is None:
-            return np.asarray(x, dtype=np.float32)
-        return np.asarray(self._ds.to_units(x), dtype=np.float32)
-
-    def from_units(self, x: np.ndarray) -> np.ndarray:
-        """``[n, *units_shape]`` data units -> ``[n, *data_shape]`` model units (float32)."""
-        if self._ds is None:
-            return np.asarray(x, dtype=np.float32).reshape(-1, *self.data_shape)
-        out = self._ds.from_units(x)
-        return np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float32)
+    def max_n_for(self, data_shape: Sequence[int]) -> int:
+        """The sample limit of a model with samples of ``data_shape``."""
+        per = max(1, int(np.prod(tuple(data_shape))))
+        derived = max(1, int(self.max_values) // per)
+        return derived if self.max_n is None else min(int(self.max_n), derived)
 
 
 @dataclass
@@ -168,7 +152,7 @@ class ServedModel:
         path: model directory.
         config: its ``ModelConfig``.
         engine: the engine evaluating it.
-        units: data-unit conversion of its data set.
+        units: model units <-> data units (:class:`anystep.core.units.Units`).
         limits: request limits.
         engines: engines this server could use for it.
         scheduler: its step scheduler (set when the app starts).
@@ -184,6 +168,17 @@ class ServedModel:
     engines: list[str] = field(default_factory=list)
     scheduler: Any = None
     ready: bool = False
+    max_n: int = field(init=False)
+    base: str = field(init=False)
+    _base_ds: Any = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.max_n = self.limits.max_n_for(self.data_shape)
+        self.base = getattr(self.config, "base", "gaussian") or "gaussian"
+        if self.base != "gaussian":
+            from anystep.core.data import get_dataset
+
+            self._base_ds = get_dataset(self.base)
 
     @property
     def kind(self) -> str:
@@ -197,23 +192,20 @@ class ServedModel:
     def solvers(self) -> list[str]:
         return list(SOLVERS) if self.kind == "velocity" else []
 
-    def base_samples(self, seeds: Sequence[int]) -> np.ndarray:
-        """Base samples ``x0 ~ rho_0``, row ``i`` drawn from its own generator seeded ``seeds[i]``.
+    def base_samples(self, seed: int, n: int) -> np.ndarray:
+        """Base samples ``x0 ~ rho_0`` of a request: row ``i`` is a function of seed ``seed + i`` only.
+
+        Gaussian bases use the vectorised counter-based generator
+        (:func:`anystep.core.noise.base_noise_np`, O(1) numpy calls in ``n``).
 
         Returns:
-            ``[len(seeds), *data_shape]`` float32.
+            ``[n, *data_shape]`` float32.
         """
+        if self._base_ds is None:
+            return base_noise_np(seed, n, self.data_shape)
         import torch
 
-        from anystep.core.samplers import base_noise
-
-        base = getattr(self.config, "base", "gaussian") or "gaussian"
-        if base == "gaussian":
-            return base_noise(list(seeds), self.data_shape).numpy()
-        from anystep.core.data import get_dataset
-
-        ds = get_dataset(base)
-        rows = [ds.sample(1, torch.Generator().manual_seed(int(s)))[0] for s in seeds]
+        rows = [self._base_ds.sample(1, torch.Generator().manual_seed(seed + i))[0] for i in range(n)]
         return torch.stack(rows).to(torch.float32).numpy()
 
     def info(self) -> dict[str, Any]:
@@ -224,13 +216,16 @@ class ServedModel:
             "dataset": self.config.dataset,
             "data_shape": list(self.data_shape),
             "units_shape": list(self.units.units_shape),
+            "units": self.units.name,
             "engine": self.engine.name,
+            "engine_detail": self.engine.describe(),
             "engines": list(self.engines),
             "max_steps": self.limits.max_steps,
-            "max_n": self.limits.max_n,
+            "max_n": self.max_n,
             "max_compute": self.limits.max_compute,
+            "max_nfe": self.limits.max_nfe if self.kind == "velocity" else None,
             "solvers": self.solvers,
-            "default_solver": "euler" if self.kind == "velocity" else None,
+            "default_solver": DEFAULT_SOLVER if self.kind == "velocity" else None,
             "ready": self.ready,
         }
 
@@ -254,9 +249,19 @@ def _check_base(name: str, config: Any) -> None:
         )
 
 
+def _units_of(config: Any) -> Units:
+    """The units stored with the model (``config.units``) or derived from its data set name."""
+    stored = getattr(config, "units", None)
+    if isinstance(stored, dict):
+        return Units.from_dict(stored)
+    if isinstance(stored, Units):
+        return stored
+    return units_for(config.dataset, config.data_shape)
+
+
 def load_models(
     specs: Sequence[ModelSpec],
-    engine: str = "torch",
+    engine: str = "auto",
     options: EngineOptions | None = None,
     limits: Limits | None = None,
 ) -> list[ServedModel]:
@@ -264,7 +269,8 @@ def load_models(
 
     Args:
         specs: what to serve (names must be unique).
-        engine: engine name for every model (one of :data:`~anystep.server.engines.ENGINES`).
+        engine: engine name for every model (one of :data:`~anystep.server.engines.ENGINES`);
+            ``auto`` picks the fastest available (:func:`~anystep.server.engines.resolve_engine`).
         options: engine options.
         limits: request limits (shared).
 
@@ -278,8 +284,8 @@ def load_models(
 
     if not specs:
         raise RegistryError("nothing to serve: pass --model NAME=DIR or create the bundled models")
-    if engine not in ENGINES:
-        raise RegistryError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    if engine not in ENGINE_CHOICES:
+        raise RegistryError(f"unknown engine {engine!r}; choose one of {list(ENGINE_CHOICES)}")
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -288,10 +294,13 @@ def load_models(
     limits = limits or Limits()
     engines_here = available_engines(options)
     out: list[ServedModel] = []
+    chosen = resolve_engine(engine, options)
+    if engine == "auto":
+        log.info("--engine auto chose %s (available here: %s)", chosen, ", ".join(engines_here))
     for spec in specs:
         config = read_config(spec.path)
-        model = load_model_dir(spec.path).model if engine == "torch" else None
-        eng = build_engine(engine, spec.name, spec.path, config, options, model=model)
+        model = load_model_dir(spec.path).model if chosen == "torch" else None
+        eng = build_engine(chosen, spec.name, spec.path, config, options, model=model)
         if eng.kind != config.kind:
             raise RegistryError(
                 f"{spec.name}: engine serves a {eng.kind} model but config.json says {config.kind}"
@@ -303,10 +312,10 @@ def load_models(
                 path=spec.path,
                 config=config,
                 engine=eng,
-                units=Units(config.dataset, config.data_shape),
+                units=_units_of(config),
                 limits=limits,
-                engines=sorted(set(engines_here) | {engine}, key=ENGINES.index),
+                engines=sorted(set(engines_here) | {chosen}, key=ENGINES.index),
             )
         )
-        log.info("loaded %s (%s, %s) from %s", spec.name, config.kind, engine, spec.path)
+        log.info("loaded %s (%s, engine %s) from %s", spec.name, config.kind, eng.describe(), spec.path)
     return out

@@ -1,28 +1,30 @@
-"""Request/response schemas and the validation of every request parameter.
+"""Request/response schemas: the Pydantic models that document ``/docs`` also validate.
 
 Requests carry parameters in the query string or a JSON body (the body wins on
-conflicts). Validation happens here and only here: every bad input becomes an
-:class:`ApiError` with a 4xx status and a JSON body
+conflicts). Query text is typed by the model's field types with the strict parsers of
+:mod:`anystep.core.params` (only ASCII integers are integers), merged with the body,
+and validated by the same strict Pydantic model that the OpenAPI schema shows. Every
+bad input becomes an :class:`ApiError` with a 4xx status and a JSON body
 ``{"error": <short code>, "message": <what was wrong and how to fix it>, "field": <param or null>}``.
-The pydantic models document the API in the OpenAPI schema; the checks themselves
-are hand-written so that each message can say how to fix the input.
+Per-model checks (kind vs solver, conflicts, the compute budget) follow in
+:mod:`.validation`, through :func:`anystep.core.params.resolve_sampling`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from anystep.core.grid import GridError, parse_grid
+from anystep.core.params import ParamError, parse_float, parse_int
+from anystep.core.tableaux import SOLVERS
 
 FORMATS = ("json", "png", "npy")
 MAX_SEED = 2**53 - 1
 """Largest seed (seeds stay exact in JavaScript clients); sample i uses ``seed + i``."""
-RTOL_RANGE = (1e-6, 0.5)
 LATENCY_MAX_MS = 600_000.0
 
 
@@ -55,10 +57,23 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "message": self.message, "field": self.field}
 
+    @classmethod
+    def from_param(cls, e: ParamError | GridError, code: str = "invalid_parameter") -> ApiError:
+        """A core parameter error as a 422 naming its field."""
+        return cls(422, code, str(e), getattr(e, "field", None))
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A short ``repr`` of a user value for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 # --------------------------------------------------------------------------------------
-# pydantic models (OpenAPI documentation)
+# pydantic models (the OpenAPI documentation and the validation)
 # --------------------------------------------------------------------------------------
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorResponse(BaseModel):
@@ -72,37 +87,45 @@ class ErrorResponse(BaseModel):
 class GenerateRequest(BaseModel):
     """Parameters of ``POST /generate`` (JSON body; the same names work as query parameters)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    model: str | None = Field(
-        None, description="Served model name (default: the first served model)."
-    )
-    steps: int | None = Field(
-        None, ge=1, description="Number of steps K (1..max_steps, default 1)."
-    )
-    n: int | None = Field(None, ge=1, description="Number of samples (1..max_n, default 1).")
+    model: str | None = Field(None, max_length=200, description="Served model name (default: the first served model).")
+    steps: int | None = Field(None, ge=1, description="Number of steps K (1..max_steps, default 1). Not with grid or dopri5.")
+    n: int | None = Field(None, ge=1, description="Number of samples (1..the model's max_n, default 1).")
     seed: int | None = Field(
-        None,
-        ge=0,
-        le=MAX_SEED,
-        description="Seed; sample i uses seed + i. Absent: the server picks and returns one.",
+        None, ge=0, le=MAX_SEED, description="Seed; sample i uses seed + i. Absent: the server picks and returns one."
     )
     grid: list[float] | str | None = Field(
-        None,
-        description="Custom times 0 = t_0 < ... < t_K = 1 (list, or comma-separated string); overrides steps.",
+        None, description="Custom times 0 = t_0 < ... < t_K = 1 (list, or comma-separated string). Not with steps."
     )
-    format: Literal["json", "png", "npy"] | None = Field(
-        None, description="Response format (default json)."
+    format: Literal["json", "png", "npy"] | None = Field(None, description="Response format (default json).")
+    solver: Literal[SOLVERS] | None = Field(None, description="Velocity models only: ODE solver (default euler).")  # type: ignore[valid-type]
+    rtol: float | None = Field(None, allow_inf_nan=False, description="dopri5 tolerance (atol = rtol, default 1e-3).")
+    max_nfe: int | None = Field(
+        None, ge=7, description="dopri5: most evaluations per sample (enforced; the budget charges n x max_nfe)."
     )
-    solver: Literal["euler", "heun", "rk4", "dopri5"] | None = Field(
-        None, description="Velocity models only: ODE solver (default euler)."
-    )
-    rtol: float | None = Field(None, description="dopri5 tolerance (atol = rtol).")
     latency_ms: float | None = Field(
         None,
         gt=0,
-        description="Latency budget: the server picks the most steps whose measured cost fits.",
+        le=LATENCY_MAX_MS,
+        allow_inf_nan=False,
+        description="Latency budget: the server picks the most steps whose measured cost fits (steps, if given, caps it).",
     )
+
+
+class EncodeRequest(BaseModel):
+    """Body of ``POST /encode``: data -> base with the inverse map ``X_{1,0}``.
+
+    ``x`` may instead be sent as a binary ``.npy`` body (``Content-Type: application/x-npy``)
+    with the other parameters in the query string.
+    """
+
+    model_config = _STRICT
+
+    model: str | None = Field(None, max_length=200, description="Served flow-map model name (default: the first flow map).")
+    x: list[Any] = Field(description="Samples [n, ...] as nested lists in the data set's own units.")
+    steps: int | None = Field(None, ge=1, description="Steps of the reversed grid (default 1). Not with grid.")
+    grid: list[float] | str | None = Field(None, description="Custom forward grid; it is run backwards. Not with steps.")
 
 
 class Timing(BaseModel):
@@ -117,7 +140,7 @@ class GenerateResponse(BaseModel):
     model: str
     kind: Literal["flowmap", "velocity"]
     steps: int
-    nfe: int = Field(description="Network evaluations per sample.")
+    nfe: int = Field(description="Network evaluations per sample (the most any sample used, for dopri5).")
     seed: int
     n: int
     shape: list[int] = Field(description="Shape of `samples` (data units).")
@@ -126,23 +149,6 @@ class GenerateResponse(BaseModel):
     grid: list[float] | None = Field(None, description="Times traversed (null for dopri5).")
     timing_ms: Timing
     chosen_by_budget: bool
-
-
-class EncodeRequest(BaseModel):
-    """Body of ``POST /encode``: data -> base with the inverse map ``X_{1,0}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(
-        None, description="Served flow-map model name (default: the first flow map)."
-    )
-    x: list[Any] = Field(
-        description="Samples [n, ...] as nested lists in the data set's own units."
-    )
-    steps: int | None = Field(None, ge=1, description="Steps of the reversed grid (default 1).")
-    grid: list[float] | str | None = Field(
-        None, description="Custom forward grid; it is run backwards."
-    )
 
 
 class EncodeResponse(BaseModel):
@@ -160,11 +166,14 @@ class ModelInfo(BaseModel):
     dataset: str
     data_shape: list[int]
     units_shape: list[int]
+    units: str
     engine: str
+    engine_detail: dict[str, Any]
     engines: list[str]
     max_steps: int
     max_n: int
     max_compute: int
+    max_nfe: int | None
     solvers: list[str]
     default_solver: str | None
     ready: bool
@@ -182,16 +191,10 @@ class HealthResponse(BaseModel):
 # parsing
 # --------------------------------------------------------------------------------------
 
-INT_FIELDS = {"steps", "n", "seed"}
-FLOAT_FIELDS = {"rtol", "latency_ms"}
-STR_FIELDS = {"model", "format", "solver"}
-GENERATE_FIELDS = ("model", "steps", "n", "seed", "grid", "format", "solver", "rtol", "latency_ms")
-ENCODE_FIELDS = ("model", "x", "steps", "grid")
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+GENERATE_FIELDS = tuple(GenerateRequest.model_fields)
+ENCODE_FIELDS = tuple(EncodeRequest.model_fields)
+INT_FIELDS = frozenset({"steps", "n", "seed", "max_nfe"})
+FLOAT_FIELDS = frozenset({"rtol", "latency_ms"})
 
 
 def _reject_constant(name: str) -> Any:
@@ -205,16 +208,14 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(
-            400, "malformed_json", "the request body is not UTF-8 text; send a JSON object"
-        ) from None
+        raise ApiError(400, "malformed_json", "the request body is not UTF-8 text; send a JSON object") from None
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError, RecursionError) as e:
         raise ApiError(
             400,
             "malformed_json",
-            f'the request body is not valid JSON ({e}); send a JSON object such as {{"steps": 4}}',
+            f'the request body is not valid JSON ({str(e)[:200]}); send a JSON object such as {{"steps": 4}}',
         ) from None
     if not isinstance(data, dict):
         raise ApiError(
@@ -225,201 +226,75 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _parse_int_text(name: str, text: str) -> int:
-    t = text.strip()
-    if not t or not (t.lstrip("+-").isdigit()) or len(t) > 30:
-        raise ApiError(422, "invalid_type", f"{name} must be an integer, got {_show(text)}", name)
-    return int(t)
-
-
-def _parse_float_text(name: str, text: str) -> float:
-    try:
-        v = float(text.strip())
-    except ValueError:
-        raise ApiError(
-            422, "invalid_type", f"{name} must be a number, got {_show(text)}", name
-        ) from None
-    if not math.isfinite(v):
-        raise ApiError(
-            422, "invalid_type", f"{name} must be a finite number, got {_show(text)}", name
-        )
-    return v
-
-
-def _parse_grid_text(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",")]
-    if not text.strip() or any(p == "" for p in parts):
-        raise ApiError(
-            422,
-            "invalid_grid",
-            f"grid must be comma-separated times such as 0,0.5,1, got {_show(text)}",
-            "grid",
-        )
-    out = []
-    for p in parts:
-        try:
-            out.append(float(p))
-        except ValueError:
-            raise ApiError(
-                422,
-                "invalid_grid",
-                f"grid entry {_show(p)} is not a number; use times such as 0,0.5,1",
-                "grid",
-            ) from None
-    return out
-
-
 def parse_query(items: Sequence[tuple[str, str]], allowed: Sequence[str]) -> dict[str, Any]:
     """Typed values of query parameters (unknown or repeated names are errors)."""
     out: dict[str, Any] = {}
     for key, value in items:
         if key not in allowed:
             raise ApiError(
-                422,
-                "unknown_field",
-                f"unknown parameter {_show(key)}; allowed: {', '.join(allowed)}",
-                key[:100],
+                422, "unknown_field", f"unknown parameter {show(key)}; allowed: {', '.join(allowed)}", key[:100]
             )
         if key in out:
-            raise ApiError(
-                422, "duplicate_field", f"parameter {key!r} is given twice; give it once", key
-            )
-        if key in INT_FIELDS:
-            out[key] = _parse_int_text(key, value)
-        elif key in FLOAT_FIELDS:
-            out[key] = _parse_float_text(key, value)
-        elif key == "grid":
-            out[key] = _parse_grid_text(value)
-        else:
-            out[key] = value
-    return out
-
-
-def check_body_types(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
-    """Check the JSON body's keys and value types; ``null`` means "not given"."""
-    out: dict[str, Any] = {}
-    for key, value in body.items():
-        if key not in allowed:
-            raise ApiError(
-                422,
-                "unknown_field",
-                f"unknown field {_show(key)}; allowed: {', '.join(allowed)}",
-                str(key)[:100],
-            )
-        if value is None:
-            continue
-        if key in INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ApiError(
-                    422, "invalid_type", f"{key} must be an integer, got {_show(value)}", key
-                )
-        elif key in FLOAT_FIELDS:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-            ):
-                raise ApiError(
-                    422, "invalid_type", f"{key} must be a finite number, got {_show(value)}", key
-                )
-            value = float(value)
-        elif key in STR_FIELDS:
-            if not isinstance(value, str):
-                raise ApiError(
-                    422, "invalid_type", f"{key} must be a string, got {_show(value)}", key
-                )
-        elif key == "grid":
-            if isinstance(value, str):
-                value = _parse_grid_text(value)
-            elif isinstance(value, list):
-                if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-                    raise ApiError(
-                        422,
-                        "invalid_grid",
-                        f"grid must be a list of numbers such as [0, 0.5, 1], got {_show(value)}",
-                        "grid",
-                    )
-                value = [float(v) for v in value]
+            raise ApiError(422, "duplicate_field", f"parameter {key!r} is given twice; give it once", key)
+        try:
+            if key in INT_FIELDS:
+                out[key] = parse_int(key, value)
+            elif key in FLOAT_FIELDS:
+                out[key] = parse_float(key, value)
+            elif key == "grid":
+                out[key] = parse_grid(value)
             else:
-                raise ApiError(
-                    422,
-                    "invalid_grid",
-                    f"grid must be a list of numbers such as [0, 0.5, 1], got {_show(value)}",
-                    "grid",
-                )
-        out[key] = value
+                out[key] = value
+        except ParamError as e:
+            raise ApiError(422, "invalid_type", str(e), key) from None
+        except GridError as e:
+            raise ApiError(422, "invalid_grid", str(e), "grid") from None
     return out
 
 
-@dataclass
-class GenerateParams:
-    """A validated generate request.
-
-    Attributes:
-        model: served model name.
-        steps: K (steps of the grid / of the fixed-step solver; 0 until dopri5 reports).
-        n: number of samples.
-        seed: first seed (sample i uses seed + i).
-        seed_given: whether the client chose the seed.
-        grid: ``[K + 1]`` times (None for dopri5).
-        format: ``json``, ``png`` or ``npy``.
-        solver: velocity models: the solver; flow maps: None.
-        rtol: dopri5 tolerance.
-        latency_ms: latency budget, if any.
-        steps_given: whether the client gave ``steps``.
-    """
-
-    model: str
-    steps: int
-    n: int
-    seed: int
-    seed_given: bool
-    grid: list[float] | None
-    format: str
-    solver: str | None
-    rtol: float
-    latency_ms: float | None
-    steps_given: bool
+_MESSAGES = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "literal_error": "must be one of the listed values",
+}
 
 
-def validate_grid(grid: list[float], max_steps: int) -> list[float]:
-    """Check a custom grid (start 0, end 1, strictly increasing, at most ``max_steps`` steps)."""
-    if len(grid) < 2:
-        raise ApiError(
-            422,
-            "invalid_grid",
-            "a grid needs at least two times, e.g. 0,1 (one step) or 0,0.5,1",
-            "grid",
+def validation_error(e: ValidationError, allowed: Sequence[str]) -> ApiError:
+    """The first Pydantic error as a 422 naming the field and saying what to send."""
+    err = e.errors(include_url=False)[0]
+    loc = err.get("loc") or ()
+    fld = str(loc[0])[:100] if loc else None
+    kind = err.get("type", "")
+    got = show(err.get("input"))
+    if kind == "extra_forbidden":
+        return ApiError(422, "unknown_field", f"unknown field {show(fld)}; allowed: {', '.join(allowed)}", fld)
+    if kind == "missing":
+        return ApiError(422, "missing_field", f"{fld} is required", fld)
+    if fld == "grid":
+        return ApiError(
+            422, "invalid_grid", f"grid must be a list of numbers such as [0, 0.5, 1] or text '0,0.5,1', got {got}", "grid"
         )
-    if len(grid) - 1 > max_steps:
-        raise ApiError(
-            422,
-            "out_of_range",
-            f"the grid has {len(grid) - 1} steps; at most {max_steps} are allowed",
-            "grid",
-        )
-    if not all(math.isfinite(g) for g in grid):
-        raise ApiError(422, "invalid_grid", "grid times must be finite numbers", "grid")
-    if grid[0] != 0.0 or grid[-1] != 1.0:
-        raise ApiError(
-            422,
-            "invalid_grid",
-            f"a grid must start at 0 and end at 1 (got {grid[0]:g} .. {grid[-1]:g}); times lie in [0, 1]",
-            "grid",
-        )
-    if any(b <= a for a, b in itertools.pairwise(grid)):
-        raise ApiError(
-            422, "invalid_grid", "grid times must strictly increase, e.g. 0,0.25,0.5,1", "grid"
-        )
-    return [float(g) for g in grid]
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than", "string_too_long"):
+        return ApiError(422, "out_of_range", f"{fld}={got} is out of range: {err.get('msg', '').lower()}", fld)
+    what = _MESSAGES.get(kind, err.get("msg", "is invalid").lower())
+    if kind == "literal_error":
+        what = f"must be one of: {err.get('ctx', {}).get('expected', '')}"
+    return ApiError(422, "invalid_type", f"{fld} {what}, got {got}", fld)
+
+
+def drop_nulls(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+    """A JSON body without ``null`` values of known fields (``null`` means "not given")."""
+    return {k: v for k, v in body.items() if v is not None or k not in allowed}
 
 
 def check_range(name: str, value: int, lo: int, hi: int, hint: str = "") -> int:
+    """``lo <= value <= hi`` or a 422 naming the range."""
     if value < lo or value > hi:
         raise ApiError(
-            422,
-            "out_of_range",
-            f"{name}={value} is out of range; use {lo}..{hi}{(' ' + hint) if hint else ''}",
-            name,
+            422, "out_of_range", f"{name}={value} is out of range; use {lo}..{hi}{(' ' + hint) if hint else ''}", name
         )
     return value

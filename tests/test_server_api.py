@@ -34,6 +34,7 @@ def model_dirs(tmp_path_factory):
 
 def _app(model_dirs, **kw):
     kw.setdefault("limits", LIMITS)
+    kw.setdefault("engine", "torch")  # quick to build; `auto` is tested in test_server_engines_auto
     cfg = ServerConfig(models=[ModelSpec(n, p) for n, p in model_dirs.items()], **kw)
     return create_app(cfg)
 
@@ -115,10 +116,13 @@ def test_npy_and_png_and_data_units(client):
     assert scatter.status_code == 200 and Image.open(io.BytesIO(scatter.content)).size == (512, 512)
 
 
-def test_body_wins_over_query_and_grid_overrides_steps(client):
+def test_body_wins_over_query_and_grid_conflicts_with_steps(client):
     r = client.post("/generate?steps=2&n=1&seed=3", json={"steps": 5}).json()
     assert r["steps"] == 5 and r["n"] == 1 and r["seed"] == 3
-    g = client.post("/generate", params={"grid": "0,0.2,1", "steps": 7, "seed": 1}).json()
+    # issue 19.5: steps and grid together are a conflict, not a silent override
+    bad = _is_error(client.post("/generate", params={"grid": "0,0.2,1", "steps": 7, "seed": 1}), 422, "steps")
+    assert "keep grid" in bad["message"]
+    g = client.post("/generate", params={"grid": "0,0.2,1", "seed": 1}).json()
     assert g["steps"] == 2 and g["grid"] == [0.0, 0.2, 1.0]
     g2 = client.post("/generate", json={"grid": [0, 0.2, 1], "seed": 1}).json()
     assert g2["samples"] == g["samples"]
@@ -149,6 +153,17 @@ def test_dopri5_reports_adaptive_nfe(client):
         json={"model": "checkerboard-teacher", "solver": "dopri5", "rtol": 1e-3, "n": 2, "seed": 0},
     ).json()
     assert d["solver"] == "dopri5" and d["grid"] is None and d["nfe"] >= 7 and d["steps"] >= 1
+    # without max_nfe the bound is the largest the budget allows (256 / 2); n x max_nfe is charged
+    assert d["nfe"] <= LIMITS.max_compute // 2
+    over = client.post(
+        "/generate", json={"model": "checkerboard-teacher", "solver": "dopri5", "max_nfe": 100, "n": 3}
+    )
+    assert _is_error(over, 422, "n")["error"] == "over_budget"
+    tight = client.post(
+        "/generate",
+        json={"model": "checkerboard-teacher", "solver": "dopri5", "rtol": 1e-6, "max_nfe": 7, "n": 1, "seed": 0},
+    )
+    assert _is_error(tight, 422, "max_nfe")["error"] == "solver_failed"
     default = client.post(
         "/generate", json={"model": "checkerboard-teacher", "n": 2, "seed": 0, "steps": 2}
     ).json()

@@ -244,8 +244,8 @@ def test_tensorrt_engine(models, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine; the tensorrt engine needs one")
     lm = load_model_dir(models["checkerboard"])
-    art = export_onnx_cached(models["checkerboard"], tmp_path / "cache", _fast_export_options())
-    eng = TensorRTEngine(art, (2,), max_batch=64)
+    # the export package's builder (precision rules, parity check), cached per model content
+    eng = TensorRTEngine.from_model_dir(models["checkerboard"], (2,), max_batch=64, cache_dir=tmp_path / "cache")
     x = np.random.default_rng(0).standard_normal((9, 2)).astype(np.float32)
     s, t = np.zeros(9, np.float32), np.ones(9, np.float32)
     np.testing.assert_allclose(

@@ -1,0 +1,149 @@
+"""The engine interface: a batched network evaluation with per-sample times, numpy in and out.
+
+* flow maps: ``step(x, s, t) -> X_st`` with ``x: [B, *shape]`` float32 and
+  ``s, t: [B]`` float32, one evaluation of ``X_{s,t}`` (Definition 3.2) where each row
+  may have its own ``(s, t)``;
+* velocity models: ``velocity(x, t) -> b_t(x)`` (eq. 3.1), ``t: [B]``.
+
+Because the times are per sample, the scheduler fuses the samples of concurrent
+requests with different step counts into one call (step-level batching). Engines are
+thin adapters: building and validating artifacts is :mod:`anystep.export`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anystep.errors import AnystepError
+
+log = logging.getLogger("anystep.server")
+
+class EngineError(AnystepError):
+    """An engine cannot be built or used as asked; the message says how to fix it."""
+
+
+@dataclass
+class WarmupTiming:
+    """One warm-up measurement.
+
+    Attributes:
+        batch: number of rows ``B`` in the call.
+        seconds: wall time of one call (fastest of the repeats).
+    """
+
+    batch: int
+    seconds: float
+
+
+class Engine:
+    """Base class: a network evaluated on numpy batches with per-sample times.
+
+    Attributes:
+        name: engine name (``"torch"``, ``"onnx"``, ``"tensorrt"``, ``"triton"``).
+        kind: ``"flowmap"`` (implements :meth:`step`) or ``"velocity"`` (implements :meth:`velocity`).
+        data_shape: shape of one sample in model units, e.g. ``(2,)`` or ``(1, 8, 8)``.
+    """
+
+    name: str = "base"
+
+    def __init__(self, kind: str, data_shape: Sequence[int]) -> None:
+        if kind not in ("flowmap", "velocity"):
+            raise EngineError(f"engine kind must be 'flowmap' or 'velocity', got {kind!r}")
+        self.kind = kind
+        self.data_shape = tuple(int(d) for d in data_shape)
+
+    # -- the interface ---------------------------------------------------------------
+    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """One flow-map jump ``X_st = X_{s,t}(x)`` per row (Definition 3.2).
+
+        Args:
+            x: ``[B, *shape]`` float32 states at times ``s``.
+            s: ``[B]`` float32 start times.
+            t: ``[B]`` float32 end times.
+
+        Returns:
+            ``[B, *shape]`` float32 states at times ``t``.
+        """
+        raise EngineError(
+            f"the {self.name} engine serves a {self.kind} model; step() needs a flow map"
+        )
+
+    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Velocity ``b_t(x)`` per row (eq. 3.1).
+
+        Args:
+            x: ``[B, *shape]`` float32.
+            t: ``[B]`` float32 times.
+
+        Returns:
+            ``[B, *shape]`` float32.
+        """
+        raise EngineError(
+            f"the {self.name} engine serves a {self.kind} model; velocity() needs a velocity model"
+        )
+
+    def evaluate(self, x: np.ndarray, s: np.ndarray | None, t: np.ndarray) -> np.ndarray:
+        """Dispatch to :meth:`step` (flow maps, ``s`` given) or :meth:`velocity`."""
+        if self.kind == "flowmap":
+            if s is None:
+                raise EngineError("a flow-map engine needs start times s")
+            return self.step(x, s, t)
+        return self.velocity(x, t)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8), repeats: int = 5) -> list[WarmupTiming]:
+        """Run the network a few times (compiles kernels, fills caches) and time it.
+
+        Args:
+            batch_sizes: the ``B`` values to time.
+            repeats: calls per batch size; the fastest is reported (robust to CPU contention).
+
+        Returns:
+            One :class:`WarmupTiming` per batch size.
+        """
+        out: list[WarmupTiming] = []
+        rng = np.random.default_rng(0)
+        for b in batch_sizes:
+            b = max(1, int(b))
+            x = rng.standard_normal((b, *self.data_shape)).astype(np.float32)
+            s = np.zeros(b, dtype=np.float32)
+            t = np.full(b, 0.5, dtype=np.float32)
+            times = []
+            for _ in range(max(1, repeats) + 1):
+                t0 = time.perf_counter()
+                y = self.evaluate(x, s, t)
+                times.append(time.perf_counter() - t0)
+                if y.shape != x.shape:
+                    raise EngineError(
+                        f"the {self.name} engine returned shape {list(y.shape)} for input {list(x.shape)}; "
+                        "is the artifact exported for this model?"
+                    )
+            out.append(WarmupTiming(batch=b, seconds=float(np.min(times[1:]))))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description for logs and ``/v1/models``."""
+        return {"engine": self.name, "kind": self.kind, "data_shape": list(self.data_shape)}
+
+    def close(self) -> None:
+        """Release resources (sessions, connections)."""
+
+    # -- helpers ---------------------------------------------------------------------
+    def _check(self, x: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, ...]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != len(self.data_shape) + 1 or tuple(x.shape[1:]) != self.data_shape:
+            raise EngineError(
+                f"expected x of shape [B, {', '.join(map(str, self.data_shape))}], got {list(x.shape)}"
+            )
+        ts = []
+        for tt in times:
+            tt = np.ascontiguousarray(tt, dtype=np.float32).reshape(-1)
+            if tt.shape[0] != x.shape[0]:
+                raise EngineError(f"times must have shape [B]={x.shape[0]}, got {list(tt.shape)}")
+            ts.append(tt)
+        return (x, *ts)

@@ -1,0 +1,283 @@
+"""The ``onnx`` engine: an ONNX Runtime session on the export package's single-step graph.
+
+The graph comes from the model directory (an ``anystep export`` beside it) or is
+exported once by :func:`anystep.export.onnx_export.export_onnx` (validated against
+torch, with its manifest) into a cache keyed by the directory's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine_base import Engine, EngineError
+
+ONNX_NAME = "model.onnx"
+MANIFEST_NAME = "anystep-export.json"
+
+@dataclass
+class OnnxArtifact:
+    """An exported ONNX model and what the server needs to call it.
+
+    Attributes:
+        onnx_path: the ``model.onnx`` file.
+        kind: ``"flowmap"`` (inputs x, s, t) or ``"velocity"`` (inputs x, t).
+        input_names: graph input names in the order ``x, s, t`` (or ``x, t``).
+        output_name: the graph output holding ``X_st`` (or ``b_t``).
+        manifest: the export manifest, when there is one.
+    """
+
+    onnx_path: Path
+    kind: str | None = None
+    input_names: list[str] | None = None
+    output_name: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """Read an export manifest with the export package's loader, as a dict."""
+    import dataclasses
+
+    from anystep.export.manifest import load_manifest
+
+    try:
+        m = load_manifest(path)
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot read export manifest {path}: {e}") from None
+    if hasattr(m, "to_dict"):
+        return dict(m.to_dict())
+    if dataclasses.is_dataclass(m):
+        return dataclasses.asdict(m)
+    return dict(m) if isinstance(m, dict) else dict(vars(m))
+
+
+def _manifest_names(manifest: dict[str, Any]) -> tuple[str | None, list[str] | None, str | None]:
+    kind = manifest.get("kind")
+    inputs = manifest.get("inputs") or manifest.get("input_names")
+    names: list[str] | None = None
+    if isinstance(inputs, list) and inputs:
+        names = [i["name"] if isinstance(i, dict) else str(i) for i in inputs]
+    outputs = manifest.get("outputs") or manifest.get("output_names")
+    out: str | None = None
+    if isinstance(outputs, list) and outputs:
+        out = outputs[0]["name"] if isinstance(outputs[0], dict) else str(outputs[0])
+    elif isinstance(manifest.get("output_name"), str):
+        out = manifest["output_name"]
+    return (kind if kind in ("flowmap", "velocity") else None), names, out
+
+
+def find_onnx_artifact(path: str | os.PathLike) -> OnnxArtifact | None:
+    """Find an ONNX export at ``path``: a ``.onnx`` file, or a directory holding one.
+
+    Looks for ``model.onnx`` (with ``anystep-export.json`` beside it, when present) in
+    ``path`` and in its ``onnx/`` and ``export/`` sub-folders.
+
+    Returns:
+        The artifact, or None when there is no export there.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix == ".onnx":
+        candidates = [p]
+    else:
+        candidates = [p / ONNX_NAME, p / "onnx" / ONNX_NAME, p / "export" / ONNX_NAME]
+    for onnx_path in candidates:
+        if onnx_path.is_file():
+            manifest_path = onnx_path.parent / MANIFEST_NAME
+            manifest = _load_manifest(manifest_path) if manifest_path.is_file() else {}
+            if manifest.get("graph", "step") != "step":
+                raise EngineError(
+                    f"{onnx_path} is a fused {manifest.get('fused_steps')}-step sampler graph; the server steps "
+                    "models itself and needs a single-step export (anystep export without --steps)"
+                )
+            kind, names, out = _manifest_names(manifest)
+            return OnnxArtifact(
+                onnx_path=onnx_path,
+                kind=kind,
+                input_names=names,
+                output_name=out,
+                manifest=manifest,
+            )
+    return None
+
+
+def _sha256_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        f = path / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where on-the-fly exports go: ``$ANYSTEP_CACHE_DIR`` or ``~/.cache/anystep``."""
+    return Path(os.environ.get("ANYSTEP_CACHE_DIR") or Path.home() / ".cache" / "anystep")
+
+
+def export_onnx_cached(
+    model_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    onnx_options: Any = None,
+) -> OnnxArtifact:
+    """Export a model directory to ONNX once, keyed by the directory's content hash.
+
+    The export is :func:`anystep.export.onnx_export.export_onnx` (a single-step graph
+    checked against torch, with its manifest); the cache folder appears atomically.
+
+    Args:
+        model_dir: a model directory (``config.json`` + ``model.safetensors``).
+        cache_dir: cache root (default :func:`default_cache_dir`).
+        onnx_options: ``anystep.export.onnx_export.OnnxOptions`` (exporter, batch range);
+            part of the cache key.
+
+    Returns:
+        The cached artifact.
+    """
+    try:
+        from anystep.export.onnx_export import export_onnx
+    except ImportError:
+        raise EngineError("the onnx engine needs the export extra: pip install 'anystep[export]'") from None
+    import shutil
+
+    src = Path(model_dir)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _sha256_dir(src)[:24]
+    if onnx_options is not None:
+        key += "-" + hashlib.sha256(repr(onnx_options).encode()).hexdigest()[:8]
+    out_dir = root / "onnx" / key
+    found = find_onnx_artifact(out_dir)
+    if found is not None:
+        return found
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            export_onnx(src, tmp, onnx_options, overwrite=True)
+        except RuntimeError as e:  # ParityError: the graph disagrees with torch
+            raise EngineError(f"ONNX export of {src} failed its parity check: {e}") from None
+        if out_dir.exists():  # a concurrent export won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    found = find_onnx_artifact(out_dir)
+    if found is None:
+        raise EngineError(f"export of {src} produced no {ONNX_NAME} in {out_dir}")
+    return found
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime session on an exported model (CPU, or CUDA with ``onnxruntime-gpu``).
+
+    Args:
+        artifact: the exported model (see :func:`find_onnx_artifact`).
+        data_shape: shape of one sample.
+        kind: ``"flowmap"`` or ``"velocity"`` (default: from the manifest or the graph inputs).
+        providers: ORT execution providers (default: CUDA when available, then CPU).
+        intra_op_threads: ORT intra-op threads (0 = ORT's default, one per core).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        artifact: OnnxArtifact | str | os.PathLike,
+        data_shape: Sequence[int],
+        kind: str | None = None,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineError(
+                "the onnx engine needs onnxruntime: pip install 'anystep[export]'"
+            ) from None
+        if not isinstance(artifact, OnnxArtifact):
+            found = find_onnx_artifact(artifact)
+            if found is None:
+                raise EngineError(
+                    f"no {ONNX_NAME} found at {artifact}; export the model first (anystep export)"
+                )
+            artifact = found
+        self.artifact = artifact
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [
+                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+            ]
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(artifact.onnx_path), sess_options=opts, providers=list(providers)
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise EngineError(f"ONNX Runtime cannot load {artifact.onnx_path}: {e}") from None
+        graph_inputs = self.session.get_inputs()
+        names = artifact.input_names or [i.name for i in graph_inputs]
+        graph_names = {i.name for i in graph_inputs}
+        if set(names) != graph_names:
+            names = [i.name for i in graph_inputs]
+        if len(names) not in (2, 3):
+            raise EngineError(
+                f"{artifact.onnx_path} has inputs {names}; expected (x, s, t) for a flow map or (x, t) for a velocity model"
+            )
+        by_name = {n.lower(): n for n in names}
+        if len(names) == 3 and all(k in by_name for k in ("x", "s", "t")):
+            names = [by_name["x"], by_name["s"], by_name["t"]]
+        elif len(names) == 2 and all(k in by_name for k in ("x", "t")):
+            names = [by_name["x"], by_name["t"]]
+        inferred = "flowmap" if len(names) == 3 else "velocity"
+        kind = kind or artifact.kind or inferred
+        if kind != inferred:
+            raise EngineError(
+                f"{artifact.onnx_path} has {len(names)} inputs but the model is a {kind} model"
+            )
+        super().__init__(kind, data_shape)
+        self.input_names = names
+        ranks = {i.name: len(i.shape) for i in graph_inputs}
+        self._time_rank = {n: ranks.get(n, 1) for n in names[1:]}
+        outs = [o.name for o in self.session.get_outputs()]
+        self.output_name = artifact.output_name if artifact.output_name in outs else outs[0]
+        self.providers = self.session.get_providers()
+
+    def _run(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
+        feeds = {self.input_names[0]: x}
+        for name, tt in zip(self.input_names[1:], times):
+            feeds[name] = (
+                tt.reshape(-1, *([1] * (self._time_rank[name] - 1)))
+                if self._time_rank[name] > 1
+                else tt
+            )
+        (y,) = self.session.run([self.output_name], feeds)
+        return np.asarray(y, dtype=np.float32)
+
+    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if self.kind != "flowmap":
+            return super().step(x, s, t)
+        return self._run(*self._check(x, s, t))
+
+    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if self.kind != "velocity":
+            return super().velocity(x, t)
+        return self._run(*self._check(x, t))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "onnx": str(self.artifact.onnx_path),
+            "providers": list(self.providers),
+        }

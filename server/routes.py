@@ -1,0 +1,241 @@
+"""The sampling routes: ``POST /generate`` and ``POST /encode``.
+
+A request flows: HTTP -> parameters (query merged with a JSON body) -> validation
+(:mod:`.validation`, 4xx there, never deeper) -> base samples of seeds ``seed + i``
+(vectorised) -> a :class:`~.jobs.Job` on the model's scheduler (step-level batching
+with every other live request) -> data units -> ``json`` | ``npy`` | ``png``.
+
+While a job runs the handler watches its deadline and its client: a request that
+times out (503) or whose client disconnects is cancelled and takes part in no further
+engine tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError
+from .registry import ServedModel
+from .scheduler import QueueFullError, SchedulerClosedError, StepScheduler
+from .schemas import (
+    ENCODE_FIELDS,
+    GENERATE_FIELDS,
+    ApiError,
+    drop_nulls,
+    parse_json_body,
+    parse_query,
+)
+from .validation import GenerateParams, parse_npy, sampling_spec, validate_encode, validate_generate
+
+DISCONNECT_POLL_S = 0.2
+"""How often a running request checks whether its client is still there."""
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """A ``Retry-After`` header of at least one second."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 beyond ``limit`` bytes (checked while streaming)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isascii() or not length.strip().isdigit():
+            raise ApiError(400, "bad_request", "the Content-Length header is not an integer")
+        if int(length) > limit:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes; send fewer samples")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes; send fewer samples")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def choose_steps(m: ServedModel, p: GenerateParams) -> int:
+    """The most steps in ``{1, 2, 4, ..., cap}`` whose estimated compute fits ``latency_ms`` (at least 1).
+
+    The estimate uses the scheduler's online cost model ``cost(B) ~ a + b B`` per engine call.
+    """
+    per_step = p.spec.stages
+    limit = min(p.steps_cap or m.limits.max_steps, m.limits.max_steps, max(1, m.limits.max_compute // (p.n * per_step)))
+    candidates, k = [], 1
+    while k < limit:
+        candidates.append(k)
+        k *= 2
+    candidates.append(limit)
+    best = 1
+    sched = m.scheduler
+    for K in candidates:
+        if 1000.0 * sched.cost.request_seconds(p.n, K * per_step, sched.max_batch) <= p.latency_ms:
+            best = K
+    return best
+
+
+async def run_job(request: Request, m: ServedModel, job: Job, timeout_s: float, on_queue: Any = None) -> JobResult:
+    """Submit ``job`` to the model's scheduler and wait for it, mapping scheduler errors to HTTP."""
+    sched: StepScheduler = m.scheduler
+    try:
+        fut = sched.submit(job)
+    except QueueFullError as e:
+        raise ApiError(429, "queue_full", str(e), None, retry_after(e.retry_after)) from None
+    except SchedulerClosedError as e:
+        raise ApiError(503, "shutting_down", str(e), None, retry_after(2)) from None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                sched.cancel(job)
+                raise ApiError(
+                    503,
+                    "timeout",
+                    f"the request did not finish within {timeout_s:g} s and was stopped; the server is busy or the "
+                    "request is large: retry later, or lower n, steps or max_nfe",
+                    None,
+                    retry_after(sched.retry_after()),
+                )
+            done, _ = await asyncio.wait((fut,), timeout=min(left, DISCONNECT_POLL_S))
+            if done:
+                return fut.result()
+            if await request.is_disconnected():
+                sched.cancel(job)
+                raise ApiError(499, "client_closed", "the client closed the connection; the request was stopped")
+    except asyncio.CancelledError:
+        sched.cancel(job)  # the server is stopping
+        raise
+    except SolverFailedError as e:
+        raise ApiError(422, "solver_failed", str(e), "max_nfe") from None
+    except NonFiniteError as e:
+        raise ApiError(
+            422,
+            "non_finite_output",
+            f"{e}; the input is outside what the model handles (smaller values, other steps), "
+            "or the model directory is broken",
+            "x" if job.grid[0] > job.grid[-1] else None,
+        ) from None
+    except SchedulerClosedError as e:
+        raise ApiError(503, "shutting_down", str(e), None, retry_after(2)) from None
+    except SchedulerError as e:
+        raise ApiError(422, "invalid_request", str(e), None) from None
+
+
+def _timing(t0: float, r: JobResult) -> dict[str, float]:
+    return {
+        "total": round(1000.0 * (time.perf_counter() - t0), 3),
+        "queue": round(1000.0 * r.queue_s, 3),
+        "compute": round(1000.0 * r.compute_s, 3),
+    }
+
+
+async def generate(request: Request, state: Any) -> Response:
+    """``POST /generate``: draw ``n`` samples with ``K`` steps (or an ODE solver)."""
+    t0 = time.perf_counter()
+    config = state.config
+    query = parse_query(request.query_params.multi_items(), GENERATE_FIELDS)
+    body = parse_json_body(await read_body(request, config.max_body_bytes))
+    p = validate_generate({**query, **drop_nulls(body, GENERATE_FIELDS)}, state.models)
+    m = p.model
+    adaptive = p.spec.adaptive
+    request.scope["anystep.labels"] = (m.name, "adaptive" if adaptive else p.spec.steps)
+    state.check_ready(m)
+    chosen = p.latency_ms is not None
+    if chosen:
+        p.spec = sampling_spec(m, p.n, steps=choose_steps(m, p), solver=p.solver)
+        request.scope["anystep.labels"] = (m.name, p.spec.steps)
+    x0 = m.base_samples(p.seed, p.n)
+    spec = p.spec
+    job = Job(
+        x=x0, grid=spec.grid, method=spec.method, rtol=spec.rtol or 0.0, max_nfe=spec.max_nfe or spec.nfe, tag=m.name
+    )
+    result = await run_job(request, m, job, config.request_timeout_s)
+    x_units = m.units.to_units(result.x)
+    timing = _timing(t0, result)
+    headers = {
+        "X-Anystep-Model": m.name,
+        "X-Anystep-Kind": m.kind,
+        "X-Anystep-Steps": str(result.steps),
+        "X-Anystep-NFE": str(result.nfe),
+        "X-Anystep-Seed": str(p.seed),
+        "X-Anystep-N": str(p.n),
+        "X-Anystep-Shape": ",".join(str(d) for d in x_units.shape),
+        "X-Anystep-Time-Ms": f"{timing['total']:.3f}",
+        "X-Anystep-Queue-Ms": f"{timing['queue']:.3f}",
+        "X-Anystep-Compute-Ms": f"{timing['compute']:.3f}",
+        "X-Anystep-Chosen-By-Budget": "true" if chosen else "false",
+    }
+    if p.solver:
+        headers["X-Anystep-Solver"] = p.solver
+    if p.format == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x_units, dtype=np.float32), allow_pickle=False)
+        return Response(buf.getvalue(), media_type="application/x-npy", headers=headers)
+    if p.format == "png":
+        from anystep.core.render import samples_png
+
+        png = await asyncio.to_thread(samples_png, result.x)
+        return Response(png, media_type="image/png", headers=headers)
+    body_out = {
+        "model": m.name,
+        "kind": m.kind,
+        "steps": result.steps,
+        "nfe": result.nfe,
+        "seed": p.seed,
+        "n": p.n,
+        "shape": list(x_units.shape),
+        "samples": x_units.tolist(),
+        "solver": p.solver,
+        "grid": None if adaptive else spec.grid.tolist(),
+        "timing_ms": timing,
+        "chosen_by_budget": chosen,
+    }
+    return JSONResponse(body_out, headers=headers)
+
+
+async def encode(request: Request, state: Any) -> Response:
+    """``POST /encode``: data -> base samples with the inverse map ``X_{1,0}`` (JSON or ``.npy`` body)."""
+    t0 = time.perf_counter()
+    config = state.config
+    raw = await read_body(request, config.max_body_bytes)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in NPY_TYPES:
+        params = parse_query(request.query_params.multi_items(), tuple(f for f in ENCODE_FIELDS if f != "x"))
+        x = parse_npy(raw)
+    else:
+        body = parse_json_body(raw)
+        if request.query_params:
+            raise ApiError(
+                422,
+                "unknown_field",
+                'encode takes a JSON body {"model", "x", "steps"} (or a .npy body with the parameters in the query)',
+                next(iter(request.query_params.keys()))[:100],
+            )
+        x = body.pop("x", None)
+        params = drop_nulls(body, ENCODE_FIELDS)
+    p = validate_encode(params, x, state.models)
+    m = p.model
+    request.scope["anystep.labels"] = (m.name, p.spec.steps)
+    state.check_ready(m)
+    job = Job(x=p.x1, grid=p.spec.grid[::-1].copy(), method="flowmap", tag=m.name)
+    result = await run_job(request, m, job, config.request_timeout_s)
+    return JSONResponse(
+        {
+            "model": m.name,
+            "z": result.x.tolist(),
+            "shape": list(result.x.shape),
+            "steps": result.steps,
+            "nfe": result.nfe,
+            "timing_ms": _timing(t0, result),
+        }
+    )

@@ -1,0 +1,234 @@
+"""Validation of ``/generate`` and ``/encode`` against a served model (4xx here, never deeper).
+
+The declarative part is the strict Pydantic schema (:mod:`.schemas`); the per-model
+part is the core sampling contract :func:`anystep.core.params.resolve_sampling`
+(kind vs solver, conflicts such as ``steps`` with ``grid`` or with ``dopri5``) and
+:func:`~anystep.core.params.check_budget` (``n x nfe``, dopri5 charged ``n x max_nfe``).
+This module only maps core errors to 422 bodies naming the field.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from anystep.core.grid import GridError
+from anystep.core.params import ParamError, SamplingSpec, check_budget, resolve_sampling
+from anystep.core.units import UnitsError
+
+from .registry import ServedModel
+from .schemas import (
+    ENCODE_FIELDS,
+    GENERATE_FIELDS,
+    MAX_SEED,
+    ApiError,
+    EncodeRequest,
+    GenerateRequest,
+    check_range,
+    show,
+    validation_error,
+)
+
+DEFAULT_RTOL = 1e-3
+"""The server's dopri5 tolerance when a request names none."""
+
+
+@dataclass
+class GenerateParams:
+    """A validated generate request.
+
+    Attributes:
+        model: the served model.
+        spec: the resolved sampling (method, grid, nfe bound).
+        n: number of samples.
+        seed: first seed (sample i uses seed + i).
+        format: ``json``, ``png`` or ``npy``.
+        solver: velocity models: the solver; flow maps: None.
+        latency_ms: latency budget, if any (then ``steps`` caps the chosen steps).
+        steps_cap: the client's ``steps`` with a latency budget.
+    """
+
+    model: ServedModel
+    spec: SamplingSpec
+    n: int
+    seed: int
+    format: str
+    solver: str | None
+    latency_ms: float | None = None
+    steps_cap: int | None = None
+
+
+def resolve_model(models: dict[str, ServedModel], name: Any, want_kind: str | None = None) -> ServedModel:
+    """The served model named ``name`` (or the first one of ``want_kind``), else 404/422."""
+    if name is None:
+        for m in models.values():
+            if want_kind is None or m.kind == want_kind:
+                return m
+        raise ApiError(422, "no_model", f"no served model is a {want_kind}; see GET /v1/models", "model")
+    if name not in models:
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"unknown model {show(name)}; served models: {', '.join(models)} (GET /v1/models)",
+            "model",
+        )
+    return models[name]
+
+
+def _png_renderable(m: ServedModel) -> bool:
+    shape = m.data_shape
+    return shape == (2,) or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def sampling_spec(m: ServedModel, n: int = 1, **kw: Any) -> SamplingSpec:
+    # dopri5 without max_nfe: the largest bound the compute budget allows for n samples
+    default_max_nfe = max(7, min(m.limits.max_nfe, m.limits.max_compute // max(1, n)))
+    try:
+        return resolve_sampling(
+            m.kind,
+            max_steps=m.limits.max_steps,
+            default_rtol=DEFAULT_RTOL,
+            default_max_nfe=default_max_nfe,
+            **kw,
+        )
+    except (ParamError, GridError) as e:
+        raise ApiError.from_param(e, "invalid_grid" if getattr(e, "field", None) == "grid" else "invalid_parameter") from None
+
+
+def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel]) -> GenerateParams:
+    """Merged query + body parameters -> :class:`GenerateParams`, or a 4xx :class:`ApiError`."""
+    try:
+        req = GenerateRequest.model_validate(raw)
+    except ValidationError as e:
+        raise validation_error(e, GENERATE_FIELDS) from None
+    m = resolve_model(models, req.model)
+    fmt = req.format or "json"
+    if fmt == "png" and not _png_renderable(m):
+        raise ApiError(
+            422,
+            "unsupported_format",
+            f"png renders 2D points or images; {m.name} has samples of shape {list(m.data_shape)}: use json or npy",
+            "format",
+        )
+    if req.max_nfe is not None and req.max_nfe > m.limits.max_nfe:
+        raise ApiError(422, "out_of_range", f"max_nfe={req.max_nfe} is out of range; use 7..{m.limits.max_nfe}", "max_nfe")
+    steps_cap = None
+    steps = req.steps
+    if req.latency_ms is not None:
+        if req.grid is not None:
+            raise ApiError(422, "conflict", "give either grid or latency_ms, not both: keep one", "latency_ms")
+        if req.solver == "dopri5":
+            raise ApiError(
+                422, "budget_not_applicable", "latency_ms needs a flow map or a fixed-step solver, not dopri5", "latency_ms"
+            )
+        steps_cap, steps = steps, None
+        if steps_cap is not None and steps_cap > m.limits.max_steps:
+            raise ApiError(422, "out_of_range", f"steps={steps_cap} is out of range; use 1..{m.limits.max_steps}", "steps")
+    n = check_range("n", req.n if req.n is not None else 1, 1, m.max_n, f"for {m.name}")
+    spec = sampling_spec(m, n, steps=steps, grid=req.grid, solver=req.solver, rtol=req.rtol, max_nfe=req.max_nfe)
+    try:
+        check_budget(n, spec, m.limits.max_compute)  # with a latency budget: at least one step
+    except ParamError as e:
+        raise ApiError(422, "over_budget", str(e), e.field) from None
+    seed = req.seed if req.seed is not None else random.randrange(0, 2**31)
+    check_range("seed", seed + n - 1, 0, MAX_SEED, "(sample i uses seed + i: seed + n - 1 must stay in range)")
+    return GenerateParams(
+        model=m,
+        spec=spec,
+        n=n,
+        seed=int(seed),
+        format=fmt,
+        solver=None if m.kind == "flowmap" else spec.method,
+        latency_ms=req.latency_ms,
+        steps_cap=steps_cap,
+    )
+
+
+@dataclass
+class EncodeParams:
+    """A validated encode request.
+
+    Attributes:
+        model: the served flow map.
+        spec: the forward grid (run backwards).
+        x1: ``[n, *data_shape]`` float32 data in model units.
+    """
+
+    model: ServedModel
+    spec: SamplingSpec
+    x1: np.ndarray
+
+
+def validate_encode(params: dict[str, Any], x: Any, models: dict[str, ServedModel]) -> EncodeParams:
+    """Parameters (without ``x``) and the samples ``x`` (nested lists or an array) -> :class:`EncodeParams`."""
+    try:
+        req = EncodeRequest.model_validate({**params, "x": []})
+    except ValidationError as e:
+        raise validation_error(e, ENCODE_FIELDS) from None
+    if x is None:
+        raise ApiError(422, "missing_field", "x is required: samples [n, ...] in the data set's own units", "x")
+    m = resolve_model(models, req.model, want_kind="flowmap")
+    if m.kind != "flowmap":
+        raise ApiError(422, "not_invertible", f"{m.name} is a velocity model; encode needs a flow map (X_{{1,0}})", "model")
+    try:  # a forward-only map (s <= t) never fitted X_{1,0}: refuse, do not answer wrongly
+        from anystep.core.config import TimeRegionError, check_invertible
+
+        check_invertible(m.config, m.name)
+    except ImportError:  # pragma: no cover - older core without time regions
+        pass
+    except TimeRegionError as e:
+        raise ApiError(422, "not_invertible", str(e), "model") from None
+    spec = sampling_spec(m, steps=req.steps, grid=req.grid)
+    x_units = parse_samples(x, m)
+    n = check_range("n", x_units.shape[0], 1, m.max_n, "(rows of x)")
+    try:
+        check_budget(n, spec, m.limits.max_compute)
+    except ParamError as e:
+        raise ApiError(422, "over_budget", str(e), "x") from None
+    try:
+        x1 = m.units.from_units(x_units)
+    except UnitsError as e:
+        raise ApiError(422, "invalid_samples", f"x cannot be converted to model units: {e}", "x") from None
+    return EncodeParams(model=m, spec=spec, x1=x1)
+
+
+def parse_samples(x: Any, m: ServedModel) -> np.ndarray:
+    """Nested lists (or an array) -> ``[n, *units_shape]`` finite float32, or a 4xx naming the expected shape."""
+    want = list(m.units.units_shape)
+    hint = f"[n, {', '.join(map(str, want))}]"
+    if isinstance(x, np.ndarray):
+        arr = x
+    elif isinstance(x, list):
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError, RecursionError):
+            raise ApiError(422, "invalid_samples", f"x must be a rectangular nested list of shape {hint}", "x") from None
+    else:
+        raise ApiError(422, "invalid_type", f"x must be a nested list of numbers of shape {hint}", "x")
+    if arr.dtype.kind not in "iuf":
+        raise ApiError(422, "invalid_type", f"x must hold only numbers, as a nested list of shape {hint}", "x")
+    if list(arr.shape[1:]) != want or arr.ndim != len(want) + 1:
+        raise ApiError(422, "invalid_shape", f"x has shape {list(arr.shape)}; {m.name} needs {hint}", "x")
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ApiError(422, "invalid_samples", "x values must be finite float32 numbers", "x")
+    return arr
+
+
+def parse_npy(raw: bytes) -> np.ndarray:
+    """A binary ``.npy`` body (no pickles) -> array, or a 400 saying how to send one."""
+    try:
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except Exception:  # noqa: BLE001 - numpy raises ValueError/OSError/EOFError/... on malformed files
+        raise ApiError(
+            400, "malformed_npy", "the body is not a .npy array; send numpy.save(f, x) output with Content-Type application/x-npy"
+        ) from None
+    if not isinstance(arr, np.ndarray):
+        raise ApiError(400, "malformed_npy", "the body must hold one .npy array")
+    return arr
