@@ -25,11 +25,13 @@ class Batch:
         x1: ``[B, *shape]`` data samples coupled with ``x0``.
         z: ``[B, *shape]`` standard normal latent for interpolants with ``gamma > 0``
             (always provided by the trainer; ignored when ``gamma = 0``).
+        y: ``[B]`` int64 class labels of ``x1`` (class-conditional models), else None.
     """
 
     x0: Tensor
     x1: Tensor
     z: Tensor
+    y: Tensor | None = None
 
 
 @dataclass

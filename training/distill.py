@@ -11,6 +11,12 @@ because the Lagrangian and Eulerian derivatives are exactly what eqs. 3.7 and 3.
   Autocast is disabled inside and half-precision inputs are upcast, so tangents are
   computed in float32 even in mixed-precision training; gradients flow to the
   parameters the closure captures.
+* :class:`Condition` / :func:`draw_condition` / :func:`teacher_target`: class-conditional
+  training. The labels ``y`` come with the batch; ``label_dropout`` replaces a fraction by
+  the null class ``∅``; distillation of a conditional map draws a guidance scale ``w`` per
+  example from ``[guidance_min, guidance_max]`` and its teacher is the classifier-free-
+  guided velocity ``b^w_t(x; y) = b_t(x; ∅) + w (b_t(x; y) - b_t(x; ∅))``, so one
+  evaluation of the trained map gives the guided sample at any ``w`` in that range.
 * :func:`sq`: the per-sample squared error ``|a|^2 / d`` (mean over coordinates; the paper's
   ``|·|^2`` divided by the constant dimension ``d``, which keeps loss values comparable
   across data sets without changing any minimiser).
@@ -21,6 +27,7 @@ Time convention: ``t = 0`` base, ``t = 1`` data.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,18 +36,23 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
+from anystep.core.flowmap import guided_velocity
 from anystep.errors import AnystepError
 from anystep.training.base import Batch, LossOutput, Objective, register
 from anystep.training.times import TIME_KINDS, TimePair, TimeSampler
 
 __all__ = [
+    "COND_DEFAULTS",
     "EMD",
     "LMD",
+    "Condition",
     "FlowObjective",
     "ObjectiveError",
     "Tangent",
+    "draw_condition",
     "jvp_times",
     "sq",
+    "teacher_target",
     "teacher_velocity",
 ]
 
@@ -55,8 +67,132 @@ TIME_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Conditioning hyper-parameters of the distillation objectives (ignored by unconditional models).
+COND_DEFAULTS: dict[str, Any] = {
+    "guidance_min": 1.0,  # w ~ U[guidance_min, guidance_max] per example (maps with a w input)
+    "guidance_max": 4.0,
+    "label_dropout": 0.0,  # fraction of examples trained on the null class
+}
+
+
 class ObjectiveError(AnystepError):
     """Invalid objective hyper-parameters or inputs; the message says how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------
+# class conditioning
+# ------------------------------------------------------------------------------------------
+def conditioning_of(model: nn.Module | None) -> tuple[int, bool]:
+    """``(num_classes, guidance_input)`` of a model's backbone (``(0, False)`` if unconditional)."""
+    backbone = getattr(model, "backbone", None)
+    return int(getattr(backbone, "num_classes", 0) or 0), bool(getattr(backbone, "guidance_input", False))
+
+
+@dataclass
+class Condition:
+    """The conditioning of one training batch.
+
+    Attributes:
+        y: ``[B]`` labels given to the model (the null class ``num_classes`` where dropped),
+            or None for an unconditional model.
+        w: ``[B]`` guidance scales given to the model (None if it takes none).
+        w_teacher: ``[B]`` guidance scales of the guided teacher (None: unguided).
+        null_class: index of ``∅``.
+    """
+
+    y: Tensor | None = None
+    w: Tensor | None = None
+    w_teacher: Tensor | None = None
+    null_class: int = 0
+
+    def kwargs(self) -> dict[str, Tensor]:
+        """Keyword arguments for ``model(x, s, t, **kwargs)``."""
+        out = {}
+        if self.y is not None:
+            out["y"] = self.y
+        if self.w is not None:
+            out["w"] = self.w
+        return out
+
+
+def draw_condition(
+    model: nn.Module, batch: Batch, generator: torch.Generator, hparams: dict[str, Any], guided: bool
+) -> Condition:
+    """Labels (with dropout to ``∅``) and guidance scales for one batch.
+
+    Args:
+        model: the model being trained.
+        batch: the batch (``batch.y`` holds the labels of a conditional model).
+        generator: randomness of the dropout and of ``w``.
+        hparams: the objective's hyper-parameters (``label_dropout``; for ``guided``
+            also ``guidance_min``, ``guidance_max``).
+        guided: draw teacher guidance scales (distillation of a conditional map).
+
+    Returns:
+        The :class:`Condition`; empty for an unconditional model.
+
+    Raises:
+        ObjectiveError: a conditional model without labels, a conditional map without a
+            ``w`` input asked to learn a range of scales, or a bad range.
+    """
+    k, takes_w = conditioning_of(model)
+    if k == 0:
+        return Condition()
+    if batch.y is None:
+        raise ObjectiveError(
+            f"the model is class-conditional (num_classes={k}) but the batch has no labels; "
+            "train on a labelled data set (the trainer passes batch.y)"
+        )
+    n = batch.y.shape[0]
+    y = batch.y
+    p = float(hparams.get("label_dropout", 0.0))
+    if not 0.0 <= p <= 1.0:
+        raise ObjectiveError(f"label_dropout={p} must be in [0, 1]")
+    if p > 0:
+        drop = torch.rand(n, generator=generator).to(y.device) < p
+        y = torch.where(drop, torch.full_like(y, k), y)
+    cond = Condition(y=y, null_class=k)
+    if guided:
+        lo, hi = float(hparams["guidance_min"]), float(hparams["guidance_max"])
+        if not lo <= hi:
+            raise ObjectiveError(f"guidance_min={lo} must be <= guidance_max={hi}")
+        if not takes_w and lo != hi:
+            raise ObjectiveError(
+                f"the map has no guidance input w but guidance range [{lo}, {hi}] was asked for; set "
+                "model.guidance_input=true, or guidance_min = guidance_max for one fixed scale"
+            )
+        w = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float32)
+        w = w.to(device=batch.x0.device, dtype=batch.x0.dtype)
+        cond.w_teacher = w
+        cond.w = w if takes_w else None
+    return cond
+
+
+def teacher_target(teacher: nn.Module | None, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
+    """The teacher velocity at ``(x, t)``: ``b_t(x)``, or the guided ``b^w_t(x; y)`` for a conditional map.
+
+    Args:
+        teacher: frozen velocity model (or flow map: its diagonal).
+        x: ``[B, *shape]``; t: ``[B]``.
+        cond: the batch's :class:`Condition` (``w_teacher`` None: unguided).
+
+    Returns:
+        ``[B, *shape]``.
+
+    Raises:
+        ObjectiveError: no teacher, or a conditional student with an unconditional teacher.
+    """
+    if cond.y is None:
+        return teacher_velocity(teacher, x, t)
+    k_teacher, _ = conditioning_of(teacher)
+    if k_teacher != cond.null_class:
+        raise ObjectiveError(
+            f"the student has {cond.null_class} classes but the teacher has {k_teacher or 'none'}; distil a "
+            "class-conditional map from a velocity teacher trained on the same labels (label dropout > 0)"
+        )
+    if cond.w_teacher is None:
+        return teacher.velocity(x, t, cond.y)
+    return guided_velocity(teacher, x, t, cond.y, cond.w_teacher, cond.null_class)
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,25 +448,31 @@ class LMD(FlowObjective):
     ``b`` evaluated without gradient (``teacher_input_grad=False``: the teacher output is a
     stop-gradient target; True back-propagates through ``b_t``'s input ``X_{s,t}(I_s)``
     as in the exact gradient of eq. 3.7). Default weight: forward only, ``s <= t``.
+
+    Class-conditional map: ``X_{s,t}(x; y, w)`` with ``y`` from the batch and ``w`` drawn per
+    example from ``[guidance_min, guidance_max]``; ``b_t`` is the guided teacher
+    ``b^w_t(x; y)`` (:func:`teacher_target`), so the map learns the guided flow at every ``w``.
     """
 
     name = "lmd"
     model_kind = "flowmap"
     teacher_kind = "velocity"
-    defaults: ClassVar[dict[str, Any]] = {**TIME_DEFAULTS, "teacher_input_grad": False}
+    defaults: ClassVar[dict[str, Any]] = {**TIME_DEFAULTS, "teacher_input_grad": False, **COND_DEFAULTS}
 
     def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
         """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
         self._check_inputs(model, teacher)
         pair = self._times(batch, generator)
         I_s = self._interp(batch, pair.s).I_t
-        out = jvp_times(model, I_s, pair.s, pair.t, dt=1.0)
+        cond = draw_condition(model, batch, generator, self.hparams, guided=True)
+        fn = model if cond.y is None else functools.partial(model, **cond.kwargs())
+        out = jvp_times(fn, I_s, pair.s, pair.t, dt=1.0)
         X_st, dt_X = out.value, out.tangent
         if self.hparams["teacher_input_grad"]:
-            b_t = teacher_velocity(teacher, X_st, pair.t)
+            b_t = teacher_target(teacher, X_st, pair.t, cond)
         else:
             with torch.no_grad():
-                b_t = teacher_velocity(teacher, X_st.detach(), pair.t)
+                b_t = teacher_target(teacher, X_st.detach(), pair.t, cond)
         loss = sq(dt_X - b_t).mean()
         return LossOutput(
             loss=loss, metrics={"loss": float(loss.detach()), "lmd": float(loss.detach())}
@@ -346,21 +488,24 @@ class EMD(FlowObjective):
     One JVP with tangent ``(dx, ds, dt) = (b_s(I_s), 1, 0)`` gives both terms at once
     (footnote 2). The teacher ``b_s(I_s)`` is computed without gradient (Alg. 2 writes
     ``b_{t_i}``; eq. 3.9, which we follow, has ``b_s``). Default weight: forward only.
+    A class-conditional map is distilled from the guided teacher ``b^w_s(x; y)`` as in :class:`LMD`.
     """
 
     name = "emd"
     model_kind = "flowmap"
     teacher_kind = "velocity"
-    defaults: ClassVar[dict[str, Any]] = dict(TIME_DEFAULTS)
+    defaults: ClassVar[dict[str, Any]] = {**TIME_DEFAULTS, **COND_DEFAULTS}
 
     def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
         """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
         self._check_inputs(model, teacher)
         pair = self._times(batch, generator)
         I_s = self._interp(batch, pair.s).I_t
+        cond = draw_condition(model, batch, generator, self.hparams, guided=True)
         with torch.no_grad():
-            b_s = teacher_velocity(teacher, I_s, pair.s)
-        out = jvp_times(model, I_s, pair.s, pair.t, dx=b_s, ds=1.0)
+            b_s = teacher_target(teacher, I_s, pair.s, cond)
+        fn = model if cond.y is None else functools.partial(model, **cond.kwargs())
+        out = jvp_times(fn, I_s, pair.s, pair.t, dx=b_s, ds=1.0)
         loss = sq(out.tangent).mean()
         return LossOutput(
             loss=loss, metrics={"loss": float(loss.detach()), "emd": float(loss.detach())}

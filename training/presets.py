@@ -293,3 +293,14 @@ def _register_image_presets() -> None:
 
 
 _register_image_presets()
+
+
+def _register_cond_presets() -> None:
+    """Add the class-conditional presets (training/presets_cond.py)."""
+    from anystep.training.presets_cond import cond_presets
+
+    for name, description, build in cond_presets():
+        PRESETS[name] = Preset(name, description, build)
+
+
+_register_cond_presets()

@@ -350,6 +350,12 @@ class Trainer:
         cfg = self.config
         self._dataset = get_dataset(cfg.dataset, **cfg.dataset_kwargs)
         self._base = "gaussian" if cfg.base.strip().lower() == "gaussian" else get_dataset(cfg.base)
+        k = cfg.model.num_classes
+        if k and self._dataset.num_classes != k:
+            raise TrainingError(
+                f"model.num_classes={k} but data set {cfg.dataset!r} has "
+                f"{self._dataset.num_classes or 'no'} class labels; set model.num_classes to match"
+            )
         data_rank = 0 if cfg.ddp_batch == "split" else self.dist.rank
         self._data_gen = _generator(derive_seed(cfg.seed, "data", data_rank))
         self._obj_gens = {c: _generator(derive_seed(cfg.seed, "objective", c)) for c in self._chunk_ids()}
@@ -364,7 +370,12 @@ class Trainer:
         split = cfg.ddp_batch == "split"
         n = cfg.batch_size if split else cfg.batch_size // W
         g = self._data_gen
-        x1 = self._dataset.sample(n, g)
+        y = None
+        if cfg.model.num_classes:  # class-conditional: labels ride along with x1
+            drawn = self._dataset.sample_labelled(n, g)
+            x1, y = drawn.x, drawn.y
+        else:
+            x1 = self._dataset.sample(n, g)
         x0 = base_sample(self._base, self.data_shape, n, g)
         z = torch.randn((n, *self.data_shape), generator=g)
         pair = couplings.COUPLINGS[cfg.coupling](x0, x1)
@@ -373,6 +384,7 @@ class Trainer:
             local = cfg.batch_size // W
             sl = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
             x0, x1, z = x0[sl], x1[sl], z[sl]
+            y = None if y is None else y[sl]
         size = x0.shape[0] // m
         dev = self.device
         return [
@@ -380,6 +392,7 @@ class Trainer:
                 x0=x0[j * size : (j + 1) * size].to(dev),
                 x1=x1[j * size : (j + 1) * size].to(dev),
                 z=z[j * size : (j + 1) * size].to(dev),
+                y=None if y is None else y[j * size : (j + 1) * size].to(dev),
             )
             for j in range(m)
         ]
@@ -506,6 +519,10 @@ class Trainer:
                 from anystep.core.warmstart import flowmap_from_velocity
 
                 flowmap_from_velocity(model, init)
+            elif cfg.model.num_classes and not getattr(init.backbone, "num_classes", 0):
+                from anystep.core.flowmap import load_state_allowing_new_conditioning
+
+                load_state_allowing_new_conditioning(model, init.state_dict())  # new embeddings start at 0
             else:
                 model.load_state_dict(init.state_dict())
         from anystep.training import accel as accel_mod
