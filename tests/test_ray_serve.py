@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
@@ -43,7 +45,9 @@ from anystep.server.ray_serve import (
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="needs the ray extra (make test-slow installs it)")
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY, reason="needs the ray extra (make test-slow installs it)"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,7 +111,14 @@ def test_serve_help_lists_ray_flags():
     from anystep.server.cli import serve
 
     out = CliRunner().invoke(serve, ["--help"]).output
-    for flag in ("--ray", "--replicas", "--autoscale", "--ray-address", "--ray-num-cpus", "--ray-num-gpus"):
+    for flag in (
+        "--ray",
+        "--replicas",
+        "--autoscale",
+        "--ray-address",
+        "--ray-num-cpus",
+        "--ray-num-gpus",
+    ):
         assert flag in out
 
 
@@ -176,13 +187,13 @@ def test_proxy_error_middleware():
 
 def _status(states: dict[str, int], app: str = "anystep", dep: str = DEPLOYMENT_NAME):
     d = SimpleNamespace(replica_states=states)
-    return lambda: SimpleNamespace(
-        applications={app: SimpleNamespace(deployments={dep: d})}
-    )
+    return lambda: SimpleNamespace(applications={app: SimpleNamespace(deployments={dep: d})})
 
 
 def test_cluster_readiness_needs_every_replica_running():
-    assert ClusterReadiness("anystep", DEPLOYMENT_NAME, status=_status({"RUNNING": 2})).check() is None
+    assert (
+        ClusterReadiness("anystep", DEPLOYMENT_NAME, status=_status({"RUNNING": 2})).check() is None
+    )
     why = ClusterReadiness(
         "anystep", DEPLOYMENT_NAME, status=_status({"RUNNING": 1, "STARTING": 1})
     ).check()
@@ -278,13 +289,17 @@ def test_kuberay_manifest_fields_we_rely_on():
     host, _, port = str(args["triton_url"]).partition(":")
     assert svc["metadata"]["name"] == host
     assert int(port) in [p["port"] for p in svc["spec"]["ports"]]
-    assert svc["spec"]["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        svc["spec"]["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def _pyproject_ray_pin() -> list[str]:
     import tomllib
 
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     return [r.split("==", 1)[1] for r in extras["ray"] if r.startswith("ray[serve]==")]
 
 
@@ -309,7 +324,17 @@ def ray_server(model_dirs, tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "serve.log"
     srv = ServerProcess(
         models=model_dirs,
-        args=["--ray", "--replicas", "2", "--threads", "1", "--log-level", "warning"],
+        args=[
+            "--ray",
+            "--replicas",
+            "2",
+            "--engine",
+            "torch",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
         env={"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"},
         ready_timeout=240.0,
         log_path=log,
@@ -329,7 +354,9 @@ def single(model_dirs):
     from anystep.server.app import ServerConfig, create_app
     from anystep.server.registry import ModelSpec
 
-    app = create_app(ServerConfig(models=[ModelSpec(n, p) for n, p in model_dirs.items()]))
+    app = create_app(
+        ServerConfig(models=[ModelSpec(n, p) for n, p in model_dirs.items()], engine="torch")
+    )
     with FastTestClient(app) as c:
         deadline = time.monotonic() + 60
         while c.get("/readyz").status_code != 200:
@@ -375,24 +402,40 @@ def test_two_replicas_answer_spread_and_count_per_replica(ray_server):
     assert r.status_code == 200 and r.json()["status"] == "ready"
 
 
+DIGITS_UNITS_PER_MODEL_UNIT = 8.0  # grey level g = 8 (x + 1), as in test_server_http
+
+
 @pytest.mark.slow
-def test_same_request_gives_identical_bytes_on_every_replica(ray_server, single):
+def test_same_request_gives_identical_samples_on_every_replica(ray_server, single):
     ref = single.post("/generate", params=PROBE)
     assert ref.status_code == 200
+    # alone in its batch: the same bytes as the single-process server, on every replica
+    solo: dict[str, set[bytes]] = {}
+    with httpx.Client(base_url=ray_server.url, timeout=30) as c:
+        for _ in range(40):
+            r = c.post("/generate", params=PROBE)
+            assert r.status_code == 200, r.text
+            solo.setdefault(r.headers[REPLICA_HEADER], set()).add(r.content)
+            if len(solo) == 2:
+                break
+    assert len(solo) == 2, solo.keys()
+    assert all(bodies == {ref.content} for bodies in solo.values())
+    # batched with other requests: the single-process server's own batch tolerance
     noise = [("POST", "/generate", {"model": "digits", "steps": k, "n": n, "seed": 100 + k * n,
                                     "format": "npy"}) for k in (1, 2, 4) for n in (1, 5, 9)]  # fmt: skip
-    by_replica: dict[str, set[bytes]] = {}
+    want = np.load(io.BytesIO(ref.content))
+    mixed: dict[str, int] = {}
     for _ in range(6):
         calls = [("POST", "/generate", PROBE)] * 8 + noise
         for call, r in zip(calls, asyncio.run(_gather(ray_server.url, calls))):
             assert r.status_code == 200, r.text
             if call[2] is PROBE:
-                by_replica.setdefault(r.headers[REPLICA_HEADER], set()).add(r.content)
-        if len(by_replica) >= 2:
+                got = np.load(io.BytesIO(r.content))
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * DIGITS_UNITS_PER_MODEL_UNIT)
+                mixed[r.headers[REPLICA_HEADER]] = mixed.get(r.headers[REPLICA_HEADER], 0) + 1
+        if len(mixed) >= 2:
             break
-    assert len(by_replica) == 2, by_replica.keys()
-    for rep, bodies in by_replica.items():
-        assert bodies == {ref.content}, f"replica {rep} differs from the single-process server"
+    assert len(mixed) == 2, mixed
 
 
 BAD = [
@@ -479,7 +522,15 @@ def test_killed_replica_loses_only_its_inflight_requests(ray_server):
                         r = await c.post("/generate", params={"model": "digits", "steps": 4, "n": 16,
                                                               "seed": i * 1000 + k, "format": "npy"})  # fmt: skip
                         body = r.json() if r.status_code != 200 else None
-                        records.append((t0, time.monotonic(), r.status_code, body, r.headers.get(REPLICA_HEADER)))
+                        records.append(
+                            (
+                                t0,
+                                time.monotonic(),
+                                r.status_code,
+                                body,
+                                r.headers.get(REPLICA_HEADER),
+                            )
+                        )
                     finally:
                         inflight -= 1
 
