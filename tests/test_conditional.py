@@ -229,3 +229,14 @@ def test_unlabelled_sets_refuse_labelled_sampling(tmp_path):
     mixed = get_dataset(f"folder:{tmp_path}", size=4)
     with pytest.raises(DataError, match="unlabelled"):
         mixed.sample_labelled(2, torch.Generator())
+
+
+def test_noisy_digits_pairs_are_degraded_copies():
+    ds = get_dataset("digits-noisy", noise=0.5)
+    p = ds.sample_pair(512, torch.Generator().manual_seed(0))
+    clean = get_dataset("digits").sample_labelled(512, torch.Generator().manual_seed(0))
+    assert torch.equal(p.x1, clean.x) and torch.equal(p.y, clean.y)  # same rows as the clean set draws
+    assert abs(float((p.x0 - p.x1).std()) - 0.5) < 0.02
+    assert ds.describe() == {"name": "digits-noisy", "kwargs": {"split": "train", "noise": 0.5}}
+    with pytest.raises(DataError, match="noise"):
+        get_dataset("digits-noisy", noise=0)

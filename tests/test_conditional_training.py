@@ -234,3 +234,17 @@ def test_lmd_learns_the_guided_one_step_map(tmp_path):
             want = (NULL_MEAN + w * (MEANS[0] - NULL_MEAN)).float()
             assert torch.allclose(x1.mean(0), want, atol=0.2), (w, x1.mean(0), want)
             assert 0.5 * SIGMA < float(x1.std(0).mean()) < 2.0 * SIGMA
+
+
+def test_paired_restoration_preset_draws_degraded_copies(tmp_path):
+    """digits-restore-*: the trainer draws (noisy, clean) pairs from the base; the map runs both ways."""
+    from anystep.training.presets import get_preset
+
+    cfg = get_preset("digits-restore-velocity").replace(max_steps=1, batch_size=8, ckpt_every=1, log_every=1)
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer._setup_data()
+    (batch,) = trainer._draw_batches()
+    assert abs(float((batch.x0 - batch.x1).std()) - 0.6) < 0.1
+    assert batch.y is None
+    lmd = get_preset("digits-restore-lmd")
+    assert lmd.coupling == "paired" and lmd.objective_hparams["forward_only"] is False

@@ -14,6 +14,12 @@ bundled unconditional map ``models/digits``. Pass the teacher with
 Both presets keep the architecture of ``digits-velocity`` / ``digits-lmd`` (presets.py); the
 schedules are short (CPU budget) because both runs start from trained unconditional weights.
 The warm-start directories are relative to the repository root (override with ``--init-from``).
+
+Image-to-image (paper Fig. 1, a flow map whose base is data): ``digits-restore-velocity`` and
+``digits-restore-lmd`` map noisy digits ``x0 = x1 + 0.6 z`` (base ``digits-noisy``, paired
+coupling: ``x0`` is the degraded copy of ``x1``) to clean ones. The map is trained in both
+time directions (``forward_only = false``), so ``X_{1,0}`` maps a clean digit back to a
+degraded one (``/encode``).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from collections.abc import Callable
 
 from anystep.training.config import TrainConfig
 
-__all__ = ["COND_GUIDANCE_RANGE", "DIGITS_CLASSES", "cond_presets"]
+__all__ = ["COND_GUIDANCE_RANGE", "DIGITS_CLASSES", "RESTORE_BASE", "cond_presets"]
 
 DIGITS_CLASSES = 10
 COND_GUIDANCE_RANGE = (1.0, 3.0)
+RESTORE_BASE = "digits-noisy"  # x0 = x1 + 0.6 z: the degraded copy of the clean digit x1
 
 
 def digits_cond_velocity() -> TrainConfig:
@@ -78,6 +85,37 @@ def digits_cond_lmd() -> TrainConfig:
     )
 
 
+def _restore(kind: str, objective: str, hparams: dict) -> TrainConfig:
+    from anystep.training.presets import _digits
+
+    base = _digits(kind, objective, hparams)
+    model = dataclasses.replace(base.model, base=RESTORE_BASE)
+    return base.replace(
+        model=model,
+        base=RESTORE_BASE,
+        coupling="paired",
+        batch_size=64,
+        lr=1e-3 if kind == "velocity" else 3e-4,
+        lr_schedule="cosine",
+        lr_min=1e-5,
+        lr_warmup_steps=100,
+        grad_clip=1.0,
+        ema_decay=0.998,
+        log_every=50,
+        ckpt_every=100,
+    )
+
+
+def digits_restore_velocity() -> TrainConfig:
+    """Velocity of the paired (noisy, clean) digits interpolant, the teacher of digits-restore-lmd."""
+    return _restore("velocity", "velocity", {}).replace(max_steps=1500, preset="digits-restore-velocity")
+
+
+def digits_restore_lmd() -> TrainConfig:
+    """LMD restoration map in both time directions (``X_{0,1}`` restores, ``X_{1,0}`` degrades)."""
+    return _restore("flowmap", "lmd", {"forward_only": False}).replace(max_steps=2000, preset="digits-restore-lmd")
+
+
 def cond_presets() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
     """``(name, description, build)`` of every class-conditional preset (registered by presets.py)."""
     return [
@@ -90,5 +128,15 @@ def cond_presets() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
             "digits-cond-lmd",
             "8x8 digits, LMD of the guided teacher into X_st(x; y, w), w in [1, 3]; --teacher from digits-cond-velocity",
             digits_cond_lmd,
+        ),
+        (
+            "digits-restore-velocity",
+            "image-to-image: velocity from noisy digits (base digits-noisy, paired coupling) to clean ones",
+            digits_restore_velocity,
+        ),
+        (
+            "digits-restore-lmd",
+            "image-to-image: LMD restoration map noisy -> clean, both directions; --teacher from digits-restore-velocity",
+            digits_restore_lmd,
         ),
     ]

@@ -371,12 +371,16 @@ class Trainer:
         n = cfg.batch_size if split else cfg.batch_size // W
         g = self._data_gen
         y = None
-        if cfg.model.num_classes:  # class-conditional: labels ride along with x1
+        if cfg.coupling == "paired" and hasattr(self._base, "sample_pair"):  # e.g. (degraded, clean) digits
+            drawn = self._base.sample_pair(n, g)
+            x0, x1, y = drawn.x0, drawn.x1, (drawn.y if cfg.model.num_classes else None)
+        elif cfg.model.num_classes:  # class-conditional: labels ride along with x1
             drawn = self._dataset.sample_labelled(n, g)
             x1, y = drawn.x, drawn.y
         else:
             x1 = self._dataset.sample(n, g)
-        x0 = base_sample(self._base, self.data_shape, n, g)
+        if not (cfg.coupling == "paired" and hasattr(self._base, "sample_pair")):
+            x0 = base_sample(self._base, self.data_shape, n, g)
         z = torch.randn((n, *self.data_shape), generator=g)
         pair = couplings.COUPLINGS[cfg.coupling](x0, x1)
         x0, x1 = pair.x0, pair.x1

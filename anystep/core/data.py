@@ -28,6 +28,8 @@ Registry names (``list_datasets()``):
   ``d = 2``, else ``"vector"``).
 * ``blobs``: a labelled 2D set, ``K`` classes ``N(mu_k, sigma^2 I)`` (tests of conditioning).
 * ``digits``: scikit-learn's bundled 8x8 digits (kind ``"image"``).
+* ``digits-noisy``: digits plus Gaussian pixel noise, the degraded base of the
+  restoration (image-to-image) map; ``sample_pair`` draws (noisy, clean) pairs.
 * ``folder:/path`` (``ImageFolderDataset``), ``npz:/path`` (``NpzDataset``),
   ``cifar10:/root`` (``Cifar10Dataset``, binary format): real data read from
   disk, never downloaded.
@@ -58,7 +60,9 @@ __all__ = [
     "GaussianDataset",
     "ImageFolderDataset",
     "LabelledSample",
+    "NoisyDigitsDataset",
     "NpzDataset",
+    "PairedSample",
     "Toy2DDataset",
     "base_sample",
     "checkerboard_density",
@@ -668,6 +672,68 @@ class DigitsDataset(_ArrayDataset):
         return {"name": "digits", "kwargs": {"split": self.split}}
 
 
+@dataclass
+class PairedSample:
+    """Coupled samples ``(x0, x1)`` drawn together (a data-dependent coupling).
+
+    Attributes:
+        x0: ``[n, *shape]`` base samples (e.g. degraded images).
+        x1: ``[n, *shape]`` data samples, row ``i`` paired with ``x0[i]`` (e.g. the clean image).
+        y: ``[n]`` labels of ``x1`` (``-1`` where unknown).
+    """
+
+    x0: Tensor
+    x1: Tensor
+    y: Tensor
+
+
+@dataclass(frozen=True, init=False)
+class NoisyDigitsDataset(DigitsDataset):
+    """Degraded digits ``x0 = x1 + noise * z`` (``z ~ N(0, I)``, model units), base of a restoration map.
+
+    ``sample`` draws the degraded marginal rho_0; ``sample_pair`` draws ``(x0, x1)`` with
+    ``x0`` the degraded copy of the clean digit ``x1``: the paired coupling
+    (``coupling="paired"``) of an image-to-image translation map whose base is data
+    (paper Fig. 1). ``to_units`` / ``from_units`` are those of ``digits`` (grey levels
+    ``0..16``, not clipped before the model sees them).
+
+    Attributes:
+        noise: standard deviation of the pixel noise in model units (``[-1, 1]`` images).
+    """
+
+    noise: float
+
+    def __init__(self, split: str = "train", noise: float = 0.6) -> None:
+        super().__init__(split)
+        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0.0 < float(noise) <= 4.0):
+            raise DataError(f"digits-noisy: noise must be a number in (0, 4], got {noise!r}")
+        object.__setattr__(self, "name", "digits-noisy")
+        object.__setattr__(self, "noise", float(noise))
+
+    def degrade(self, x1: Tensor, generator: torch.Generator) -> Tensor:
+        """The degraded copy ``x1 + noise * z`` of clean digits ``x1 [n, 1, 8, 8]``."""
+        z = torch.randn(x1.shape, generator=generator, device=generator.device)
+        return x1 + self.noise * z.to(x1)
+
+    def sample_pair(self, n: int, generator: torch.Generator) -> PairedSample:
+        """``n`` (degraded, clean) pairs and the clean digits' labels."""
+        clean = self.sample_labelled(n, generator)
+        return PairedSample(self.degrade(clean.x, generator), clean.x, clean.y)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` degraded digits ``[n, 1, 8, 8]`` (the base marginal rho_0)."""
+        return self.sample_pair(n, generator).x0
+
+    def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """Model units ``[n, 1, 8, 8]`` -> grey levels ``[n, 8, 8]`` (noise may leave 0..16)."""
+        arr = _to_numpy(x, "digits-noisy.to_units").astype(np.float32)
+        self._check_batch(arr, "digits-noisy.to_units")
+        return (arr[:, 0] + 1.0) * 8.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "digits-noisy", "kwargs": {"split": self.split, "noise": self.noise}}
+
+
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -952,12 +1018,13 @@ _REGISTRY: dict[str, Callable[..., Dataset]] = {
     "gaussian": GaussianDataset,
     "blobs": BlobsDataset,
     "digits": DigitsDataset,
+    "digits-noisy": NoisyDigitsDataset,
     "folder": ImageFolderDataset,
     "npz": NpzDataset,
     "cifar10": Cifar10Dataset,
 }
 # spec "<prefix>:<arg>" passes <arg> as this keyword
-_SPEC_ARG = {"folder": "root", "npz": "path", "cifar10": "root", "digits": "split"}
+_SPEC_ARG = {"folder": "root", "npz": "path", "cifar10": "root", "digits": "split", "digits-noisy": "split"}
 
 
 def list_datasets() -> list[str]:
