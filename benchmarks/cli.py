@@ -9,6 +9,7 @@ and ``anystep bench latency --help`` shows that module's options:
 * ``anystep bench digits``       -> :mod:`anystep.benchmarks.digits` (digits-FD vs steps)
 * ``anystep bench latency``      -> :mod:`anystep.benchmarks.latency` (flow map vs ODE solvers, engines)
 * ``anystep bench load``         -> :mod:`anystep.benchmarks.load` (serving under load, loopback only)
+* ``anystep bench load-ray``     -> :mod:`anystep.benchmarks.load_ray` (replicas on Ray Serve, loopback only)
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                 "Sampler latency vs ODE solvers and across engines (torch, ONNX Runtime, TensorRT), with quality."),
     "load": ("anystep.benchmarks.load",
              "Serving under load on 127.0.0.1: latency percentiles, throughput, batching on/off."),
+    "load-ray": ("anystep.benchmarks.load_ray",
+                 "Serving on Ray Serve (local cluster, 127.0.0.1): throughput per replica count."),
 }
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
