@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,export,serve,client,triton,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all venv triton-venv ray-extra lint clean
+.PHONY: run test test-slow test-all venv triton-venv ray-extra lint clean gpu-wheelhouse gpu-check
 
 venv: $(STAMP)
 
@@ -47,6 +47,19 @@ test-slow: venv ray-extra
 
 test-all: venv ray-extra
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The GPU check (benchmarks/gpu_check.py). Here, with a package index: build the wheels the
+# offline device lacks (fastapi, uvicorn, pydantic, onnxscript, the anystep wheel; ~16 MiB,
+# checked against the 64 MiB carry limit). On the device (repo root, .gpu-wheelhouse carried,
+# torch 2.11 + CUDA preinstalled, no venv, no pip needed): make gpu-check GPU_OUT="$$OUT"
+GPU_WHEELS ?= .gpu-wheelhouse
+GPU_OUT    ?= benchmarks/results
+GPU_PYTHON ?= python3
+gpu-wheelhouse: venv
+	$(BIN)/python -m anystep.benchmarks.gpu_wheelhouse --out $(GPU_WHEELS)
+
+gpu-check:
+	timeout 590 $(GPU_PYTHON) benchmarks/gpu_check.py --wheelhouse $(GPU_WHEELS) --out $(GPU_OUT) --budget-s 450
 
 lint: venv
 	$(BIN)/ruff check anystep training export server client benchmarks tests

@@ -163,6 +163,31 @@ def _versions() -> dict[str, Any]:
     return out
 
 
+def torch_support(pyproject: Path, torch_version: str) -> dict[str, Any]:
+    """Whether ``torch_version`` lies in pyproject's ``[tool.anystep] supported-torch`` range.
+
+    The range is a comma list of ``>=X.Y`` / ``<X.Y`` bounds (what the pyproject uses).
+    """
+    try:
+        import tomllib
+
+        spec = tomllib.loads(pyproject.read_text())["tool"]["anystep"]["supported-torch"]
+    except (ImportError, OSError, KeyError, ValueError):
+        return {"range": None, "torch": torch_version, "inside": None}
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split("+")[0].split(".")[:2])
+
+    have, inside = key(torch_version), True
+    for bound in spec.split(","):
+        bound = bound.strip()
+        if bound.startswith(">="):
+            inside &= have >= key(bound[2:])
+        elif bound.startswith("<"):
+            inside &= have < key(bound[1:])
+    return {"range": spec, "torch": torch_version, "inside": bool(inside)}
+
+
 def _scrub(text: str, paths: dict[str, Path | str]) -> str:
     """``text`` with this machine's folders replaced by placeholders (results hold no paths)."""
     for tag, path in sorted(paths.items(), key=lambda kv: -len(str(kv[1]))):
@@ -184,6 +209,7 @@ def run(s: Settings, *, out_dir: Path, work: Path, models_dir: Path, command: st
                             "machine": asdict(machine_info()), "versions": _versions(),
                             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
                                      "matmul": torch.backends.cuda.matmul.allow_tf32},
+                            "torch_support": torch_support(Path("pyproject.toml"), torch.__version__),
                             "sections": {}, "seconds": {}}
     folders = {"<work>": work.resolve(), "<repo>": Path.cwd(), "<site>": os.environ.get("ANYSTEP_GPU_SITE", "\0")}
     flow: dict[str, Path] = {}

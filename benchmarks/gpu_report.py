@@ -71,6 +71,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         (f"Machine: {gpu}; {m['cpu_model']}, {m['cores']} cores; Python {m['python_version']}, "
          f"torch {m['torch_version']} (CUDA {data['versions'].get('cuda')})."),
         f"Command: `{data['command']}`", "",
+        (f"torch {data.get('torch_support', {}).get('torch')} inside pyproject's supported range "
+         f"{data.get('torch_support', {}).get('range')}: {data.get('torch_support', {}).get('inside')}."), "",
         ("Times are medians; per-step latency is one `engine.step` (numpy in and out, host-device copies "
          f"included) timed with {sec.get('step', {}).get('timer', 'CUDA events')}, engines interleaved in a "
          "random order per round. TF32 as torch's defaults "

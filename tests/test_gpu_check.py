@@ -125,6 +125,17 @@ def test_cli_input_errors_and_settings():
     assert d.device == "cpu" and d.dry_run and d.budget_s == 5.0 and Settings().batches == (1, 16, 256)
 
 
+def test_torch_support_range(tmp_path, repo_root):
+    from anystep.benchmarks.gpu_check import torch_support
+
+    pyproject = repo_root / "pyproject.toml"
+    assert torch_support(pyproject, "2.11.0+cu130") == {"range": ">=2.11,<2.14", "torch": "2.11.0+cu130", "inside": True}
+    assert torch_support(pyproject, "2.13.0+cpu")["inside"] is True
+    assert torch_support(pyproject, "2.10.1")["inside"] is False
+    assert torch_support(pyproject, "2.14.0")["inside"] is False
+    assert torch_support(tmp_path / "missing.toml", "2.13.0")["inside"] is None
+
+
 def test_wheelhouse_pins_the_tested_versions():
     reqs = wheel_requirements()
     assert len(reqs) == len(WHEELS) and "torch" not in " ".join(reqs)
