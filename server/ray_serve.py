@@ -22,19 +22,18 @@ Per replica:
 
 The same application is built from a Ray Serve config file (KubeRay ``RayService``,
 ``serve deploy``) by :func:`build_app` (``import_path: anystep.server.ray_serve:build_app``);
-see ``deploy/README.md``. Ray is the optional ``ray`` extra: ``pip install 'anystep[ray]'``.
+see ``deploy/README.md``. The replica and proxy middlewares live in :mod:`.ray_replica`.
+Ray is the optional ``ray`` extra: ``pip install 'anystep[ray]'``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,18 +41,23 @@ from typing import Any
 
 from anystep.errors import AnystepError
 
-from .app import ServerConfig, create_app, error_response
+from .app import ServerConfig, create_app
 from .engines import ENGINES, EngineOptions
+from .ray_replica import (  # noqa: F401 - re-exported: one import for users of --ray
+    PROXY_CALLBACK,
+    PROXY_CALLBACK_ENV,
+    REPLICA_HEADER,
+    ClusterReadiness,
+    ProxyErrorMiddleware,
+    ReplicaMiddleware,
+)
 from .registry import Limits, ModelSpec, discover_default_models
-from .schemas import ApiError
 
 log = logging.getLogger("anystep.server")
 
 RAY_EXTRA = "pip install 'anystep[ray]'  (ray[serve]==2.60.0)"
-REPLICA_HEADER = "X-Anystep-Replica"
 APP_NAME = "anystep"
 DEPLOYMENT_NAME = "AnystepServer"
-READY_CACHE_S = 1.0
 
 
 class RayServeError(AnystepError):
@@ -135,185 +139,6 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------
 # inside a replica
 # --------------------------------------------------------------------------------------
-
-
-class ClusterReadiness:
-    """Whether every replica of the deployment has loaded its models (the controller's view).
-
-    A replica turns ``RUNNING`` only after its constructor, which waits for model loading
-    and warm-up, returns; so "every replica RUNNING" means "every replica loaded".
-
-    Args:
-        app_name, deployment: the Serve application and deployment.
-        ttl_s: how long an answer is reused.
-        status: a ``serve.status``-like callable (tests); default ``ray.serve.status``.
-    """
-
-    def __init__(
-        self,
-        app_name: str,
-        deployment: str,
-        ttl_s: float = READY_CACHE_S,
-        status: Callable[[], Any] | None = None,
-    ) -> None:
-        self.app_name, self.deployment, self.ttl_s = app_name, deployment, ttl_s
-        self._status = status
-        self._cached: tuple[float, str | None] | None = None
-        self._lock = asyncio.Lock()
-
-    def check(self) -> str | None:
-        """None when ready, else why not (blocking: asks the controller)."""
-        status = self._status or import_serve()[1].status
-        app = status().applications.get(self.app_name)
-        if app is None:
-            return f"the Ray Serve application {self.app_name!r} is not deployed"
-        dep = app.deployments.get(self.deployment)
-        if dep is None:
-            return f"deployment {self.deployment!r} is not in application {self.app_name!r}"
-        states = {str(getattr(k, "value", k)): int(v) for k, v in dep.replica_states.items()}
-        running, total = states.get("RUNNING", 0), sum(states.values())
-        if total == 0 or running < total:
-            others = ", ".join(
-                f"{v} {k.lower()}" for k, v in sorted(states.items()) if k != "RUNNING"
-            )
-            return f"{running} of {total} replicas have loaded their models" + (
-                f" ({others})" if others else ""
-            )
-        return None
-
-    async def __call__(self) -> str | None:
-        async with self._lock:
-            now = time.monotonic()
-            if self._cached is not None and now - self._cached[0] < self.ttl_s:
-                return self._cached[1]
-            try:
-                reason = await asyncio.to_thread(self.check)
-            except Exception as e:  # noqa: BLE001 - the controller is unreachable: not ready
-                reason = f"the Ray Serve controller did not answer ({type(e).__name__})"
-            self._cached = (time.monotonic(), reason)
-            return reason
-
-
-class ReplicaMiddleware:
-    """ASGI middleware: the replica header on every response; cluster-wide ``/readyz``.
-
-    Args:
-        app: the inner ASGI app.
-        replica: the replica id put in :data:`REPLICA_HEADER`.
-        cluster_ready: async callable, None when every replica is ready, else the reason.
-    """
-
-    def __init__(
-        self, app: Any, replica: str, cluster_ready: Callable[[], Awaitable[str | None]]
-    ) -> None:
-        self.app, self.cluster_ready = app, cluster_ready
-        self._header = (REPLICA_HEADER.lower().encode(), replica.encode("latin-1"))
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_tagged(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self._header]}
-            await send(message)
-
-        if scope.get("path") == "/readyz":
-            reason = await self.cluster_ready()
-            if reason is not None:
-                resp = error_response(
-                    ApiError(
-                        503,
-                        "not_ready",
-                        f"not ready: {reason}; retry shortly",
-                        None,
-                        {"Retry-After": "1"},
-                    )
-                )
-                await resp(scope, receive, send_tagged)
-                return
-        await self.app(scope, receive, send_tagged)
-
-
-class ProxyErrorMiddleware:
-    """ASGI middleware of Ray's HTTP proxy: its own errors become the API's JSON error body.
-
-    When the replica working on a request dies, Ray's proxy ends the request without
-    an answer (uvicorn would send a plain-text 500); when no replica can take it, the
-    proxy answers a plain-text 503. Both become a 503 with ``Retry-After`` and the API's
-    ``{error, message, field}`` body (``replica_failed`` / ``unavailable``), so clients
-    retry them as any other 503. A 5xx carrying :data:`REPLICA_HEADER` came from the app
-    and passes unchanged. Installed by :func:`proxy_middlewares`.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    @staticmethod
-    def _answer(error: str, message: str, keep: list) -> list[dict]:
-        body = json.dumps({"error": error, "message": message, "field": None}).encode()
-        if not any(k.lower() == b"retry-after" for k, _ in keep):
-            keep = [*keep, (b"retry-after", b"1")]
-        head = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        return [
-            {"type": "http.response.start", "status": 503, "headers": head + keep},
-            {"type": "http.response.body", "body": body},
-        ]
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = replaced = False
-        replica_key = REPLICA_HEADER.lower().encode()
-
-        async def send_checked(message: dict) -> None:
-            nonlocal started, replaced
-            if replaced:
-                return  # the body of a replaced answer
-            if message["type"] == "http.response.start":
-                started = True
-                headers = message.get("headers", [])
-                if message["status"] >= 500 and not any(
-                    k.lower() == replica_key for k, _ in headers
-                ):
-                    replaced = True
-                    keep = [
-                        (k, v) for k, v in headers if k.lower() in (b"x-request-id", b"retry-after")
-                    ]
-                    for m in self._answer(
-                        "unavailable", "no replica can take the request now; retry shortly", keep
-                    ):
-                        await send(m)
-                    return
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_checked)
-        finally:
-            if not started:  # the replica died mid-request: the proxy sent nothing
-                for m in self._answer(
-                    "replica_failed",
-                    "the replica working on this request stopped before answering "
-                    "(Ray Serve restarts it); retry the request",
-                    [],
-                ):
-                    await send(m)
-
-
-def proxy_middlewares() -> list[Any]:
-    """Middlewares for Ray Serve's HTTP proxy (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
-    from starlette.middleware import Middleware
-
-    return [Middleware(ProxyErrorMiddleware)]
-
-
-PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "anystep.server.ray_serve:proxy_middlewares"
 
 
 def _wait_for_warmup(app: Any) -> None:
