@@ -118,7 +118,9 @@ def _server_config(settings: RaySettings) -> Any:
         models=[ModelSpec(settings.model, Path(settings.models_dir) / settings.model)],
         engine="torch",
         engine_options=EngineOptions(threads=settings.threads),
-        limits=Limits(max_n=max(256, settings.n), max_compute=max(65536, settings.n * max(settings.steps_mix))),
+        limits=Limits(
+            max_n=max(256, settings.n), max_compute=max(65536, settings.n * max(settings.steps_mix))
+        ),
         max_queue=max(64, 2 * settings.concurrency),
     )
 
@@ -139,26 +141,50 @@ async def _scrape_replicas(url: str, count: int, tries: int = 60) -> dict[str, d
 
 
 def _answered(samples: dict, model: str) -> float:
-    return sum(v for (name, lab), v in samples.items() if name == "anystep_requests_total"
-               and dict(lab).get("model") == model and dict(lab).get("route") == "/generate")
+    return sum(
+        v
+        for (name, lab), v in samples.items()
+        if name == "anystep_requests_total"
+        and dict(lab).get("model") == model
+        and dict(lab).get("route") == "/generate"
+    )
 
 
-async def _round(port: int, url: str, settings: RaySettings, replicas: int | None, k: int) -> dict[str, Any]:
+async def _round(
+    port: int, url: str, settings: RaySettings, replicas: int | None, k: int
+) -> dict[str, Any]:
     warm = make_requests(settings.warmup_requests, settings.steps_mix, settings.seed + 999 + k)
-    await run_phase(port, settings.model, warm, concurrency=settings.concurrency, n=settings.n,
-                    time_limit_s=settings.time_limit_s, fmt_=settings.format)
+    await run_phase(
+        port,
+        settings.model,
+        warm,
+        concurrency=settings.concurrency,
+        n=settings.n,
+        time_limit_s=settings.time_limit_s,
+        fmt_=settings.format,
+    )
     before = await _scrape_replicas(url, replicas or 1)
     reqs = make_requests(settings.requests, settings.steps_mix, settings.seed + k)
-    ph = await run_phase(port, settings.model, reqs, concurrency=settings.concurrency, n=settings.n,
-                         time_limit_s=settings.time_limit_s, fmt_=settings.format)
+    ph = await run_phase(
+        port,
+        settings.model,
+        reqs,
+        concurrency=settings.concurrency,
+        n=settings.n,
+        time_limit_s=settings.time_limit_s,
+        fmt_=settings.format,
+    )
     after = await _scrape_replicas(url, replicas or 1)
     summ = summarize_phase(ph, settings.n)
     per: dict[str, Any] = {}
     for rep in sorted(set(before) | set(after)):
         b, a = before.get(rep, {}), after.get(rep, {})
         batch = histogram_delta(b, a, "anystep_engine_batch_size", model=settings.model)
-        per[rep] = {"answered": _answered(a, settings.model) - _answered(b, settings.model),
-                    "mean_batch": batch["mean"], "engine_calls": batch["count"]}
+        per[rep] = {
+            "answered": _answered(a, settings.model) - _answered(b, settings.model),
+            "mean_batch": batch["mean"],
+            "engine_calls": batch["count"],
+        }
     summ["replicas"] = per
     summ["load_average"] = load_average()
     return summ
@@ -174,18 +200,32 @@ def _row(label: str, replicas: int | None, rounds: list[dict[str, Any]]) -> dict
         tot = sum(p["answered"] for p in r["replicas"].values()) or 1.0
         shares.append(sorted((p["answered"] / tot for p in r["replicas"].values()), reverse=True))
     batches = [p["mean_batch"] for r in rounds for p in r["replicas"].values() if p["mean_batch"]]
-    return {"label": label, "replicas": replicas, "rounds": len(rounds),
-            "requests_per_s": med("requests_per_s"), "evals_per_s": med("evals_per_s"),
-            "requests_per_s_each": [r["requests_per_s"] for r in rounds],
-            "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
-            "sent": sum(r["sent"] for r in rounds), "failed": sum(r["error_count"] for r in rounds),
-            "errors": [r["errors"] for r in rounds if r["errors"]],
-            "replica_shares": shares, "mean_batch": float(np.median(batches)) if batches else None,
-            "phases": rounds}
+    return {
+        "label": label,
+        "replicas": replicas,
+        "rounds": len(rounds),
+        "requests_per_s": med("requests_per_s"),
+        "evals_per_s": med("evals_per_s"),
+        "requests_per_s_each": [r["requests_per_s"] for r in rounds],
+        "p50_ms": med("p50_ms"),
+        "p99_ms": med("p99_ms"),
+        "sent": sum(r["sent"] for r in rounds),
+        "failed": sum(r["error_count"] for r in rounds),
+        "errors": [r["errors"] for r in rounds if r["errors"]],
+        "replica_shares": shares,
+        "mean_batch": float(np.median(batches)) if batches else None,
+        "phases": rounds,
+    }
 
 
-def run(settings: RaySettings, *, out_dir: Path, command: str, log: Callable[[str], None] = print,
-        write: bool = True) -> dict[str, Any]:
+def run(
+    settings: RaySettings,
+    *,
+    out_dir: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+    write: bool = True,
+) -> dict[str, Any]:
     """Measure every replica count (alternating rounds) and the plain server; write the report."""
     from anystep.server.ray_serve import RayOptions, deploy, import_serve
     from anystep.server.testing import ServerProcess, free_port
@@ -199,17 +239,35 @@ def run(settings: RaySettings, *, out_dir: Path, command: str, log: Callable[[st
     config = _server_config(settings)
     rows: list[dict[str, Any]] = []
     if settings.plain:
-        args = ["--engine", "torch", "--threads", str(settings.threads), "--max-queue", str(config.max_queue),
-                "--max-n", str(config.limits.max_n), "--max-compute", str(config.limits.max_compute),
-                "--log-level", "warning"]
+        args = [
+            "--engine",
+            "torch",
+            "--threads",
+            str(settings.threads),
+            "--max-queue",
+            str(config.max_queue),
+            "--max-n",
+            str(config.limits.max_n),
+            "--max-compute",
+            str(config.limits.max_compute),
+            "--log-level",
+            "warning",
+        ]
         log("[plain] anystep serve (no Ray), one process")
-        with ServerProcess(models={settings.model: model_dir}, args=args, ready_timeout=300.0) as srv:
-            plain = [asyncio.run(_round(srv.port, srv.url, settings, None, k)) for k in range(settings.rounds)]
+        with ServerProcess(
+            models={settings.model: model_dir}, args=args, ready_timeout=300.0
+        ) as srv:
+            plain = [
+                asyncio.run(_round(srv.port, srv.url, settings, None, k))
+                for k in range(settings.rounds)
+            ]
         rows.append(_row("anystep serve (no Ray)", None, plain))
         log(f"[plain] {fmt(rows[-1]['requests_per_s'])} req/s")
     port = free_port()
     counts = list(settings.replica_counts)
-    log(f"[ray] local cluster, proxy on 127.0.0.1:{port}; replicas {counts} x {settings.rounds} rounds")
+    log(
+        f"[ray] local cluster, proxy on 127.0.0.1:{port}; replicas {counts} x {settings.rounds} rounds"
+    )
     opts = RayOptions(replicas=counts[0], num_cpus=float(settings.threads))
     dep = deploy(config, opts, "127.0.0.1", port, log_level="warning")
     by_count: dict[int, list[dict[str, Any]]] = {c: [] for c in counts}
@@ -227,9 +285,11 @@ def run(settings: RaySettings, *, out_dir: Path, command: str, log: Callable[[st
                 summ = asyncio.run(_round(port, dep.url, settings, c, 100 + k))
                 k += 1
                 by_count[c].append(summ)
-                log(f"[ray] round {rnd + 1}, {c} replica(s): {summ['ok']}/{summ['sent']} ok, "
+                log(
+                    f"[ray] round {rnd + 1}, {c} replica(s): {summ['ok']}/{summ['sent']} ok, "
                     f"{fmt(summ['requests_per_s'])} req/s, p50 {fmt(summ.get('p50_ms'))} ms, "
-                    f"load {summ['load_average']}")
+                    f"load {summ['load_average']}"
+                )
     finally:
         dep.stop()
     for c in counts:
@@ -237,21 +297,40 @@ def run(settings: RaySettings, *, out_dir: Path, command: str, log: Callable[[st
     base = next(r for r in rows if r["replicas"] == counts[0])
     goals = []
     for r in rows:
-        r["ratio_vs_first"] = (r["requests_per_s"] / base["requests_per_s"]
-                               if r["requests_per_s"] and base["requests_per_s"] else None)
+        r["ratio_vs_first"] = (
+            r["requests_per_s"] / base["requests_per_s"]
+            if r["requests_per_s"] and base["requests_per_s"]
+            else None
+        )
         if r["replicas"] == 2 and counts[0] == 1:
-            goals.append({"goal": f"2 replicas >= {GOAL_RATIO:g}x one replica's throughput, zero failed requests",
-                          "ratio": r["ratio_vs_first"], "one_replica_requests_per_s": base["requests_per_s"],
-                          "two_replicas_requests_per_s": r["requests_per_s"], "failed": r["failed"] + base["failed"],
-                          "met": bool(r["ratio_vs_first"] and r["ratio_vs_first"] >= GOAL_RATIO
-                                      and r["failed"] + base["failed"] == 0)})
+            goals.append(
+                {
+                    "goal": f"2 replicas >= {GOAL_RATIO:g}x one replica's throughput, zero failed requests",
+                    "ratio": r["ratio_vs_first"],
+                    "one_replica_requests_per_s": base["requests_per_s"],
+                    "two_replicas_requests_per_s": r["requests_per_s"],
+                    "failed": r["failed"] + base["failed"],
+                    "met": bool(
+                        r["ratio_vs_first"]
+                        and r["ratio_vs_first"] >= GOAL_RATIO
+                        and r["failed"] + base["failed"] == 0
+                    ),
+                }
+            )
     machine = machine_info()
-    data = {"benchmark": "load_ray", "command": command, "started_at": started.isoformat(timespec="seconds"),
-            "duration_s": time.perf_counter() - t0, "machine": machine,
-            "machine_description": machine.describe(), "load_average": load_average(),
-            "versions": versions(("torch", "numpy", "ray", "fastapi", "uvicorn")),
-            "settings": {**asdict(settings), "models_dir": _portable(settings.models_dir)},
-            "rows": rows, "goals": goals}
+    data = {
+        "benchmark": "load_ray",
+        "command": command,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - t0,
+        "machine": machine,
+        "machine_description": machine.describe(),
+        "load_average": load_average(),
+        "versions": versions(("torch", "numpy", "ray", "fastapi", "uvicorn")),
+        "settings": {**asdict(settings), "models_dir": _portable(settings.models_dir)},
+        "rows": rows,
+        "goals": goals,
+    }
     if write:
         md = out_dir / "load_ray.md"
         paths = write_results(out_dir, "load_ray", data, render_markdown(data, existing_notes(md)))
@@ -273,33 +352,72 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
 
     s = data["settings"]
     lines = [
-        "# Serving under load on Ray Serve (replicas of the step-level-batching server)", "",
+        "# Serving under load on Ray Serve (replicas of the step-level-batching server)",
+        "",
         f"- Command: `{data['command']}`",
         f"- Machine: {data['machine_description']}; load average at the end {data['load_average']}",
         f"- Versions: {data['versions']}",
-        (f"- Workload: model `{s['model']}`, {s['concurrency']} concurrent keep-alive connections (closed loop), "
-        f"n={s['n']} samples per request, steps drawn from {list(s['steps_mix'])}, {s['requests']} requests "
-        f"per round after {s['warmup_requests']} warm-up requests, format {s['format']}; engine torch with "
-        f"{s['threads']} thread(s) per replica; replica counts alternate round by round "
-        f"({s['rounds']} round(s) each), medians over rounds."), "",
+        (
+            f"- Workload: model `{s['model']}`, {s['concurrency']} concurrent keep-alive connections (closed loop), "
+            f"n={s['n']} samples per request, steps drawn from {list(s['steps_mix'])}, {s['requests']} requests "
+            f"per round after {s['warmup_requests']} warm-up requests, format {s['format']}; engine torch with "
+            f"{s['threads']} thread(s) per replica; replica counts alternate round by round "
+            f"({s['rounds']} round(s) each), medians over rounds."
+        ),
+        "",
     ]
     for g in data["goals"]:
-        lines.append(f"- Goal: {g['goal']}: **{'met' if g['met'] else 'missed'}** — "
-                     f"{fmt(g['two_replicas_requests_per_s'])} vs {fmt(g['one_replica_requests_per_s'])} req/s "
-                     f"= {fmt(g['ratio'])}x, {g['failed']} failed")
+        lines.append(
+            f"- Goal: {g['goal']}: **{'met' if g['met'] else 'missed'}** — "
+            f"{fmt(g['two_replicas_requests_per_s'])} vs {fmt(g['one_replica_requests_per_s'])} req/s "
+            f"= {fmt(g['ratio'])}x, {g['failed']} failed"
+        )
     lines.append("")
     rows = []
     for r in data["rows"]:
         shares = " / ".join("/".join(f"{100 * v:.0f}%" for v in sh) for sh in r["replica_shares"])
-        rows.append([r["label"], r["rounds"], r["requests_per_s"], r["evals_per_s"], r["ratio_vs_first"],
-                     r["p50_ms"], r["p99_ms"], f"{r['failed']}/{r['sent']}", r["mean_batch"],
-                     shares if r["replicas"] else "-",
-                     ", ".join(fmt(v) for v in r["requests_per_s_each"])])
-    lines.append(markdown_table(["server", "rounds", "req/s", "evals/s", "vs 1 replica", "p50 ms", "p99 ms",
-                                 "failed", "mean engine batch", "requests per replica", "req/s per round"], rows))
-    lines += ["", "Per-round load averages: " + "; ".join(
-        f"{r['label']}: {[p['load_average'][0] if p['load_average'] else None for p in r['phases']]}"
-        for r in data["rows"]), ""]
+        rows.append(
+            [
+                r["label"],
+                r["rounds"],
+                r["requests_per_s"],
+                r["evals_per_s"],
+                r["ratio_vs_first"],
+                r["p50_ms"],
+                r["p99_ms"],
+                f"{r['failed']}/{r['sent']}",
+                r["mean_batch"],
+                shares if r["replicas"] else "-",
+                ", ".join(fmt(v) for v in r["requests_per_s_each"]),
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "server",
+                "rounds",
+                "req/s",
+                "evals/s",
+                "vs 1 replica",
+                "p50 ms",
+                "p99 ms",
+                "failed",
+                "mean engine batch",
+                "requests per replica",
+                "req/s per round",
+            ],
+            rows,
+        )
+    )
+    lines += [
+        "",
+        "Per-round load averages: "
+        + "; ".join(
+            f"{r['label']}: {[p['load_average'][0] if p['load_average'] else None for p in r['phases']]}"
+            for r in data["rows"]
+        ),
+        "",
+    ]
     lines += [NOTES_BEGIN, notes.strip() if notes else "", NOTES_END, ""]
     return "\n".join(lines)
 
@@ -308,28 +426,53 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers, e.g. 1,2") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use comma-separated integers, e.g. 1,2"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m anystep.benchmarks.load_ray``."""
     d = RaySettings()
-    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                description="Throughput of anystep on Ray Serve per replica count (local "
-                                            "cluster, 127.0.0.1); writes load_ray.{json,md}.")
-    p.add_argument("--quick", action="store_true", help="one round per replica count, fewer requests, no plain row")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="Throughput of anystep on Ray Serve per replica count (local "
+        "cluster, 127.0.0.1); writes load_ray.{json,md}.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round per replica count, fewer requests, no plain row",
+    )
     p.add_argument("--model", default=None, help=f"flow-map model name (default {d.model})")
-    p.add_argument("--models-dir", type=Path, default=None, help="folder of model directories (default <repo>/models)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="folder of model directories (default <repo>/models)",
+    )
     p.add_argument("--replicas", type=_ints, default=None, help="replica counts (default 1,2)")
-    p.add_argument("--rounds", type=int, default=None, help=f"rounds per replica count (default {d.rounds})")
-    p.add_argument("--threads", type=int, default=None, help="engine threads per replica (default 1)")
-    p.add_argument("--concurrency", type=int, default=None, help=f"connections (default {d.concurrency})")
+    p.add_argument(
+        "--rounds", type=int, default=None, help=f"rounds per replica count (default {d.rounds})"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="engine threads per replica (default 1)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=None, help=f"connections (default {d.concurrency})"
+    )
     p.add_argument("-n", "--n", type=int, default=None, help=f"samples per request (default {d.n})")
-    p.add_argument("--requests", type=int, default=None, help=f"requests per round (default {d.requests})")
-    p.add_argument("--format", choices=("json", "npy"), default=None, help="response format (default json)")
+    p.add_argument(
+        "--requests", type=int, default=None, help=f"requests per round (default {d.requests})"
+    )
+    p.add_argument(
+        "--format", choices=("json", "npy"), default=None, help="response format (default json)"
+    )
     p.add_argument("--no-plain", action="store_true", help="skip the plain anystep serve row")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default benchmarks/results)"
+    )
     return p
 
 
@@ -338,9 +481,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     kw: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name, key in (("model", "model"), ("models_dir", "models_dir"), ("replicas", "replica_counts"),
-                      ("rounds", "rounds"), ("threads", "threads"), ("concurrency", "concurrency"),
-                      ("n", "n"), ("requests", "requests"), ("format", "format")):
+    for name, key in (
+        ("model", "model"),
+        ("models_dir", "models_dir"),
+        ("replicas", "replica_counts"),
+        ("rounds", "rounds"),
+        ("threads", "threads"),
+        ("concurrency", "concurrency"),
+        ("n", "n"),
+        ("requests", "requests"),
+        ("format", "format"),
+    ):
         if getattr(args, name) is not None:
             kw[key] = getattr(args, name)
     if args.no_plain:
@@ -349,9 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = RaySettings(quick=bool(args.quick), seed=args.seed, **kw)
-        run(settings, out_dir=args.out or REPO_ROOT / "benchmarks" / "results",
+        run(
+            settings,
+            out_dir=args.out or REPO_ROOT / "benchmarks" / "results",
             command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True))
+            log=lambda m: print(m, flush=True),
+        )
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

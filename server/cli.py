@@ -301,10 +301,9 @@ def _ray_options(
         if given:
             raise RayServeError(f"{', '.join(given)} only apply with --ray")
         return None
+    import_serve()  # the extra is missing: say so before anything starts
     if replicas is not None and autoscale is not None:
         raise RayServeError("give either --replicas N or --autoscale MIN:MAX, not both")
-
-    import_serve()  # the extra is missing: say so before anything starts
     return RayOptions(
         replicas=replicas or 1,
         autoscale=parse_autoscale(autoscale) if autoscale else None,

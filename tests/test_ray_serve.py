@@ -44,7 +44,16 @@ from anystep.server.ray_serve import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+
+def _have_ray() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # ValueError: hidden by sys.modules["ray"] = None
+        return False
+
+
+HAVE_RAY = _have_ray()
 needs_ray = pytest.mark.skipif(
     not HAVE_RAY, reason="needs the ray extra (make test-slow installs it)"
 )
@@ -431,7 +440,9 @@ def test_same_request_gives_identical_samples_on_every_replica(ray_server, singl
             assert r.status_code == 200, r.text
             if call[2] is PROBE:
                 got = np.load(io.BytesIO(r.content))
-                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * DIGITS_UNITS_PER_MODEL_UNIT)
+                np.testing.assert_allclose(
+                    got, want, rtol=0, atol=1e-5 * DIGITS_UNITS_PER_MODEL_UNIT
+                )
                 mixed[r.headers[REPLICA_HEADER]] = mixed.get(r.headers[REPLICA_HEADER], 0) + 1
         if len(mixed) >= 2:
             break
