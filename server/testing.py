@@ -38,6 +38,8 @@ class ServerProcess:
         env: extra environment variables.
         ready_timeout: seconds to wait for ``/readyz``.
         log_path: file receiving the server's stdout/stderr.
+        engine: ``--engine`` when ``args`` give none (default torch, quick to start;
+            None runs the CLI default ``auto``).
     """
 
     models: dict[str, str | os.PathLike]
@@ -47,6 +49,8 @@ class ServerProcess:
     log_path: Path | None = None
     port: int = 0
     proc: subprocess.Popen | None = None
+    engine: str | None = "torch"
+    """``--engine`` unless ``args`` name one (torch: no export at start-up; None: the CLI default, auto)."""
 
     @property
     def url(self) -> str:
@@ -74,6 +78,8 @@ class ServerProcess:
             for name, path in self.models.items():
                 cmd += ["--model", f"{name}={path}"]
             cmd += list(self.args)
+            if self.engine is not None and "--engine" not in self.args:
+                cmd += ["--engine", self.engine]
             if self.log_path is None:
                 import tempfile
 

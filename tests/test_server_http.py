@@ -37,6 +37,34 @@ def server(model_dirs, tmp_path_factory):
         yield proc
 
 
+def test_auto_engine_resolution():
+    from anystep.server.engines import available_engines, resolve_engine
+
+    here = available_engines()
+    assert resolve_engine("auto") == ("tensorrt" if "tensorrt" in here else "onnx" if "onnx" in here else "torch")
+    assert resolve_engine("torch") == "torch"
+
+
+@pytest.mark.slow
+def test_default_engine_is_auto_and_shown(model_dirs, tmp_path):
+    """`anystep serve` without --engine picks the fastest engine here and says which (issue 16)."""
+    from anystep.server.engines import resolve_engine
+
+    want = resolve_engine("auto")
+    proc = ServerProcess(
+        models={"checkerboard": model_dirs["checkerboard"]},
+        engine=None,
+        env={"ANYSTEP_CACHE_DIR": str(tmp_path / "cache")},
+        log_path=tmp_path / "serve.log",
+        ready_timeout=300,
+    )
+    with proc:
+        models = {m["name"]: m for m in httpx.get(proc.url + "/v1/models", timeout=10).json()["models"]}
+        assert models["checkerboard"]["engine"] == want == models["checkerboard"]["engine_detail"]["engine"]
+        assert "auto chose" in proc.log_tail(100_000)
+        assert _post(proc.url, json={"steps": 2, "n": 4}).status_code == 200
+
+
 def _post(url: str, **kw) -> httpx.Response:
     return httpx.post(url + "/generate", timeout=30.0, **kw)
 
