@@ -5,11 +5,12 @@ Engines (thin adapters; :mod:`anystep.export` builds and validates their artifac
 * ``torch`` (:mod:`.engine_torch`): eager PyTorch, optionally ``torch.compile``;
 * ``onnx`` (:mod:`.engine_onnx`): ONNX Runtime, CUDA provider with onnxruntime-gpu, else CPU;
 * ``tensorrt`` (:mod:`.engine_tensorrt`): the export package's TensorRT plan (NVIDIA GPU, extra ``gpu``);
-* ``triton`` (:mod:`.engine_triton`): a Triton Inference Server reached with ``tritonclient``.
+* ``triton`` (:mod:`.engine_triton`): a Triton Inference Server reached with ``tritonclient``;
+* ``cudagraph`` (:mod:`.engine_cudagraph`): torch replaying one CUDA graph per batch bucket (NVIDIA GPU).
 
 ``auto`` (the default of ``anystep serve``) picks the fastest one available
-(:func:`resolve_engine`): TensorRT on an NVIDIA GPU when installed, else ONNX Runtime,
-else torch. New engines register a builder in :data:`ENGINE_BUILDERS` (and their name
+(:func:`resolve_engine`): TensorRT on an NVIDIA GPU when installed, else CUDA graphs when
+the torch device is a GPU (``--device cuda``), else ONNX Runtime, else torch. New engines register a builder in :data:`ENGINE_BUILDERS` (and their name
 in :data:`ENGINES`). Heavy optional dependencies are imported lazily by the engine
 that needs them.
 """
@@ -62,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger("anystep.server")
 
-ENGINES: tuple[str, ...] = ("torch", "onnx", "tensorrt", "triton")
+ENGINES: tuple[str, ...] = ("torch", "onnx", "tensorrt", "triton", "cudagraph")
 """Engine names :func:`build_engine` builds."""
 ENGINE_CHOICES: tuple[str, ...] = ("auto", *ENGINES)
 """What ``anystep serve --engine`` accepts."""
@@ -121,16 +122,22 @@ def available_engines(options: EngineOptions | None = None) -> list[str]:
         out.append("tensorrt")
     if _has("tritonclient") and options is not None and options.triton_url:
         out.append("triton")
+    from .engine_cudagraph import cudagraph_available
+
+    if cudagraph_available():
+        out.append("cudagraph")
     return out
 
 
 def resolve_engine(engine: str, options: EngineOptions | None = None) -> str:
-    """The engine to build for ``engine`` (``auto``: TensorRT on a GPU, else ONNX Runtime, else torch)."""
+    """The engine to build for ``engine`` (``auto``: TensorRT on a GPU, else cudagraph on a CUDA device, else ONNX Runtime, else torch)."""
     if engine not in ENGINE_CHOICES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {list(ENGINE_CHOICES)}")
     if engine != "auto":
         return engine
     here = available_engines(options)
+    if options is not None and str(options.device).startswith("cuda") and not options.compile and "cudagraph" in here:
+        return "tensorrt" if "tensorrt" in here else "cudagraph"  # a GPU without TensorRT: CUDA graphs
     if options is not None and (options.compile or str(options.device).startswith("cuda")) and "tensorrt" not in here:
         return "torch"  # torch-only options asked for
     for name in ("tensorrt", "onnx"):
@@ -176,11 +183,24 @@ def _build_triton(name: str, model_dir: Path, config: Any, options: EngineOption
     )
 
 
+def _build_cudagraph(name: str, model_dir: Path, config: Any, options: EngineOptions, model: Any) -> Engine:
+    from .engine_cudagraph import CudaGraphEngine
+
+    if not str(options.device).startswith("cuda"):
+        raise EngineError("--engine cudagraph needs a CUDA GPU: add --device cuda (or use --engine torch on the CPU)")
+    if model is None:
+        from anystep.core.modeldir import load_model_dir
+
+        model = load_model_dir(model_dir).model
+    return CudaGraphEngine(model, tuple(config.data_shape), device=options.device, max_batch=options.max_batch)
+
+
 ENGINE_BUILDERS: dict[str, Callable[[str, Path, Any, EngineOptions, Any], Engine]] = {
     "torch": _build_torch,
     "onnx": _build_onnx,
     "tensorrt": _build_tensorrt,
     "triton": _build_triton,
+    "cudagraph": _build_cudagraph,
 }
 """``name -> builder(served name, model dir, config, options, loaded torch model or None)``."""
 

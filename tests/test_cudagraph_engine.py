@@ -124,3 +124,27 @@ def test_captured_graphs_match_eager_on_gpu(channels_last):
     x, _, t = _inputs(5)
     ref = TorchEngine(_model("velocity"), (1, 8, 8), device="cuda").velocity(x, t)
     np.testing.assert_allclose(vel.velocity(x, t), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_registered_and_chosen_by_auto_on_a_cuda_device(monkeypatch, tmp_path):
+    from anystep.server import engine_cudagraph, engines
+    from anystep.server.testing import make_tiny_models
+
+    assert "cudagraph" in engines.ENGINES and "cudagraph" in engines.ENGINE_CHOICES
+    monkeypatch.setattr(engine_cudagraph, "cudagraph_available", lambda: True)
+    monkeypatch.setattr(engines, "_cuda_available", lambda: True)
+    real_has = engines._has
+    monkeypatch.setattr(engines, "_has", lambda m: False if m == "tensorrt" else real_has(m))
+    gpu = engines.EngineOptions(device="cuda")
+    assert "cudagraph" in engines.available_engines(gpu)
+    assert engines.resolve_engine("auto", gpu) == "cudagraph"
+    assert engines.resolve_engine("auto", engines.EngineOptions(device="cuda", compile=True)) == "torch"
+    assert engines.resolve_engine("auto", engines.EngineOptions(device="cpu")) in ("onnx", "torch")
+    monkeypatch.setattr(engines, "_has", lambda m: True if m == "tensorrt" else real_has(m))
+    assert engines.resolve_engine("auto", gpu) == "tensorrt"  # TensorRT first where installed
+    dirs = make_tiny_models(tmp_path, digits=True)
+    from anystep.core.modeldir import read_config
+
+    with pytest.raises(EngineError, match="--device cuda"):
+        engines.build_engine("cudagraph", "digits", dirs["digits"], read_config(dirs["digits"]),
+                             engines.EngineOptions(device="cpu"))
