@@ -9,13 +9,17 @@ Checks: the page loads with no console errors; generating at steps=1 and steps=4
 an image / scatter and the server-reported latency; compare mode shows four panels at
 1, 2, 4, 8 steps with one seed; an out-of-range ``n`` shows the server's error message
 verbatim; the API key is entered once, kept in session storage, sent as a bearer token;
-velocity models get a solver selector; the page is usable at 320 px width.
+velocity models get a solver selector; the page is usable at 320 px width. Issue 19: the
+steps control offers 1, 2, 4, 8, ... and is disabled (with Compare) for dopri5; the
+latency axis is logarithmic; stat boxes are cleared after an error; on a phone the result
+is scrolled into view; 2D models default to thousands of points drawn as a density.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
@@ -40,7 +44,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 API_KEY = "playground-test-key"
-MAX_N = 64
+MAX_N = 4096  # enough for a 2D density of thousands of points
 MAX_STEPS = 16
 SERVER_START_TIMEOUT_S = 120.0
 UI_TIMEOUT_MS = 30_000
@@ -258,14 +262,15 @@ def _open_playground(page):
 
 
 def _set_steps_by_keyboard(page, steps: int) -> None:
-    """Move the slider with the keyboard only (Home, then ArrowRight)."""
+    """Move the slider with the keyboard only (Home, then ArrowRight once per doubling:
+    the control offers 1, 2, 4, 8, ... steps)."""
     slider = page.locator("#steps")
     slider.focus()
     page.keyboard.press("Home")
-    for _ in range(steps - 1):
+    for _ in range(steps.bit_length() - 1):
         page.keyboard.press("ArrowRight")
-    assert slider.input_value() == str(steps)
     assert page.locator("#steps-value").inner_text() == str(steps)
+    assert slider.get_attribute("aria-valuetext") == f"{steps} step{'s' if steps > 1 else ''}"
 
 
 def _generate(page, *, via_keyboard: bool = False):
@@ -317,7 +322,7 @@ def test_page_loads_without_console_errors(page_and_log, served_models):
     ]:
         assert page.get_by_label(label).first.get_attribute("id") == control_id
     first = served_models[options[0]]
-    assert page.locator("#steps").get_attribute("max") == str(first["max_steps"])
+    assert page.locator("#steps").get_attribute("data-max-steps") == str(first["max_steps"])
     assert page.locator("#generate").is_enabled()
     assert page.locator("#error").is_hidden()
     assert log.errors() == []
@@ -540,3 +545,121 @@ def test_random_seed_button_sets_a_seed_the_server_uses(page_and_log):
     resp = _generate(page)
     assert resp.json()["seed"] == int(seed)
     assert page.locator("#reported-seed").inner_text() == seed
+
+
+# ------------------------------------------------------------- issue 19 item 10
+
+
+def test_steps_control_offers_powers_of_two(page_and_log, served_models):
+    page, log = page_and_log
+    page.select_option("#model", "toy2d")
+    slider = page.locator("#steps")
+    slider.focus()
+    page.keyboard.press("Home")
+    seen = [page.locator("#steps-value").inner_text()]
+    for _ in range(int(slider.get_attribute("max"))):
+        page.keyboard.press("ArrowRight")
+        seen.append(page.locator("#steps-value").inner_text())
+    top = served_models["toy2d"]["max_steps"]
+    want = [str(2**k) for k in range(top.bit_length()) if 2**k <= top]
+    if want[-1] != str(top):
+        want.append(str(top))
+    assert seen == want  # 1, 2, 4, 8, 16: every count people use is one key press away
+    page.keyboard.press("End")
+    assert page.locator("#steps-value").inner_text() == str(top)
+    # a mouse click at 1/4 of the track lands on a power of two, never on 3 or 5
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
+    assert page.locator("#steps-value").inner_text() in want
+    assert log.errors() == []
+
+
+def test_dopri5_disables_steps_and_compare(page_and_log):
+    page, log = page_and_log
+    page.select_option("#model", "toy2d-ode")
+    page.select_option("#solver", "rk4")
+    assert page.locator("#steps").is_enabled() and page.locator("#compare").is_enabled()
+    page.select_option("#solver", "dopri5")
+    assert page.locator("#steps").is_disabled()
+    assert page.locator("#compare").is_disabled()
+    assert page.locator("#steps-value").inner_text() == "auto"
+    assert "dopri5" in page.locator("#steps-hint").inner_text()
+    page.fill("#n", "4")
+    with page.expect_request(lambda r: r.url.endswith("/generate")) as req:
+        resp = _generate(page)
+    assert "steps" not in req.value.post_data_json and req.value.post_data_json["solver"] == "dopri5"
+    assert resp.status == 200, resp.text()
+    page.select_option("#solver", "euler")
+    assert page.locator("#steps").is_enabled() and page.locator("#compare").is_enabled()
+    assert log.errors() == []
+
+
+def test_stat_boxes_are_cleared_after_an_error(page_and_log, served_models):
+    page, log = page_and_log
+    page.select_option("#model", "toy2d")
+    page.fill("#n", "8")
+    assert _generate(page).status == 200
+    assert page.locator("#nfe").inner_text() != "–"
+    page.fill("#n", str(served_models["toy2d"]["max_n"] + 1))
+    resp = _generate(page)
+    assert 400 <= resp.status < 500
+    for sel in ("#reported-steps", "#nfe", "#latency", "#reported-seed"):
+        assert page.locator(sel).inner_text() == "–", sel
+    assert log.errors(allow_http_status=(resp.status,)) == []
+
+
+def test_latency_axis_is_logarithmic(page_and_log):
+    page, _ = page_and_log
+    page.select_option("#model", "toy2d-ode")
+    page.fill("#n", "4")
+    for solver in ("euler", "dopri5"):
+        page.select_option("#solver", solver)
+        assert _generate(page).status == 200
+    lat = page.evaluate("""() => [...document.querySelectorAll('#history tbody tr')]
+        .map(r => Number(r.children[6].textContent))""")
+    assert len(lat) == 2 and all(t > 0 for t in lat)
+    chart = page.locator("#chart")
+    assert chart.get_attribute("data-y-scale") == "log"
+    lo, hi = (float(v) for v in chart.get_attribute("data-y-range").split(","))
+    # whole decades that hold both points: the fast euler point keeps its own decade(s)
+    assert lo <= min(lat) and hi >= max(lat) and hi / lo >= 10
+    assert all(abs(math.log10(v) - round(math.log10(v))) < 1e-9 for v in (lo, hi))
+
+
+def test_result_is_scrolled_into_view_on_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=server, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        _open_playground(page)
+        page.select_option("#model", "digits")
+        page.fill("#n", "4")
+        before = page.evaluate("document.getElementById('result-section').getBoundingClientRect().top")
+        assert before > 844 * 0.6, "on a phone the result starts (nearly) below the fold"
+        page.locator("#generate").click()
+        page.wait_for_selector("body[data-state=done]")
+        page.wait_for_function(
+            "() => { const t = document.getElementById('result-section').getBoundingClientRect().top;"
+            " return t >= -2 && t < 844 * 0.6; }"
+        )
+    finally:
+        context.close()
+
+
+def test_2d_models_are_drawn_as_a_density_of_thousands_of_points(page_and_log, served_models):
+    page, log = page_and_log
+    page.select_option("#model", "toy2d")
+    n = int(page.locator("#n").input_value())
+    assert n >= 2000, n  # the default for a 2D model: thousands of points
+    resp = _generate(page)
+    assert resp.status == 200, resp.text()
+    assert len(resp.json()["samples"]) == n
+    canvas = page.locator("#result .panel canvas.scatter")
+    assert canvas.get_attribute("data-render") == "density"
+    assert _painted_pixels(page, "#result .panel canvas.scatter") > 1000
+    # a few points are still drawn as points
+    page.fill("#n", "50")
+    _generate(page)
+    assert page.locator("#result .panel canvas.scatter").get_attribute("data-render") == "points"
+    assert log.errors() == []

@@ -12,6 +12,11 @@
 
   var KEY_STORAGE = "anystep.apiKey";
   var COMPARE_STEPS = [1, 2, 4, 8];
+  // The steps control offers the step counts people use (1, 2, 4, 8, ...), not 1..max linearly.
+  var STEP_CHOICES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+  // 2D models: draw thousands of points as a density (a few hundred do not show the shape).
+  var VECTOR_DEFAULT_N = 4096;
+  var DENSITY_MIN_POINTS = 600;
   var DEFAULT_SOLVERS = ["euler", "heun", "rk4", "dopri5"];
   // Okabe-Ito palette: distinguishable with common colour-vision deficiencies.
   var PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
@@ -32,6 +37,7 @@
   }
 
   var el = {};
+  var STEPS_HINT = "";
 
   // ---------------------------------------------------------------- API key
 
@@ -192,16 +198,73 @@
     document.body.setAttribute("data-state", "ready");
   }
 
+  /** Step counts offered for a model: powers of two up to its max_steps (and max_steps itself). */
+  function stepChoices(m) {
+    var maxSteps = Math.max(1, parseInt(m && m.max_steps, 10) || 1);
+    var out = STEP_CHOICES.filter(function (s) { return s <= maxSteps; });
+    if (out[out.length - 1] !== maxSteps) out.push(maxSteps);
+    return out;
+  }
+
+  /** The step count the slider (an index into stepChoices) points at. */
+  function currentSteps() {
+    var choices = stepChoices(currentModel());
+    var i = Math.min(choices.length - 1, Math.max(0, parseInt(el.steps.value, 10) || 0));
+    return choices[i];
+  }
+
+  function setSteps(steps) {
+    var choices = stepChoices(currentModel());
+    var best = 0;
+    choices.forEach(function (c, i) { if (c <= steps) best = i; });
+    el.steps.value = String(best);
+    updateStepsOutput();
+  }
+
+  /** dopri5 picks its own steps: the steps control and the 1·2·4·8 comparison do not apply. */
+  function adaptiveSolver() {
+    var m = currentModel();
+    return !!m && m.kind === "velocity" && el.solver.value === "dopri5";
+  }
+
+  var SOLVER_STAGES = { euler: 1, heun: 2, rk4: 4 };
+
+  /**
+   * Default n: 16 images, or for 2D data as many points (up to VECTOR_DEFAULT_N) as the
+   * model's compute budget n x NFE allows at 8 steps (Compare's largest), dopri5 being
+   * charged its max_nfe per sample.
+   */
+  function defaultN(m) {
+    var maxN = Math.max(1, parseInt(m.max_n, 10) || 1);
+    if (!isVectorModel(m)) return Math.min(maxN, 16);
+    var nfe = 8;
+    if (m.kind === "velocity") {
+      var solver = el.solver.value || m.default_solver || "euler";
+      nfe = solver === "dopri5" ? parseInt(m.max_nfe, 10) || 256 : 8 * (SOLVER_STAGES[solver] || 4);
+    }
+    var n = Math.min(maxN, VECTOR_DEFAULT_N);
+    var budget = parseInt(m.max_compute, 10);
+    if (budget > 0) n = Math.min(n, Math.max(1, Math.floor(budget / nfe)));
+    return n;
+  }
+
+  function updateDefaultN() {
+    var m = currentModel();
+    if (m && !state.nTouched) el.n.value = String(defaultN(m));
+  }
+
   function onModelChange() {
     var m = currentModel();
     if (!m) return;
-    var maxSteps = Math.max(1, parseInt(m.max_steps, 10) || 1);
-    el.steps.max = String(maxSteps);
-    if (parseInt(el.steps.value, 10) > maxSteps) el.steps.value = String(maxSteps);
-    updateStepsOutput();
+    var keep = currentStepsOr(1);
+    var choices = stepChoices(m);
+    var maxSteps = choices[choices.length - 1];
+    el.steps.min = "0";
+    el.steps.max = String(choices.length - 1);
+    el.steps.setAttribute("data-max-steps", String(maxSteps));
+    setSteps(Math.min(keep, maxSteps));
     var maxN = Math.max(1, parseInt(m.max_n, 10) || 1);
     el.n.max = String(maxN);
-    if (!state.nTouched) el.n.value = String(Math.min(maxN, isVectorModel(m) ? 1000 : 16));
 
     var velocity = m.kind === "velocity";
     el.solverField.hidden = !velocity;
@@ -211,6 +274,8 @@
       if (!prev && m.default_solver && solversOf(m).indexOf(m.default_solver) >= 0) el.solver.value = m.default_solver;
     }
     updateRtolVisibility();
+    updateStepsEnabled();
+    updateDefaultN();
 
     // ODE baseline: velocity models for the same data set, offered beside a flow map.
     var baselines = state.models.filter(function (b) {
@@ -250,16 +315,34 @@
     el.rtolField.hidden = el.solverField.hidden || el.solver.value !== "dopri5";
   }
 
+  function currentStepsOr(fallback) {
+    var s = el.stepsValue && Number(el.stepsValue.getAttribute("data-steps"));
+    return Number.isFinite(s) && s >= 1 ? s : fallback;
+  }
+
   function updateStepsOutput() {
-    var s = parseInt(el.steps.value, 10);
-    el.stepsValue.textContent = String(s);
-    el.steps.setAttribute("aria-valuetext", s + (s === 1 ? " step" : " steps"));
+    var s = currentSteps();
+    var adaptive = adaptiveSolver();
+    el.stepsValue.textContent = adaptive ? "auto" : String(s);
+    el.stepsValue.setAttribute("data-steps", String(s));
+    el.steps.setAttribute("aria-valuetext", adaptive ? "chosen by dopri5" : s + (s === 1 ? " step" : " steps"));
+  }
+
+  function updateStepsEnabled() {
+    var adaptive = adaptiveSolver();
+    el.steps.disabled = adaptive;
+    el.stepsHint.textContent = adaptive
+      ? "dopri5 is adaptive: it chooses its own steps (set the tolerance instead), so the steps control and Compare do not apply."
+      : STEPS_HINT;
+    updateStepsOutput();
+    setButtons(true);
   }
 
   function setButtons(enabled) {
     var on = enabled && !state.busy && !!currentModel();
     el.generate.disabled = !on;
-    el.compare.disabled = !on;
+    el.compare.disabled = !on || adaptiveSolver();
+    el.compare.title = adaptiveSolver() ? "dopri5 chooses its own steps: nothing to compare across 1, 2, 4, 8" : "";
   }
 
   // ---------------------------------------------------------------- requests
@@ -294,7 +377,9 @@
   async function generate(params) {
     var m = modelByName(params.model);
     var vector = m ? isVectorModel(m) : true;
-    var body = { model: params.model, steps: params.steps, format: vector ? "json" : "png" };
+    var body = { model: params.model, format: vector ? "json" : "png" };
+    // dopri5 is adaptive: sending steps with it is a conflict the server rejects
+    if (params.solver !== "dopri5") body.steps = params.steps;
     if (params.n !== undefined) body.n = params.n;
     if (params.seed !== undefined) body.seed = params.seed;
     if (params.solver) body.solver = params.solver;
@@ -337,7 +422,7 @@
     var m = currentModel();
     var p = {
       model: m.name,
-      steps: parseInt(el.steps.value, 10),
+      steps: currentSteps(),
       n: numberOrRaw(el.n),
       seed: numberOrRaw(el.seed),
     };
@@ -430,6 +515,13 @@
     panel.fig.setAttribute("data-status", "error");
   }
 
+  function clearStats() {
+    [el.reportedSteps, el.nfe, el.latency, el.reportedSeed].forEach(function (d) {
+      d.textContent = "–";
+      d.removeAttribute("title");
+    });
+  }
+
   function showStats(r) {
     el.reportedSteps.textContent = String(r.steps);
     el.nfe.textContent = String(r.nfe);
@@ -472,19 +564,78 @@
     ctx.moveTo(0, sy(0)); ctx.lineTo(size, sy(0));
     ctx.moveTo(sx(0), 0); ctx.lineTo(sx(0), size);
     ctx.stroke();
-    var r = pts.length > 2000 ? 1.2 : pts.length > 300 ? 1.8 : 2.6;
-    ctx.fillStyle = "rgba(0, 114, 178, 0.6)";
+    if (pts.length >= DENSITY_MIN_POINTS) {
+      drawDensity(ctx, pts, lim, size);
+      canvas.setAttribute("data-render", "density");
+    } else {
+      var r = pts.length > 300 ? 1.8 : 2.6;
+      ctx.fillStyle = "rgba(0, 114, 178, 0.6)";
+      pts.forEach(function (p) {
+        var a = Array.isArray(p) ? p : [p];
+        var x = a[0], y = a.length > 1 ? a[1] : 0;
+        if (!Number.isFinite(x) || !Number.isFinite(y)) return;
+        ctx.beginPath();
+        ctx.arc(sx(x), sy(y), r, 0, 2 * Math.PI);
+        ctx.fill();
+      });
+      canvas.setAttribute("data-render", "points");
+    }
+    ctx.font = "11px system-ui, sans-serif";
+    var labels = [["±" + (Math.round(lim * 10) / 10), 13], ["n = " + pts.length, size - 5]];
+    labels.forEach(function (lab) {
+      var w = ctx.measureText(lab[0]).width;
+      ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
+      ctx.fillRect(2, lab[1] - 11, w + 5, 14);
+      ctx.fillStyle = "#555";
+      ctx.fillText(lab[0], 4, lab[1]);
+    });
+  }
+
+  /**
+   * A 2D histogram of the samples on [-lim, lim]^2, drawn as a heat map: white (empty)
+   * through light to dark blue, intensity sqrt(count / c99) where c99 is the 99th
+   * percentile of the non-empty bins (a few dense bins do not wash out the rest).
+   */
+  function drawDensity(ctx, pts, lim, size) {
+    var bins = Math.max(24, Math.min(160, Math.round(Math.sqrt(pts.length / 1.5))));
+    var counts = new Float32Array(bins * bins);
     pts.forEach(function (p) {
       var a = Array.isArray(p) ? p : [p];
       var x = a[0], y = a.length > 1 ? a[1] : 0;
       if (!Number.isFinite(x) || !Number.isFinite(y)) return;
-      ctx.beginPath();
-      ctx.arc(sx(x), sy(y), r, 0, 2 * Math.PI);
-      ctx.fill();
+      var i = Math.floor(((x + lim) / (2 * lim)) * bins);
+      var j = Math.floor(((lim - y) / (2 * lim)) * bins);
+      if (i >= 0 && i < bins && j >= 0 && j < bins) counts[j * bins + i] += 1;
     });
-    ctx.fillStyle = "#666";
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillText("±" + (Math.round(lim * 10) / 10), 4, 13);
+    var nonzero = [];
+    for (var k = 0; k < counts.length; k++) if (counts[k] > 0) nonzero.push(counts[k]);
+    nonzero.sort(function (a, b) { return a - b; });
+    var top = nonzero.length ? nonzero[Math.floor(0.99 * (nonzero.length - 1))] : 1;
+    var off = document.createElement("canvas");
+    off.width = bins;
+    off.height = bins;
+    var octx = off.getContext("2d");
+    var img = octx.createImageData(bins, bins);
+    // light (190, 215, 235) to dark (8, 48, 107) blue; empty bins stay white
+    for (var b = 0; b < counts.length; b++) {
+      var c = counts[b];
+      var o = 4 * b;
+      if (c <= 0) {
+        img.data[o] = 255; img.data[o + 1] = 255; img.data[o + 2] = 255; img.data[o + 3] = 255;
+        continue;
+      }
+      var v = Math.min(1, Math.sqrt(c / top));
+      img.data[o] = Math.round(190 - 182 * v);
+      img.data[o + 1] = Math.round(215 - 167 * v);
+      img.data[o + 2] = Math.round(235 - 128 * v);
+      img.data[o + 3] = 255;
+    }
+    octx.putImageData(img, 0, 0);
+    ctx.save();
+    ctx.imageSmoothingEnabled = true; // a smooth upscale reads as a density, not as tiles
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(off, 0, 0, size, size);
+    ctx.restore();
   }
 
   // ---------------------------------------------------------------- latency chart
@@ -517,13 +668,6 @@
     drawChart();
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    var p = Math.pow(10, Math.floor(Math.log10(v)));
-    var f = v / p;
-    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
-  }
-
   function drawChart() {
     var canvas = el.chart;
     var w = Math.max(200, Math.round(canvas.clientWidth || 600));
@@ -540,9 +684,20 @@
     var m = currentModel();
     if (m) maxSteps = Math.max(maxSteps, parseInt(m.max_steps, 10) || 1);
     var xMax = Math.log2(maxSteps);
-    var yMax = niceMax(Math.max.apply(null, [1].concat(hist.map(function (e) { return e.latencyMs; }))) * 1.1);
+    // log latency axis: a dopri5 point (100+ evaluations) must not flatten the flow-map lines
+    var lats = hist.map(function (e) { return e.latencyMs; }).filter(function (v) { return v > 0; });
+    var lo = lats.length ? Math.min.apply(null, lats) : 1;
+    var hi = lats.length ? Math.max.apply(null, lats) : 100;
+    var yMinLog = Math.floor(Math.log10(lo * 0.9));
+    var yMaxLog = Math.ceil(Math.log10(hi * 1.1));
+    if (yMaxLog - yMinLog < 1) yMaxLog = yMinLog + 1;
+    canvas.setAttribute("data-y-scale", "log");
+    canvas.setAttribute("data-y-range", Math.pow(10, yMinLog) + "," + Math.pow(10, yMaxLog));
     var X = function (s) { return left + (xMax > 0 ? Math.log2(s) / xMax : 0) * pw; };
-    var Y = function (ms) { return top + ph - (ms / yMax) * ph; };
+    var Y = function (ms) {
+      var v = Math.log10(Math.max(ms, Math.pow(10, yMinLog)));
+      return top + ph - ((v - yMinLog) / (yMaxLog - yMinLog)) * ph;
+    };
 
     // axes and ticks
     ctx.strokeStyle = "#999";
@@ -565,20 +720,26 @@
     }
     ctx.fillText("steps (log scale)", left + pw / 2, h - 4);
     ctx.textAlign = "right";
-    for (var i = 0; i <= 4; i++) {
-      var v = (yMax * i) / 4;
-      var y = Y(v);
-      ctx.fillText(v === 0 || v >= 10 ? v.toFixed(0) : v.toFixed(1), left - 4, y + 4);
-      if (i > 0) {
-        ctx.strokeStyle = "#eee";
+    var decades = yMaxLog - yMinLog;
+    var mults = decades <= 2 ? [1, 2, 5] : [1];
+    for (var e = yMinLog; e <= yMaxLog; e++) {
+      mults.forEach(function (mul) {
+        var v = mul * Math.pow(10, e);
+        if (Math.log10(v) > yMaxLog + 1e-9) return;
+        var y = Y(v);
+        var label = v >= 1 ? String(Math.round(v)) : String(Number(v.toPrecision(1)));
+        ctx.fillStyle = mul === 1 ? "#444" : "#888";
+        ctx.fillText(label, left - 4, y + 4);
+        ctx.strokeStyle = mul === 1 ? "#e4e4e4" : "#f2f2f2";
         ctx.beginPath(); ctx.moveTo(left + 1, y); ctx.lineTo(left + pw, y); ctx.stroke();
-      }
+      });
     }
+    ctx.fillStyle = "#444";
     ctx.save();
     ctx.translate(11, top + ph / 2);
     ctx.rotate(-Math.PI / 2);
     ctx.textAlign = "center";
-    ctx.fillText("latency (ms)", 0, 0);
+    ctx.fillText("latency (ms, log scale)", 0, 0);
     ctx.restore();
 
     if (!hist.length) {
@@ -639,7 +800,19 @@
     clearError();
     el.resultSection.setAttribute("aria-busy", "true");
     document.body.setAttribute("data-state", "busy");
+    clearStats(); // never show the previous request's figures beside this one's result or error
     setStatus(text);
+    revealResult();
+  }
+
+  /** On a narrow screen the result is below the controls: bring it into view. */
+  function revealResult() {
+    var rect = el.resultSection.getBoundingClientRect();
+    var vh = window.innerHeight || document.documentElement.clientHeight;
+    if (rect.top < 0 || rect.top > vh * 0.6) {
+      var reduce = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      el.resultSection.scrollIntoView({ behavior: reduce ? "auto" : "smooth", block: "start" });
+    }
   }
 
   function end(ok, text) {
@@ -649,7 +822,10 @@
     if (ok) {
       document.body.setAttribute("data-state", "done");
       setStatus(text);
+    } else {
+      clearStats();
     }
+    revealResult();
   }
 
   function stepsLabel(s) {
@@ -693,7 +869,7 @@
   }
 
   async function onCompare() {
-    if (state.busy || !currentModel()) return;
+    if (state.busy || !currentModel() || adaptiveSolver()) return;
     var params = readParams();
     var m = currentModel();
     var maxSteps = parseInt(m.max_steps, 10) || 1;
@@ -743,7 +919,7 @@
   function init() {
     el = {
       apiKey: $("api-key"), reloadModels: $("reload-models"), model: $("model"), modelInfo: $("model-info"),
-      steps: $("steps"), stepsValue: $("steps-value"), n: $("n"), seed: $("seed"), randomSeed: $("random-seed"),
+      steps: $("steps"), stepsValue: $("steps-value"), stepsHint: $("steps-hint"), n: $("n"), seed: $("seed"), randomSeed: $("random-seed"),
       solverField: $("solver-field"), solver: $("solver"), rtolField: $("rtol-field"), rtol: $("rtol"),
       baselineField: $("baseline-field"), baseline: $("baseline"), baselineSolver: $("baseline-solver"),
       form: $("generate-form"), generate: $("generate"), compare: $("compare"),
@@ -761,9 +937,14 @@
     });
     el.reloadModels.addEventListener("click", onKeyCommit);
     el.model.addEventListener("change", function () { clearError(); onModelChange(); drawChart(); });
+    STEPS_HINT = el.stepsHint.textContent;
     el.steps.addEventListener("input", updateStepsOutput);
     el.n.addEventListener("input", function () { state.nTouched = true; });
-    el.solver.addEventListener("change", updateRtolVisibility);
+    el.solver.addEventListener("change", function () {
+      updateRtolVisibility();
+      updateStepsEnabled();
+      updateDefaultN();
+    });
     el.baseline.addEventListener("change", onBaselineChange);
     el.randomSeed.addEventListener("click", onRandomSeed);
     el.form.addEventListener("submit", onGenerate);
