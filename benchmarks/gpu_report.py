@@ -19,7 +19,7 @@ def _step(data: dict[str, Any], model: str, batch: int, engine: str) -> float | 
 def _served(data: dict[str, Any], model: str, steps: int, n: int) -> float | None:
     for r in data["sections"].get("serve", {}).get("rows", []):
         if (r["model"], r["method"], r["steps"], r["n"]) == (model, "flowmap", steps, n):
-            return r["p50_ms"]
+            return r.get("p50_ms")
     return None
 
 
@@ -60,6 +60,23 @@ def _errors(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _step_table(section: dict[str, Any], title: str) -> list[str]:
+    rows = section.get("rows") or []
+    if not rows and not section.get("skipped_items"):
+        return []
+    eager = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["engine"] == "eager"}
+    out = [title, ""]
+    if rows:
+        out += [markdown_table(
+            ["model", "batch", "engine", "median ms", "p10 ms", "p90 ms", "x eager", "calls", "first call s",
+             "max abs diff vs eager"],
+            [[r["model"], r["batch"], r["engine"], r["median_ms"], r["p10_ms"], r["p90_ms"],
+              (eager.get((r["model"], r["batch"])) or 0) / r["median_ms"] if r["median_ms"] else None, r["calls"],
+              r["first_call_s"], r["max_abs_vs_eager"]] for r in rows]), ""]
+    out += [f"- not run: {item}" for item in section.get("skipped_items", [])]
+    return out + [""] if section.get("skipped_items") else out
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     """The report: machine, command, one table per section, goals, errors."""
     m, s, sec = data["machine"], data["settings"], data["sections"]
@@ -92,22 +109,18 @@ def render_markdown(data: dict[str, Any]) -> str:
                                  [[r["objective"], r["precision"], r.get("channels_last"), r.get("steps"),
                                    r.get("images_per_s"), r.get("wall_s"), r.get("final_loss"), r.get("peak_mem_gib")]
                                   for r in t["runs"]]), ""]
-    if sec.get("step", {}).get("rows"):
-        rows = sec["step"]["rows"]
-        eager = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["engine"] == "eager"}
-        lines += ["## 2. One flow-map step per engine", "", markdown_table(
-            ["model", "batch", "engine", "median ms", "p10 ms", "p90 ms", "x eager", "calls", "first call s",
-             "max abs diff vs eager"],
-            [[r["model"], r["batch"], r["engine"], r["median_ms"], r["p10_ms"], r["p90_ms"],
-              (eager.get((r["model"], r["batch"])) or 0) / r["median_ms"] if r["median_ms"] else None, r["calls"],
-              r["first_call_s"], r["max_abs_vs_eager"]] for r in rows]), ""]
+        lines += [f"- {r['objective']} {r['precision']}: {r.get('error') or r.get('skipped')}" for r in t["runs"]
+                  if r.get("error") or r.get("skipped")]
+    for key, title in (("step", "## 2. One flow-map step per engine"),
+                       ("compile", "## 5. torch.compile beside eager and CUDA graphs (run last: it compiles)")):
+        lines += _step_table(sec.get(key, {}), title)
     if sec.get("serve", {}).get("rows"):
         sv = sec["serve"]
         lines += ["## 3. Serving `POST /generate`", "",
                   f"Engine `{sv['engine']}` on {s['device']}; {sv['client']}." + (f" {sv['note']}" if sv.get("note") else ""),
-                  "", markdown_table(["model", "method", "steps", "n", "nfe", "requests", "p50 ms", "p90 ms"],
-                                     [[r["model"], r["method"], r["steps"], r["n"], r["nfe"], r["requests"],
-                                       r["p50_ms"], r["p90_ms"]] for r in sv["rows"]]), ""]
+                  "", markdown_table(["model", "method", "steps", "n", "nfe", "requests", "p50 ms", "p90 ms (or error)"],
+                                     [[r["model"], r["method"], r["steps"], r["n"], r.get("nfe"), r.get("requests"),
+                                       r.get("p50_ms"), r.get("error") or r.get("p90_ms")] for r in sv["rows"]]), ""]
     if sec.get("onnx", {}).get("rows"):
         lines += ["## 4. ONNX parity: CPU ONNX Runtime vs the model on the GPU (TF32 off)", "", markdown_table(
             ["model", "kind", "exporter", "max abs err", "max rel err", "atol", "rtol", "passed"],

@@ -43,6 +43,17 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if len(xs) else None
 
 
+def _free(s: Settings) -> None:
+    """Return cached GPU memory between runs (a run's leftovers must not limit the next)."""
+    import gc
+
+    gc.collect()
+    if s.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------
@@ -154,8 +165,16 @@ def train_section(s: Settings, work: Path, seconds: float) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         _log(f"train {name}: {steps} steps at batch {s.train_batch}")
         t0 = time.perf_counter()
-        res = Trainer(cfg, work / name, progress=False, eval_fn=None,
-                      accel=AccelOptions(channels_last=channels_last)).fit()
+        try:
+            res = Trainer(cfg, work / name, progress=False, eval_fn=None,
+                          accel=AccelOptions(channels_last=channels_last)).fit()
+        except Exception as e:  # e.g. out of memory: record it, run the others
+            if s.strict:
+                raise
+            rows.append({"objective": objective, "precision": precision, "channels_last": channels_last,
+                         "steps": steps, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            _free(s)
+            continue
         wall = time.perf_counter() - t0
         rates = [r["samples_per_s"] for r in read_log(work / name) if "samples_per_s" in r]
         per_step.setdefault(objective, wall / max(1, steps))
@@ -166,6 +185,7 @@ def train_section(s: Settings, work: Path, seconds: float) -> dict[str, Any]:
             "final_loss": res.final_loss,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if s.device.startswith("cuda") else None,
         })
+        _free(s)
     params = None
     if "velocity" in dirs:
         from anystep.core.modeldir import load_model_dir
@@ -212,42 +232,62 @@ def build_engines(model_dir: Path, s: Settings, keys: Sequence[str], max_batch: 
     return out
 
 
-def step_section(s: Settings, models: dict[str, Path], seconds: float) -> dict[str, Any]:
-    """Median per-call latency of one flow-map step per (model, batch, engine)."""
+def step_section(s: Settings, models: dict[str, Path], seconds: float, keys: Sequence[str]) -> dict[str, Any]:
+    """Median per-call latency of one flow-map step per (model, batch, engine in ``keys``).
+
+    A ``compile`` engine compiles on its first call at each new shape (minutes for a
+    large U-Net): a batch size is skipped, and said so, when less than
+    ``s.compile_guard_s`` of the allowance is left.
+    """
     import numpy as np
 
     timer = make_timer(s.device)
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     t_end = time.perf_counter() + seconds
     for mi, (mname, mdir) in enumerate(models.items()):
-        t0 = time.perf_counter()
-        engines = build_engines(mdir, s, s.engines, max(s.batches))
-        build_s = time.perf_counter() - t0
-        shape = next(iter(engines.values())).data_shape
-        for bi, b in enumerate(s.batches):
-            rng = np.random.default_rng(b)
-            x = rng.standard_normal((b, *shape)).astype(np.float32)
-            s_ = np.zeros(b, np.float32)
-            t_ = np.ones(b, np.float32)
-            fns = {k: (lambda e=e, x=x, s_=s_, t_=t_: e.step(x, s_, t_)) for k, e in engines.items()}
-            first = {}
-            for k, fn in fns.items():  # warm-up; the first call of torch.compile compiles
-                w0 = time.perf_counter()
-                fn()
-                first[k] = time.perf_counter() - w0
-                fn()
-            outs = {k: fn() for k, fn in fns.items()}
-            slots = (len(models) - mi) * len(s.batches) - bi
-            res = interleaved(fns, timer, rounds=s.rounds, calls=s.calls_per_round,
-                              budget_s=max(0.5, (t_end - time.perf_counter()) / slots))
-            for k, secs in res.items():
-                err = float(np.max(np.abs(outs[k] - outs["eager"]))) if "eager" in outs else None
-                rows.append({"model": mname, "batch": b, "engine": k, "median_ms": 1e3 * _median(secs),
-                             "p10_ms": 1e3 * _pct(secs, 10), "p90_ms": 1e3 * _pct(secs, 90), "calls": len(secs),
-                             "first_call_s": first[k], "max_abs_vs_eager": err, "build_s": build_s})
-        _log(f"step {mname}: {len(s.batches)} batch sizes x {list(engines)}")
-        del engines
-    return {"rows": rows, "timer": "CUDA events" if s.device.startswith("cuda") else "perf_counter",
+        if "compile" in keys and t_end - time.perf_counter() < s.compile_guard_s:
+            skipped.append(f"{mname}: budget left for compilation")
+            continue
+        try:
+            t0 = time.perf_counter()
+            engines = build_engines(mdir, s, keys, max(s.batches))
+            build_s = time.perf_counter() - t0
+            shape = next(iter(engines.values())).data_shape
+            for bi, b in enumerate(s.batches):
+                if "compile" in keys and t_end - time.perf_counter() < s.compile_guard_s:
+                    skipped.append(f"{mname} batch {b}: budget left for compilation")
+                    continue
+                rng = np.random.default_rng(b)
+                x = rng.standard_normal((b, *shape)).astype(np.float32)
+                s_ = np.zeros(b, np.float32)
+                t_ = np.ones(b, np.float32)
+                fns = {k: (lambda e=e, x=x, s_=s_, t_=t_: e.step(x, s_, t_)) for k, e in engines.items()}
+                first = {}
+                for k, fn in fns.items():  # warm-up; the first call of torch.compile compiles
+                    w0 = time.perf_counter()
+                    fn()
+                    first[k] = time.perf_counter() - w0
+                    fn()
+                outs = {k: fn() for k, fn in fns.items()}
+                slots = (len(models) - mi) * len(s.batches) - bi
+                res = interleaved(fns, timer, rounds=s.rounds, calls=s.calls_per_round,
+                                  budget_s=max(0.5, (t_end - time.perf_counter()) / slots))
+                for k, secs in res.items():
+                    err = float(np.max(np.abs(outs[k] - outs["eager"]))) if "eager" in outs else None
+                    rows.append({"model": mname, "batch": b, "engine": k, "median_ms": 1e3 * _median(secs),
+                                 "p10_ms": 1e3 * _pct(secs, 10), "p90_ms": 1e3 * _pct(secs, 90),
+                                 "calls": len(secs), "first_call_s": first[k], "max_abs_vs_eager": err,
+                                 "build_s": build_s})
+            _log(f"step {mname}: {len(s.batches)} batch sizes x {list(engines)}")
+            del engines
+        except Exception as e:  # record it, time the other model
+            if s.strict:
+                raise
+            skipped.append(f"{mname}: {type(e).__name__}: {str(e)[:300]}")
+        _free(s)
+    return {"rows": rows, "skipped_items": skipped,
+            "timer": "CUDA events" if s.device.startswith("cuda") else "perf_counter",
             "call": "engine.step(numpy x, s, t) -> numpy (host<->device copies included)"}
 
 
@@ -293,10 +333,16 @@ def serve_section(s: Settings, flowmaps: dict[str, Path], teachers: dict[str, Pa
                 r = c.post("/generate", json=body)
                 dt = time.perf_counter() - r0
                 if r.status_code != 200:
-                    raise RuntimeError(f"/generate {body} -> {r.status_code}: {r.text[:300]}")
+                    break
                 nfe = int(r.headers.get("X-Anystep-NFE", "0"))
                 if j >= 2:
                     lat.append(dt)
+            if r.status_code != 200:  # record it and go on: one refused case must not hide the others
+                if s.strict:
+                    raise RuntimeError(f"/generate {body} -> {r.status_code}: {r.text[:300]}")
+                rows.append({"model": model, "method": method, "steps": steps, "n": n,
+                             "error": f"HTTP {r.status_code}: {r.text[:300]}"})
+                continue
             rows.append({"model": model, "method": method, "steps": steps, "n": n, "nfe": nfe,
                          "requests": len(lat), "p50_ms": 1e3 * _median(lat), "p90_ms": 1e3 * _pct(lat, 90)})
     return {"engine": engine, "note": note, "rows": rows, "client": "one keep-alive httpx client, sequential"}
