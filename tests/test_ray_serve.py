@@ -344,7 +344,8 @@ def ray_server(model_dirs, tmp_path_factory):
             "--log-level",
             "warning",
         ],
-        env={"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+        # --threads 1 must win in every replica over the environment's 2
+        env={"OMP_NUM_THREADS": "2", "RAY_USAGE_STATS_ENABLED": "0"},
         ready_timeout=240.0,
         log_path=log,
     )
@@ -409,6 +410,13 @@ def test_two_replicas_answer_spread_and_count_per_replica(ray_server):
     assert counted == {k: float(v) for k, v in seen.items()}, (counted, seen)
     r = httpx.get(ray_server.url + "/readyz", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "ready"
+    for pid in _replica_pids(ray_server.proc.pid):  # the engine's thread setting, per replica
+        env = dict(
+            kv.split(b"=", 1)
+            for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"=" in kv
+        )
+        assert env[b"OMP_NUM_THREADS"] == b"1", pid
 
 
 DIGITS_UNITS_PER_MODEL_UNIT = 8.0  # grey level g = 8 (x + 1), as in test_server_http
@@ -564,9 +572,10 @@ def test_killed_replica_loses_only_its_inflight_requests(ray_server):
     asyncio.run(run())  # a hang would fail here (client timeout 30 s)
     failed = [r for r in records if r[2] != 200]
     assert len(failed) <= killed["inflight"], (len(failed), killed)
-    for _, _, status, body, replica in failed:  # a clean, retryable JSON error, not a plain 500
+    for t0, _, status, body, replica in failed:  # a clean, retryable JSON error, not a plain 500
         assert status == 503 and body["error"] == "replica_failed", body
         assert replica is None
+        assert t0 < killed["t"], "a request sent after the kill failed"
     after = [r for r in records if r[0] > killed["t"] + 1.0]
     assert after and all(r[2] == 200 for r in after), [r[2] for r in after]
     partial = [b for st, b in ready if st == 503]
