@@ -35,7 +35,11 @@ LINEAR = build_interpolant("linear")
 EXPECTED_OBJECTIVES = {
     "velocity", "lmd", "emd", "fmm", "pfmm", "ee", "ee_naive", "denoiser",
     "sd", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd",
+    "meanflow", "shortcut", "cd", "ct", "pd", "operator",  # issue 14 (tests/test_objectives_family.py)
 }  # fmt: skip
+# hyper-parameters that keep the generic tests below fast (the operator's default bank is
+# 20000 dopri5 trajectories of the teacher, generated on the first call)
+FAST_HPARAMS = {"operator": {"bank_size": 16, "bank_times": 2, "rtol": 1e-3}}
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -358,7 +362,7 @@ def test_every_objective_backpropagates(name: str, backbone: str) -> None:
         shape = (1, 8, 8)
         maker = unet_model
     interpolant = build_interpolant("linear", gamma=0.5)  # exercise the latent z too
-    objective = build_objective(name, interpolant)
+    objective = build_objective(name, interpolant, **FAST_HPARAMS.get(name, {}))
     model = maker(objective.model_kind, shape)
     teacher = _teacher_for(objective, maker, shape)
     B = 8
@@ -579,7 +583,7 @@ def test_lmd_teacher_input_grad_changes_only_the_gradient() -> None:
 def test_objectives_run_under_mixed_precision_autocast(name: str) -> None:
     """Under bf16 autocast the JVPs still run (in float32) and the loss back-propagates."""
     torch.manual_seed(0)
-    objective = build_objective(name, LINEAR)
+    objective = build_objective(name, LINEAR, **FAST_HPARAMS.get(name, {}))
     model = mlp_model(objective.model_kind, width=32, depth=2)
     teacher = _teacher_for(
         objective, lambda kind, shp: mlp_model(kind, shp, width=32, depth=2), (2,)

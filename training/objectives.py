@@ -17,12 +17,30 @@ denoiser       denoiser negative control (B.1)            flowmap     -
 sd/lsd/esd/psd self-distillation (successors §2)          flowmap     -
 ayf_emd        Align Your Flow, Eulerian (successors §3)  flowmap     velocity
 ayf_lmd        Align Your Flow, Lagrangian (succ. §3)     flowmap     velocity
+meanflow       MeanFlow identity (meanflow.py, eq. MF)    flowmap     -
+shortcut       shortcut models, dyadic self-consistency   flowmap     -
+cd             consistency distillation (C.9)             flowmap     velocity
+ct             consistency training (C.14)                flowmap     -
+pd             progressive distillation round (C.18)      flowmap     flowmap
+operator       trajectory regression on dopri5 (C.17)     flowmap     velocity
 =============  =========================================  ==========  ========
 """
 
 from __future__ import annotations
 
-from anystep.training import ayf, distill, eulerian, fmm, self_distill, velocity  # noqa: F401
+from anystep.training import (  # noqa: F401  (each module registers its objectives)
+    ayf,
+    consistency,
+    distill,
+    eulerian,
+    fmm,
+    meanflow,
+    operator,
+    pd,
+    self_distill,
+    shortcut,
+    velocity,
+)
 from anystep.training.base import OBJECTIVES, build_objective
 
 __all__ = ["OBJECTIVES", "build_objective"]

@@ -295,6 +295,17 @@ def _register_image_presets() -> None:
 _register_image_presets()
 
 
+def _register_family_presets() -> None:
+    """Add MeanFlow, shortcut, CD/CT, PD and operator presets (training/presets_family.py, issue 14)."""
+    from anystep.training.presets_family import family_presets
+
+    for name, description, build in family_presets():
+        PRESETS[name] = Preset(name, description, build)
+
+
+_register_family_presets()
+
+
 def _register_cond_presets() -> None:
     """Add the class-conditional presets (training/presets_cond.py)."""
     from anystep.training.presets_cond import cond_presets

@@ -1,0 +1,163 @@
+"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025) as a flow-map objective, in our convention.
+
+MeanFlow learns the *average velocity* ``u(z, r, t) = 1/(t - r) ∫_r^t v(z_τ, τ) dτ`` with
+noise at ``t = 1`` and data at ``t = 0``, so ``z_r = z_t - (t - r) u(z_t, r, t)``. With our
+times (``t = 0`` base, ``t = 1`` data: ``s = 1 - t_MF`` is the source, ``t = 1 - r_MF`` the
+target) this is exactly our slope, ``u = -v_{s,t}`` in ``X_{s,t}(x) = x + (t - s) v_{s,t}(x)``,
+and the PF-ODE velocity is ``b = -v_MF``. The average-velocity definition reads
+
+    (t - s) v_{s,t}(x_s) = ∫_s^t b_τ(x_τ) dτ        along a trajectory dx_τ/dτ = b_τ(x_τ),
+
+and differentiating in ``s`` along the trajectory gives the **MeanFlow identity**
+
+    v_{s,t}(x) = b_s(x) + (t - s) [∂_s v_{s,t}(x) + ∇v_{s,t}(x) · b_s(x)]              (MF)
+
+(MeanFlow eq. 6 in their variables). Substituting ``X = x + (t - s) v`` shows that (MF) *is*
+the Eulerian equation (eq. 3.8): ``∂_s X_{s,t}(x) + ∇X_{s,t}(x)·b_s(x) =
+b_s - v + (t - s)(∂_s v + ∇v·b_s)``, i.e. the Eulerian residual equals ``v_tgt - v``.
+
+The loss replaces ``b_s`` by the one-sample velocity ``dI_s`` of the interpolant (as our
+``ee`` does) and puts the **whole target** under stop-gradient:
+
+    v_tgt = dI_s + (t - s) [∂_s v + ∇v · dI_s]       (one JVP of v along (dI_s, 1, 0))
+    L_MF  = E_{(s,t)} E  sg(w) |v_{s,t}(I_s) - sg(v_tgt)|^2 / d,
+    w     = 1 / (|Δ|^2 + c)^p,   Δ = v - v_tgt   (adaptive weighting, |·| the full norm)
+
+Relation to ``ee`` (successors §1, ``training/eulerian.py``): both minimise the square of the
+same one-sample Eulerian residual ``R = ∂_s X + ∇X·dI_s = v_tgt - v`` -- the loss values
+coincide at ``p = 0`` -- but they stop different parts of it. ``ee`` keeps the gradient
+of ``∂_s X = -v + (t - s) ∂_s v`` (it back-propagates through a time derivative of the
+network) and stops only ``∇X·dI_s``; MeanFlow keeps only ``v`` itself (plain regression
+onto a frozen target, no derivative of the network in the backward pass). In both cases
+``R`` is linear in ``dI_s`` and the gradient factor depends only on ``I_s``, so
+``E[dI_s | I_s] = b_s`` makes the expected gradient vanish at the true map (``p = 0``).
+The adaptive weight depends on ``dI_s`` through ``Δ``; when the conditional law of
+``dI_s`` given ``I_s`` is symmetric about ``b_s`` (e.g. Gaussian to Gaussian) the weighted
+gradient still vanishes there, in general ``p > 0`` trades this exactness for robustness.
+
+Published ingredients kept as hyper-parameters: ``diag_frac = 0.75`` (MeanFlow draws
+``r ≠ t`` for 25% of the batch; rows with ``s = t`` are flow matching, since ``t - s = 0``
+cancels the JVP term), adaptive weighting ``p = 1``, ``c = 1e-3``, logit-normal times
+(``lognorm(-0.4, 1.0)`` in their time is ``logit_mean = +0.4`` in ours, because
+``1 - sigmoid(a) = sigmoid(-a)``), pairs ordered forward (``s <= t``).
+
+What the trained model supports: a forward two-time map on the whole triangle
+``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
+``t < s`` (no inversion) unless ``forward_only=False`` -- (MF) holds for every pair, so
+with the symmetric weight it also learns the backward map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from anystep.training.base import LossOutput, register
+from anystep.training.distill import (
+    TIME_DEFAULTS,
+    FlowObjective,
+    ObjectiveError,
+    _bcast,
+    jvp_times,
+    sq,
+)
+
+__all__ = ["MeanFlow", "adaptive_weight", "slope_fn"]
+
+MEANFLOW_DEFAULTS: dict[str, Any] = {
+    **TIME_DEFAULTS,
+    "time_kind": "logit_normal",
+    "logit_mean": 0.4,
+    "logit_std": 1.0,
+    "diag_frac": 0.75,
+    "adaptive_p": 1.0,
+    "adaptive_c": 1e-3,
+}
+
+
+def slope_fn(model: nn.Module, objective: str):
+    """The slope ``v_{s,t}(x)`` of a flow map (``model.slope``), as ``fn(x, s, t)``.
+
+    Args:
+        model: a flow map with ``slope(x, s, t)`` (``anystep.core.flowmap.FlowMap``).
+        objective: objective name for the error message.
+
+    Raises:
+        ObjectiveError: the model has no ``slope`` (not an ``x + (t - s) v`` flow map).
+    """
+    fn = getattr(model, "slope", None)
+    if fn is None:
+        raise ObjectiveError(
+            f"{objective} regresses the slope v_st of X_st(x) = x + (t - s) v_st(x): the model needs a "
+            "slope(x, s, t) method (build it with anystep.core.flowmap.build_model)"
+        )
+    return fn
+
+
+def adaptive_weight(delta: Tensor, p: float, c: float) -> Tensor:
+    """MeanFlow's adaptive loss weight ``w = 1 / (|Δ|^2 + c)^p`` (stop-gradient).
+
+    Args:
+        delta: ``[B, *shape]`` residual ``v - v_tgt``.
+        p: power (0: unit weight; MeanFlow's default 1).
+        c: small constant (MeanFlow: 1e-3).
+
+    Returns:
+        ``[B]`` detached weights (the full squared norm, not the per-dimension mean).
+    """
+    if p == 0.0:
+        return torch.ones(delta.shape[0], dtype=delta.dtype, device=delta.device)
+    norm2 = delta.detach().pow(2).flatten(1).sum(dim=1)
+    return (norm2 + c).pow(-p)
+
+
+@register
+class MeanFlow(FlowObjective):
+    """MeanFlow identity loss (see module docstring for the derivation and the equation).
+
+    ``L = E sg(w) |v_{s,t}(I_s) - sg(dI_s + (t - s)[∂_s v + ∇v·dI_s])|^2 / d``.
+
+    Hyper-parameters: ``adaptive_p`` (p >= 0, default 1), ``adaptive_c`` (c > 0, default
+    1e-3), ``diag_frac`` (default 0.75) and the time settings (logit-normal
+    ``(0.4, 1.0)`` by default; forward only). Metrics: ``loss``, ``meanflow_mse`` (the
+    unweighted ``E|Δ|^2/d``), ``meanflow_fm`` (its value on the diagonal rows).
+    """
+
+    name = "meanflow"
+    model_kind = "flowmap"
+    teacher_kind = None
+    defaults: ClassVar[dict[str, Any]] = dict(MEANFLOW_DEFAULTS)
+
+    def _check(self) -> None:
+        h = self.hparams
+        if h["adaptive_p"] < 0:
+            raise ObjectiveError(
+                f"meanflow: adaptive_p={h['adaptive_p']} must be >= 0 (0 = unit weight, 1 = MeanFlow)"
+            )
+        if not h["adaptive_c"] > 0:
+            raise ObjectiveError(
+                f"meanflow: adaptive_c={h['adaptive_c']} must be > 0 (MeanFlow uses 1e-3)"
+            )
+
+    def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
+        """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
+        self._check_inputs(model, teacher)
+        h = self.hparams
+        pair = self._times(batch, generator)
+        sample = self._interp(batch, pair.s)
+        I_s, dI_s = sample.I_t, sample.dI_t
+        # one JVP of the slope along (dI_s, 1, 0): value v (with gradient), tangent dv/ds
+        out = jvp_times(slope_fn(model, self.name), I_s, pair.s, pair.t, dx=dI_s, ds=1.0)
+        v = out.value
+        with torch.no_grad():
+            target = dI_s.to(v) + _bcast(pair.t - pair.s, v).to(v) * out.tangent.detach()
+        delta = v - target
+        w = adaptive_weight(delta, h["adaptive_p"], h["adaptive_c"])
+        per_row = sq(delta)
+        loss = (w * per_row).mean()
+        metrics = {"loss": float(loss.detach()), "meanflow_mse": float(per_row.detach().mean())}
+        if pair.diag.any():
+            metrics["meanflow_fm"] = float(per_row.detach()[pair.diag.to(per_row.device)].mean())
+        return LossOutput(loss=loss, metrics=metrics)
