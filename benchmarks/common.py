@@ -217,8 +217,20 @@ class ResultPaths:
     markdown: Path
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout the benchmarks run in; result files name paths relative to it."""
+_HOME = str(Path.home())
+
+
+def portable_text(text: str) -> str:
+    """``text`` with this machine's checkout and home folders replaced by ``.`` and ``~``."""
+    root = str(REPO_ROOT)
+    return text.replace(root + os.sep, "").replace(root, ".").replace(_HOME + os.sep, "~/")
+
+
 def _jsonable(obj: Any) -> Any:
-    """Convert dataclasses, paths, numpy scalars/arrays and non-finite floats for JSON."""
+    """Convert dataclasses, paths, numpy scalars/arrays and non-finite floats for JSON
+    (paths and path-like strings are made relative to the checkout: nothing machine-specific)."""
     if hasattr(obj, "__dataclass_fields__"):
         return _jsonable(asdict(obj))
     if isinstance(obj, dict):
@@ -226,7 +238,9 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, Path):
-        return str(obj)
+        return portable_text(str(obj))
+    if isinstance(obj, str):
+        return portable_text(obj) if os.sep in obj else obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if hasattr(obj, "tolist"):  # numpy scalars / arrays, torch tensors
@@ -262,7 +276,7 @@ def write_results(
     paths = ResultPaths(json=out / f"{name}.json", markdown=out / f"{name}.md")
     for path, text in (
         (paths.json, json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n"),
-        (paths.markdown, markdown if markdown.endswith("\n") else markdown + "\n"),
+        (paths.markdown, portable_text(markdown if markdown.endswith("\n") else markdown + "\n")),
     ):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

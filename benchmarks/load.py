@@ -60,7 +60,7 @@ from anystep.benchmarks.common import (
     versions,
     write_results,
 )
-from anystep.benchmarks.latency import interleaved_timing, percentile, summarize
+from anystep.benchmarks.timing import interleaved_timing, percentile, summarize
 from anystep.errors import AnystepError
 
 __all__ = [
@@ -1090,6 +1090,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load-test anystep serve on 127.0.0.1 (a server it starts itself) with and without step-level "
                     "batching; writes load.{json,md}.",
     )
+    p.add_argument("--overhead", action="store_true",
+                   help="issue 16's overhead goals instead: served - empty round trip - bare engine at K=1..16, "
+                        "n=1/256; 64-client fraction of the ceiling; steps=1 p50 with a dopri5 solve in flight "
+                        "(checkerboard + checkerboard-teacher, ONNX Runtime); writes load_overhead.{json,md}")
     p.add_argument("--quick", action="store_true", help="about a minute: checkerboard only, fewer requests")
     p.add_argument("--models", type=_names, default=None, help="flow-map model names (default checkerboard,digits)")
     p.add_argument("--models-dir", type=Path, default=None,
@@ -1153,6 +1157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work_dir or REPO_ROOT / "runs" / "load"
     from anystep.errors import USER_ERRORS
 
+    if args.overhead:
+        from anystep.benchmarks.load_overhead import render_overhead, run_overhead
+
+        t0 = time.perf_counter()
+        data = run_overhead(Path(settings.models_dir), work, rounds=40 if settings.quick else 200,
+                            engine_name=args.engine or "onnx", log=lambda m: print(m, flush=True),
+                            closed_requests=600 if settings.quick else 3000)
+        machine = machine_info()
+        data.update(benchmark="load_overhead", machine=machine, machine_description=machine.describe(),
+                    command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
+                    load_average=load_average(), duration_s=time.perf_counter() - t0,
+                    versions=versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn", "starlette")))
+        paths = write_results(out, "load_overhead", data, render_overhead(data))
+        print(f"[done] {paths.json}, {paths.markdown}")
+        return 0
     try:
         run(settings, out_dir=out, work_dir=work,
             command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),

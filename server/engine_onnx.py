@@ -106,7 +106,7 @@ def find_onnx_artifact(path: str | os.PathLike) -> OnnxArtifact | None:
     return None
 
 
-def _sha256_dir(path: Path) -> str:
+def model_dir_digest(path: Path) -> str:
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
         f = path / name
@@ -148,7 +148,7 @@ def export_onnx_cached(
 
     src = Path(model_dir)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = _sha256_dir(src)[:24]
+    key = model_dir_digest(src)[:24]
     if onnx_options is not None:
         key += "-" + hashlib.sha256(repr(onnx_options).encode()).hexdigest()[:8]
     out_dir = root / "onnx" / key

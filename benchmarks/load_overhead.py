@@ -1,0 +1,255 @@
+"""Serving overhead (issue 16's goals): what a request costs beyond HTTP and its engine calls.
+
+``python -m anystep.benchmarks.load --overhead`` starts ``anystep serve`` (ONNX Runtime
+engine, one thread, batching on) with the checkerboard map and its velocity teacher,
+and measures, interleaved in one closed loop on one keep-alive connection:
+
+* **empty round trip**: ``GET /healthz`` (the HTTP floor of this client and server);
+* **bare engine**: ``K`` calls of the same engine on ``n`` rows in this process;
+* **served**: ``POST /generate`` with ``steps=K, n``.
+
+``overhead = served - empty - bare`` (medians) for ``K = 1, 2, 4, 8, 16`` at ``n = 1`` and
+``K = 1`` at ``n = 256``: the per-request overhead at ``n = 1``, the per-sample overhead
+``(overhead(256) - overhead(1)) / 255``, and the per-step overhead (least-squares slope of
+overhead over K). Then two closed-loop phases: 64 one-sample ``steps=1`` clients against
+64 clients of the empty route (fraction of the HTTP ceiling), and the p50 of ``steps=1``
+requests to the map with and without a dopri5 solve of the teacher (rtol 1e-5) running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anystep.benchmarks.timing import percentile
+
+STEPS = (1, 2, 4, 8, 16)
+
+
+def _body(model: str, **kw: Any) -> bytes:
+    return json.dumps({"model": model, **kw}).encode()
+
+
+async def probe(client: Any, engine: Any, model: str, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Interleaved medians of empty / bare / served for each ``(K, n)`` case."""
+    cases = [(k, 1) for k in STEPS] + [(1, 256)]
+    rng = np.random.default_rng(0)
+    xs = {n: rng.standard_normal((n, *engine.data_shape)).astype(np.float32) for n in (1, 256)}
+    times = {n: (np.zeros(n, np.float32), np.ones(n, np.float32)) for n in (1, 256)}
+    samples: dict[str, list[float]] = {"empty": []}
+    for k, n in cases:
+        samples[f"bare K={k} n={n}"] = []
+        samples[f"served K={k} n={n}"] = []
+    server_ms: dict[str, list[float]] = {f"K={k} n={n}": [] for k, n in cases}
+
+    async def served(k: int, n: int, seed: int) -> None:
+        t0 = time.perf_counter()
+        status, headers, _ = await client.request("POST", "/generate", _body(model, steps=k, n=n, seed=seed))
+        dt = time.perf_counter() - t0
+        if status != 200:
+            raise RuntimeError(f"/generate steps={k} n={n} answered {status}")
+        samples[f"served K={k} n={n}"].append(dt)
+        server_ms[f"K={k} n={n}"].append(float(headers.get("x-anystep-compute-ms", "nan")))
+
+    def bare(k: int, n: int) -> None:
+        x = xs[n]
+        s, t = times[n]
+        t0 = time.perf_counter()
+        for _ in range(k):
+            x = engine.step(x, s, t)
+        samples[f"bare K={k} n={n}"].append(time.perf_counter() - t0)
+
+    for i in range(3):  # warm-up
+        await client.request("GET", "/healthz")
+        for k, n in cases:
+            bare(k, n)
+            await served(k, n, i)
+    for values in (*samples.values(), *server_ms.values()):
+        values.clear()
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        await client.request("GET", "/healthz")
+        samples["empty"].append(time.perf_counter() - t0)
+        for k, n in cases:
+            bare(k, n)
+            await served(k, n, 1000 + r)
+        if r % max(1, rounds // 4) == 0:
+            log(f"  overhead probe round {r + 1}/{rounds}")
+    med = {k: 1000.0 * percentile(v, 50) for k, v in samples.items()}
+    rows = []
+    for k, n in cases:
+        ov = med[f"served K={k} n={n}"] - med["empty"] - med[f"bare K={k} n={n}"]
+        rows.append({"steps": k, "n": n, "served_ms": med[f"served K={k} n={n}"], "bare_ms": med[f"bare K={k} n={n}"],
+                     "empty_ms": med["empty"], "overhead_ms": ov,
+                     "server_compute_ms": percentile(server_ms[f"K={k} n={n}"], 50)})
+    by = {(r["steps"], r["n"]): r for r in rows}
+    ks = np.array(STEPS, dtype=np.float64)
+    ovs = np.array([by[(k, 1)]["overhead_ms"] for k in STEPS])
+    slope = float(np.polyfit(ks, ovs, 1)[0])
+    return {
+        "rows": rows,
+        "n1_overhead_ms": by[(1, 1)]["overhead_ms"],
+        "per_sample_us": 1000.0 * (by[(1, 256)]["overhead_ms"] - by[(1, 1)]["overhead_ms"]) / 255.0,
+        "per_step_us": 1000.0 * slope,
+        "rounds": rounds,
+    }
+
+
+async def closed_loop(port: int, body: bytes | None, concurrency: int, count: int, client_cls: Any) -> dict[str, Any]:
+    """``count`` requests over ``concurrency`` connections (``body`` None: ``GET /healthz``)."""
+    lat: list[float] = []
+    errors = 0
+    left = [count]
+
+    async def worker() -> None:
+        nonlocal errors
+        c = client_cls(port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                t0 = time.perf_counter()
+                if body is None:
+                    status, _, _ = await c.request("GET", "/healthz")
+                else:
+                    status, _, _ = await c.request("POST", "/generate", body)
+                lat.append(time.perf_counter() - t0)
+                errors += status != 200
+        finally:
+            await c.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"requests_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "errors": errors, "requests": len(lat)}
+
+
+async def dopri5_interference(port: int, model: str, teacher: str, count: int, client_cls: Any) -> dict[str, Any]:
+    """p50 of sequential ``steps=1`` requests to ``model``, alone and with dopri5 solves of ``teacher`` running."""
+    quick = _body(model, steps=1, n=1, seed=0)
+    solve = _body(teacher, solver="dopri5", rtol=1e-5, n=64, seed=0)
+
+    async def seq() -> list[float]:
+        c = client_cls(port)
+        out = []
+        try:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                status, _, _ = await c.request("POST", "/generate", quick)
+                out.append(time.perf_counter() - t0)
+                if status != 200:
+                    raise RuntimeError(f"steps=1 request answered {status}")
+        finally:
+            await c.close()
+        return out
+
+    alone = await seq()
+    stop = asyncio.Event()
+    solves = [0]
+
+    async def background() -> None:
+        c = client_cls(port)
+        try:
+            while not stop.is_set():
+                status, _, _ = await c.request("POST", "/generate", solve)
+                if status != 200:
+                    raise RuntimeError(f"dopri5 request answered {status}")
+                solves[0] += 1
+        finally:
+            await c.close()
+
+    bg = asyncio.create_task(background())
+    await asyncio.sleep(0.2)
+    during = await seq()
+    stop.set()
+    await bg
+    a, d = 1000 * percentile(alone, 50), 1000 * percentile(during, 50)
+    return {"alone_p50_ms": a, "with_dopri5_p50_ms": d, "increase": d / a - 1.0, "dopri5_solves": solves[0], "requests": count}
+
+
+def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_name: str = "onnx",
+                 log: Callable[[str], None] = print, concurrency: int = 64, closed_requests: int = 3000) -> dict[str, Any]:
+    """The whole overhead experiment (see the module docstring); returns its results."""
+    from anystep.benchmarks.load import LoadSettings, LoopbackClient, build_bare_engine
+    from anystep.server.testing import ServerProcess
+
+    model, teacher = "checkerboard", "checkerboard-teacher"
+    settings = LoadSettings(models=(model,), models_dir=models_dir, engine=engine_name)
+    engine = build_bare_engine(models_dir / model, settings, work_dir / "serve-cache")
+    engine.warmup([1, 256])
+    args = ["--engine", engine_name, "--threads", "1", "--max-queue", "256",
+            "--cache-dir", str(work_dir / "serve-cache")]
+    srv = ServerProcess(models={model: models_dir / model, teacher: models_dir / teacher}, args=args,
+                        log_path=work_dir / "overhead-serve.log", ready_timeout=600.0)
+    out: dict[str, Any] = {"engine": engine.describe(), "model": model}
+    with srv:
+        async def go() -> None:
+            client = LoopbackClient(srv.port)
+            try:
+                log("[overhead] interleaved probe: empty round trip, bare engine, served")
+                out["probe"] = await probe(client, engine, model, rounds, log)
+            finally:
+                await client.close()
+            log(f"[overhead] closed loop at concurrency {concurrency}: steps=1 n=1 vs the empty route")
+            served = await closed_loop(srv.port, _body(model, steps=1, n=1, seed=0), concurrency, closed_requests,
+                                       LoopbackClient)
+            empty = await closed_loop(srv.port, None, concurrency, closed_requests, LoopbackClient)
+            out["ceiling"] = {"served": served, "empty": empty,
+                              "fraction": served["requests_per_s"] / empty["requests_per_s"]}
+            log("[overhead] steps=1 p50 with and without a dopri5 solve of the teacher in flight")
+            out["dopri5"] = await dopri5_interference(srv.port, model, teacher, max(50, rounds // 2), LoopbackClient)
+
+        asyncio.run(go())
+    engine.close()
+    p = out["probe"]
+    out["goals"] = [
+        {"goal": "/generate overhead at n=1 <= 0.3 ms", "value_ms": p["n1_overhead_ms"], "met": p["n1_overhead_ms"] <= 0.3},
+        {"goal": "per-sample overhead at n=256 <= 2 us", "value_us": p["per_sample_us"], "met": p["per_sample_us"] <= 2.0},
+        {"goal": "per-step overhead (K=1..16) <= 50 us", "value_us": p["per_step_us"], "met": p["per_step_us"] <= 50.0},
+        {"goal": "64 one-sample clients >= 60% of the empty-route ceiling", "value": out["ceiling"]["fraction"],
+         "met": out["ceiling"]["fraction"] >= 0.6},
+        {"goal": "a dopri5 solve in flight adds <= 10% to steps=1 p50 (another model)",
+         "value": out["dopri5"]["increase"], "met": out["dopri5"]["increase"] <= 0.10},
+    ]
+    return out
+
+
+def render_overhead(data: dict[str, Any]) -> str:
+    """Markdown of an overhead run."""
+    p = data["probe"]
+    lines = [
+        "# Serving overhead (issue 16 goals)",
+        "",
+        f"Command: `{data.get('command', '')}`  ",
+        f"Machine: {data.get('machine_description', '')}  ",
+        (f"Engine: {data['engine'].get('engine')} ({', '.join(data['engine'].get('providers', []) or [])}), "
+        f"model `{data['model']}`, {p['rounds']} interleaved rounds, medians."),
+        "",
+        "| steps | n | served ms | empty round trip ms | bare engine ms | overhead ms | server compute ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in p["rows"]:
+        lines.append(f"| {r['steps']} | {r['n']} | {r['served_ms']:.3f} | {r['empty_ms']:.3f} | {r['bare_ms']:.3f} | "
+                     f"{r['overhead_ms']:.3f} | {r['server_compute_ms']:.3f} |")
+    c, d = data["ceiling"], data["dopri5"]
+    lines += [
+        "",
+        (f"Concurrency 64, steps=1, n=1: {c['served']['requests_per_s']:.0f} req/s against "
+        f"{c['empty']['requests_per_s']:.0f} req/s for the empty route ({c['fraction']:.0%}).  "),
+        (f"steps=1 p50 alone {d['alone_p50_ms']:.3f} ms, with dopri5 solves of the teacher in flight "
+        f"{d['with_dopri5_p50_ms']:.3f} ms ({d['increase']:+.0%}, {d['dopri5_solves']} solves)."),
+        "",
+        "| goal | measured | met |",
+        "|---|---:|:-:|",
+    ]
+    for g in data["goals"]:
+        v = next(v for k, v in g.items() if k.startswith("value"))
+        unit = " ms" if "value_ms" in g else " us" if "value_us" in g else ""
+        lines.append(f"| {g['goal']} | {v:.3f}{unit} | {'yes' if g['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
