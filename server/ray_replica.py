@@ -132,9 +132,10 @@ class ProxyErrorMiddleware:
 
     When the replica working on a request dies, Ray's proxy ends the request without
     an answer (uvicorn would send a plain-text 500); when no replica can take it, the
-    proxy answers a plain-text 503. Both become a 503 with ``Retry-After`` and the API's
-    ``{error, message, field}`` body (``replica_failed`` / ``unavailable``), so clients
-    retry them as any other 503. A 5xx carrying :data:`REPLICA_HEADER` came from the app
+    proxy answers a plain-text 503; when its queue in front of the replicas is full, a
+    plain-text 429. They become the API's ``{error, message, field}`` body with
+    ``Retry-After``: 503 ``replica_failed`` / ``unavailable``, 429 ``queue_full`` (the
+    single-process server's answer to a full queue), so clients retry them as usual. A 5xx carrying :data:`REPLICA_HEADER` came from the app
     and passes unchanged. Installed by :func:`proxy_middlewares`.
     """
 
@@ -142,10 +143,12 @@ class ProxyErrorMiddleware:
         self.app = app
 
     @staticmethod
-    async def _answer(send: Callable, error: str, message: str, keep: list) -> None:
+    async def _answer(
+        send: Callable, error: str, message: str, keep: list, status: int = 503
+    ) -> None:
         if not any(k.lower() == b"retry-after" for k, _ in keep):
             keep = [*keep, (b"retry-after", b"1")]
-        await _send_json(send, 503, ApiError(503, error, message).body(), keep)
+        await _send_json(send, status, ApiError(status, error, message).body(), keep)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -161,19 +164,25 @@ class ProxyErrorMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 headers = message.get("headers", [])
-                if message["status"] >= 500 and not any(
+                status = message["status"]
+                if (status >= 500 or status == 429) and not any(
                     k.lower() == replica_key for k, _ in headers
                 ):
                     replaced = True
                     keep = [
                         (k, v) for k, v in headers if k.lower() in (b"x-request-id", b"retry-after")
                     ]
-                    await self._answer(
-                        send,
-                        "unavailable",
-                        "no replica can take the request now; retry shortly",
-                        keep,
-                    )
+                    if status == 429:  # Ray's router queue (max_queued_requests) is full
+                        await self._answer(
+                            send, "queue_full",
+                            "every replica is busy and the queue in front of them is full; "
+                            "retry after Retry-After seconds", keep, 429,
+                        )  # fmt: skip
+                    else:
+                        await self._answer(
+                            send, "unavailable",
+                            "no replica can take the request now; retry shortly", keep,
+                        )  # fmt: skip
                     return
             await send(message)
 

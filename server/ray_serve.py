@@ -212,6 +212,10 @@ def application(config: ServerConfig, options: RayOptions) -> Any:
     kw: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "max_ongoing_requests": max_ongoing,
+        # beyond every replica's share: a bounded wait in Ray's router, then 429 queue_full
+        # (the single-process server's answer; the proxy middleware gives it the JSON body)
+        "max_queued_requests": config.max_queue,
+        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
         "ray_actor_options": {
             "num_cpus": options.num_cpus,
             "num_gpus": options.num_gpus,

@@ -188,6 +188,15 @@ def test_proxy_error_middleware():
     r = TestClient(ProxyErrorMiddleware(no_replica)).get("/generate")
     assert r.status_code == 503 and r.json()["error"] == "unavailable"
     assert r.headers["x-request-id"] == "q1"
+
+    async def queue_full(scope, receive, send):  # Ray's router queue is full (backpressure)
+        await PlainTextResponse("dropped", status_code=429, headers={"retry-after": "2"})(
+            scope, receive, send
+        )
+
+    r = TestClient(ProxyErrorMiddleware(queue_full)).get("/generate")
+    assert r.status_code == 429 and r.json()["error"] == "queue_full"
+    assert r.headers["retry-after"] == "2"
     r = TestClient(ProxyErrorMiddleware(app_error), raise_server_exceptions=False).get("/x")
     assert r.status_code == 500 and r.text == "bug"
     ok = TestClient(ProxyErrorMiddleware(_inner_app())).get("/ok")
@@ -244,6 +253,8 @@ def test_application_carries_replica_resources_and_autoscaling(tmp_path):
     cfg, _ = config_from_args({"models": {"digits": str(tmp_path)}, "threads": 1, "max_queue": 48})
     dep = application(cfg, RayOptions(replicas=3, num_cpus=2, num_gpus=0.5))._bound_deployment
     assert dep.num_replicas == 3 and dep.max_ongoing_requests == 48
+    assert dep._deployment_config.max_queued_requests == 48
+    assert dep._deployment_config.backpressure_config.status_code == 429
     actor = dep.ray_actor_options
     assert actor["num_cpus"] == 2 and actor["num_gpus"] == 0.5
     assert actor["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
