@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +59,7 @@ log = logging.getLogger("anystep.server")
 RAY_EXTRA = "pip install 'anystep[ray]'  (ray[serve]==2.60.0)"
 APP_NAME = "anystep"
 DEPLOYMENT_NAME = "AnystepServer"
+WARMUP_TIMEOUT_S = 900.0
 
 
 class RayServeError(AnystepError):
@@ -154,9 +156,12 @@ def _wait_for_warmup(app: Any) -> None:
     async def lifespan(a: Any):
         async with inner(a) as st:
             state = a.state.anystep
+            deadline = time.monotonic() + WARMUP_TIMEOUT_S
             while not state.ready:
                 if state.warm_error:
                     raise RuntimeError(f"engine warm-up failed: {state.warm_error}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"engines not warm after {WARMUP_TIMEOUT_S:g} s")
                 await asyncio.sleep(0.05)
             yield st
 
