@@ -10,6 +10,9 @@ same grid (``nfe = K * stages``). The grid is baked into the graph as float32 co
 
 Parity: the fused graph is checked against K calls of the single-step ONNX graph
 (the same composition done outside the graph) and against the PyTorch sampler.
+
+Class-conditional models: the fused graph takes the step graph's conditioning inputs
+too, ``x0, y [batch] (int64), w [batch]`` (the same labels and scales at every step).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from .onnx_export import (
     _metadata,
     base_manifest,
     check_graph,
+    cond_inputs,
     export_graph,
     fused_signature,
+    model_cond_specs,
     ort_session,
     session_runner,
     to_precision,
@@ -66,11 +71,11 @@ class FusedFlowMapSampler(nn.Module):
         self.model = model
         self.grid = [float(g) for g in grid]
 
-    def forward(self, x0: Tensor) -> Tensor:
-        """``x0 [B, *shape]`` base samples -> ``x1 [B, *shape]`` data samples."""
+    def forward(self, x0: Tensor, *cond: Tensor) -> Tensor:
+        """``x0 [B, *shape]`` base samples (and ``y [B]``, ``w [B]``) -> ``x1 [B, *shape]`` data samples."""
         x = x0
         for s, t in zip(self.grid[:-1], self.grid[1:]):
-            x = self.model(x, _full(x, s), _full(x, t))
+            x = self.model(x, _full(x, s), _full(x, t), *cond)
         return x
 
 
@@ -94,11 +99,12 @@ class FusedODESampler(nn.Module):
         self.solver = solver
         self.stepper, self.per_step = FIXED_STEPPERS[solver]
 
-    def forward(self, x0: Tensor) -> Tensor:
-        """``x0 [B, *shape]`` -> ``x1 [B, *shape]`` after K solver steps."""
+    def forward(self, x0: Tensor, *cond: Tensor) -> Tensor:
+        """``x0 [B, *shape]`` (and labels ``y [B]``) -> ``x1 [B, *shape]`` after K solver steps."""
         x = x0
+        b = self.model if not cond else (lambda x_, t_: self.model(x_, t_, *cond))
         for t0, t1 in zip(self.grid[:-1], self.grid[1:]):
-            x = self.stepper(self.model, x, _full(x, t0), _full(x, t1 - t0))
+            x = self.stepper(b, x, _full(x, t0), _full(x, t1 - t0))
         return x
 
 
@@ -139,6 +145,7 @@ def compose_steps(
     x0: np.ndarray,
     grid: Sequence[float],
     solver: str = "euler",
+    cond: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Run the K-step sampler outside the graph with K calls of a single-step runtime.
 
@@ -148,19 +155,21 @@ def compose_steps(
         x0: ``[B, *shape]`` float32 start states.
         grid: the K+1 times.
         solver: fixed-step solver (velocity models).
+        cond: conditioning feeds (``y``, ``w``) passed to every step.
 
     Returns:
         ``[B, *shape]`` end states.
     """
     B = x0.shape[0]
+    extra = dict(cond or {})
     if kind == "flowmap":
         x = x0
         for s, t in itertools.pairwise(grid):
-            x = step({"x": x, "s": np.full(B, s, np.float32), "t": np.full(B, t, np.float32)})
+            x = step({"x": x, "s": np.full(B, s, np.float32), "t": np.full(B, t, np.float32), **extra})
         return x
 
     def b(x: Tensor, t: Tensor) -> Tensor:
-        return torch.from_numpy(np.asarray(step({"x": x.numpy(), "t": t.numpy()})))
+        return torch.from_numpy(np.asarray(step({"x": x.numpy(), "t": t.numpy(), **extra})))
 
     stepper, _ = FIXED_STEPPERS[solver]
     x_t = torch.from_numpy(np.asarray(x0, dtype=np.float32))
@@ -184,17 +193,19 @@ def write_fused_onnx(loaded: LoadedModel, folder: Path, opts: OnnxOptions) -> Ex
     K = len(grid) - 1
     solver = opts.solver if cfg.kind == "velocity" else None
     module = build_fused_module(loaded.model, cfg.kind, grid, opts.solver)
-    inputs, outputs = fused_signature(cfg.data_shape)
+    cond = model_cond_specs(cfg)
+    inputs, outputs = fused_signature(cfg.data_shape, cond)
     B = trace_batch(opts.batch)
     gen = torch.Generator().manual_seed(opts.seed + 777)
     example = torch.randn(B, *cfg.data_shape, generator=gen)
+    example_cond = cond_inputs(cond, B, gen, cfg.num_classes)
     path = folder / ONNX_NAME
     extra = {"anystep.fused_steps": K, "anystep.grid": ",".join(f"{g:.9g}" for g in grid)}
     if solver:
         extra["anystep.solver"] = solver
     used = export_graph(
         module,
-        (example,),
+        (example, *example_cond.values()),
         inputs,
         outputs,
         path,
@@ -223,12 +234,14 @@ def write_fused_onnx(loaded: LoadedModel, folder: Path, opts: OnnxOptions) -> Ex
         vs_torch = ErrorStats(opts.atol, opts.rtol)
         for Bc in batches:
             x0 = torch.randn(Bc, *cfg.data_shape, generator=gen)
-            y = fused_run({"x0": x0.numpy()})
+            c = cond_inputs(cond, Bc, gen, cfg.num_classes)  # per-sample labels / scales
+            c_np = {k: v.numpy() for k, v in c.items()}
+            y = fused_run({"x0": x0.numpy(), **c_np})
             vs_steps.update(
-                y, compose_steps(step_run, cfg.kind, x0.numpy(), grid, opts.solver), f"batch={Bc}"
+                y, compose_steps(step_run, cfg.kind, x0.numpy(), grid, opts.solver, c_np), f"batch={Bc}"
             )
             with torch.no_grad():
-                vs_torch.update(y, module(x0).numpy(), f"batch={Bc}")
+                vs_torch.update(y, module(x0, *c.values()).numpy(), f"batch={Bc}")
     vs_steps.raise_if_failed(f"fused {K}-step graph vs {K} calls of the single-step graph")
     if opts.precision == "fp32":  # fp16 error compounds over K steps: recorded, not enforced
         vs_torch.raise_if_failed(f"fused {K}-step graph vs the PyTorch sampler")

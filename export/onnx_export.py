@@ -11,6 +11,10 @@ batch; ``s > t`` runs the map backwards (encoding, Proposition 3.3). A velocity 
 exports as ``b_t(x)`` (eq. 3.1): inputs ``x``, ``t``; output ``v``. The batch dim is
 symbolic (``"batch"``). Time convention: ``t = 0`` base, ``t = 1`` data.
 
+Class-conditional models take further per-sample inputs after the times: ``y [batch]``
+(int64 labels, ``num_classes`` = the null class) and, for flow maps distilled from a
+guided teacher, ``w [batch]`` (float32 guidance scales); unconditional graphs are unchanged.
+
 Validation, which fails the export rather than warning: ``onnx.checker`` (full check),
 then ONNX Runtime against PyTorch on several batch sizes (1, 3, 64 and the batch range's
 min/opt/max) and several ``(s, t)`` pairs, including ``s > t``, ``s = t`` and random
@@ -146,14 +150,23 @@ class ExportResult:
 # --------------------------------------------------------------------------------------
 
 
+def cond_specs(num_classes: int = 0, guidance_input: bool = False) -> list[TensorSpec]:
+    """The conditioning inputs of a graph: ``y [batch]`` int64 and ``w [batch]`` float32 (if taken)."""
+    out = [TensorSpec("y", [BATCH_DIM], "int64")] if num_classes else []
+    if guidance_input:
+        out.append(TensorSpec("w", [BATCH_DIM]))
+    return out
+
+
 def step_signature(
-    kind: str, data_shape: Sequence[int]
+    kind: str, data_shape: Sequence[int], cond: Sequence[TensorSpec] = ()
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of a single-step graph.
 
     Args:
         kind: ``"flowmap"`` (``x, s, t -> x_t``) or ``"velocity"`` (``x, t -> v``).
         data_shape: shape of one sample.
+        cond: conditioning inputs appended after the times (:func:`cond_specs`).
 
     Returns:
         ``(inputs, outputs)`` with the batch dim named ``"batch"``.
@@ -173,13 +186,15 @@ def step_signature(
         raise ExportError(
             f"model kind {kind!r} cannot be exported; expected 'flowmap' or 'velocity'"
         )
-    return ins, outs
+    return ins + list(cond), outs
 
 
-def fused_signature(data_shape: Sequence[int]) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs/outputs of a fused sampler graph: ``x0 [batch, *shape] -> x1 [batch, *shape]``."""
+def fused_signature(
+    data_shape: Sequence[int], cond: Sequence[TensorSpec] = ()
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs/outputs of a fused sampler graph: ``x0 [batch, *shape] (, y, w) -> x1 [batch, *shape]``."""
     xs = [BATCH_DIM, *[int(d) for d in data_shape]]
-    return [TensorSpec("x0", list(xs))], [TensorSpec("x1", list(xs))]
+    return [TensorSpec("x0", list(xs)), *cond], [TensorSpec("x1", list(xs))]
 
 
 # --------------------------------------------------------------------------------------
@@ -357,8 +372,9 @@ def check_graph(
         dims = vi.type.tensor_type.shape.dim
         if len(dims) != len(spec.shape) or not dims[0].dim_param or dims[0].HasField("dim_value"):
             raise ParityError(f"{path}: {spec.name} should have a symbolic batch dim, got {dims}")
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ParityError(f"{path}: {spec.name} must be float32")
+        want = onnx.TensorProto.INT64 if spec.dtype == "int64" else onnx.TensorProto.FLOAT
+        if vi.type.tensor_type.elem_type != want:
+            raise ParityError(f"{path}: {spec.name} must be {spec.dtype}")
 
 
 def ort_session(path: str | os.PathLike, providers: Sequence[str] | None = None):
@@ -421,8 +437,25 @@ def _times(spec: Any, B: int, gen: torch.Generator) -> torch.Tensor:
     return torch.full((B,), float(spec))
 
 
+def cond_inputs(cond: Sequence[TensorSpec], B: int, gen: torch.Generator, num_classes: int) -> dict[str, torch.Tensor]:
+    """Random per-sample conditioning: labels in ``0..num_classes`` (null included), scales in [0, 4]."""
+    out: dict[str, torch.Tensor] = {}
+    for spec in cond:
+        if spec.name == "y":
+            out["y"] = torch.randint(0, num_classes + 1, (B,), generator=gen)
+        else:
+            out[spec.name] = 4.0 * torch.rand(B, generator=gen)
+    return out
+
+
 def step_inputs(
-    kind: str, data_shape: Sequence[int], B: int, pair: Any, gen: torch.Generator
+    kind: str,
+    data_shape: Sequence[int],
+    B: int,
+    pair: Any,
+    gen: torch.Generator,
+    cond: Sequence[TensorSpec] = (),
+    num_classes: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Random parity inputs of a single-step graph.
 
@@ -434,16 +467,22 @@ def step_inputs(
         pair: times as above.
         gen: torch generator.
 
+        cond, num_classes: conditioning inputs (:func:`cond_specs`) and the class count.
+
     Returns:
-        ``{"x": [B, *shape], "s": [B], "t": [B]}`` (no ``s`` for velocity models), float32.
+        ``{"x": [B, *shape], "s": [B], "t": [B]}`` (no ``s`` for velocity models), float32,
+        then ``y`` (int64) / ``w`` of conditional models.
     """
     x = torch.randn(B, *data_shape, generator=gen)
     if kind == "flowmap":
         if pair == "mixed":
-            return {"x": x, "s": _times("mixed", B, gen), "t": _times("mixed", B, gen)}
-        s, t = pair
-        return {"x": x, "s": _times(s, B, gen), "t": _times(t, B, gen)}
-    return {"x": x, "t": _times(pair, B, gen)}
+            out = {"x": x, "s": _times("mixed", B, gen), "t": _times("mixed", B, gen)}
+        else:
+            s, t = pair
+            out = {"x": x, "s": _times(s, B, gen), "t": _times(t, B, gen)}
+    else:
+        out = {"x": x, "t": _times(pair, B, gen)}
+    return {**out, **cond_inputs(cond, B, gen, num_classes)}
 
 
 def check_step_parity(
@@ -457,6 +496,8 @@ def check_step_parity(
     rtol: float,
     seed: int = 0,
     reference: str = "torch",
+    cond: Sequence[TensorSpec] = (),
+    num_classes: int = 0,
 ) -> Tolerance:
     """Compare a single-step runtime with the PyTorch model on several batches and times.
 
@@ -469,6 +510,7 @@ def check_step_parity(
         atol, rtol: tolerance.
         seed: seed of the random inputs.
         reference: name recorded in the result.
+        cond, num_classes: conditioning inputs (random per-sample labels and scales).
 
     Returns:
         The :class:`Tolerance` reached.
@@ -481,7 +523,7 @@ def check_step_parity(
     pairs = FLOWMAP_TIME_PAIRS if kind == "flowmap" else VELOCITY_TIMES
     for B in batches:
         for pair in pairs:
-            feeds = step_inputs(kind, data_shape, B, pair, gen)
+            feeds = step_inputs(kind, data_shape, B, pair, gen, cond, num_classes)
             with torch.no_grad():
                 ref = model(*feeds.values()).float().numpy()
             y = run({k: v.numpy() for k, v in feeds.items()})
@@ -503,7 +545,11 @@ def session_runner(sess) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         return sess.run(
-            None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+            None,
+            {
+                k: np.ascontiguousarray(v, dtype=np.int64 if np.asarray(v).dtype.kind in "iu" else np.float32)
+                for k, v in feeds.items()
+            },
         )[0]
 
     return run
@@ -536,8 +582,16 @@ def _metadata(
         "anystep.data_shape": ",".join(str(d) for d in loaded.config.data_shape),
         "anystep.model_dir_sha256": model_dir_sha256(loaded.path),
     }
+    if loaded.config.num_classes:
+        md["anystep.num_classes"] = str(loaded.config.num_classes)
+        md["anystep.guidance_input"] = str(bool(loaded.config.guidance_input)).lower()
     md.update({k: str(v) for k, v in (extra or {}).items()})
     return md
+
+
+def model_cond_specs(cfg: Any) -> list[TensorSpec]:
+    """The conditioning inputs of a model config (none for unconditional models)."""
+    return cond_specs(cfg.num_classes, cfg.guidance_input)
 
 
 def trace_batch(batch: BatchRange) -> int:
@@ -594,10 +648,11 @@ def write_step_onnx(loaded: LoadedModel, folder: Path, opts: OnnxOptions) -> Exp
         ParityError: checker or parity failure.
     """
     cfg = loaded.config
-    inputs, outputs = step_signature(cfg.kind, cfg.data_shape)
+    cond = model_cond_specs(cfg)
+    inputs, outputs = step_signature(cfg.kind, cfg.data_shape, cond)
     B = trace_batch(opts.batch)
     gen = torch.Generator().manual_seed(opts.seed + 12345)
-    example = step_inputs(cfg.kind, cfg.data_shape, B, "mixed", gen)
+    example = step_inputs(cfg.kind, cfg.data_shape, B, "mixed", gen, cond, cfg.num_classes)
     path = folder / ONNX_NAME
     used = export_graph(
         loaded.model,
@@ -621,6 +676,8 @@ def write_step_onnx(loaded: LoadedModel, folder: Path, opts: OnnxOptions) -> Exp
         atol=opts.atol,
         rtol=opts.rtol,
         seed=opts.seed,
+        cond=cond,
+        num_classes=cfg.num_classes,
     )
     manifest = base_manifest(
         loaded,

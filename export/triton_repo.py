@@ -325,7 +325,7 @@ def export_triton(
             "platform": "onnxruntime_onnx",
             "max_batch_size": b.max,
             "instance_kind": kind_text,
-            "s_t_reshape": "dims [1] -> [] (send s, t as [B, 1])",
+            "s_t_reshape": "dims [1] -> [] (send s, t as [B, 1]; class-conditional graphs: y, w too)",
         }
         text = triton_config_text(
             name,
