@@ -13,7 +13,7 @@ from anystep.core.modeldir import save_model_dir
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session, session_runner  # noqa: E402
+from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session, session_runner
 
 
 def _save(tmp_path, kind: str, num_classes: int = 4, guidance: bool = True):
