@@ -32,8 +32,8 @@ class _RequestFailed(click.ClickException):
     "--api-key", envvar="ANYSTEP_API_KEY", default=None, help="Bearer token (env ANYSTEP_API_KEY)."
 )
 @click.option("--model", default=None, help="Served model name (default: the server's first).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Number of steps K (server default 1).")
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Number of samples.")
+@click.option("--steps", type=int, default=None, help="Number of steps K (server default 1).")
+@click.option("-n", "--n", "n", type=int, default=1, show_default=True, help="Number of samples.")
 @click.option(
     "--seed", type=int, default=None, help="Seed; sample i uses seed + i (default: server picks)."
 )
@@ -56,7 +56,7 @@ class _RequestFailed(click.ClickException):
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=60.0,
     show_default=True,
     help="Seconds per HTTP request.",

@@ -92,7 +92,7 @@ def test_errors_carry_the_server_message(server):
             c.generate(model="checkerboard", steps=0)
         e = ei.value
         assert (e.status, e.error, e.field) == (422, "out_of_range", "steps")
-        assert "steps=0" in e.message and "1..64" in e.message and "steps=0" in str(e)
+        assert "steps=0" in e.message and "steps=0" in str(e)
         with pytest.raises(AnystepHTTPError) as ei:
             c.generate(model="nope")
         assert ei.value.status == 404 and "checkerboard" in ei.value.message
