@@ -600,3 +600,35 @@ def test_killed_replica_loses_only_its_inflight_requests(ray_server):
         assert time.monotonic() < deadline, "the killed replica was not replaced"
         time.sleep(0.2)
     assert pids[0] not in _replica_pids(ray_server.proc.pid)
+
+
+def _phase(rps: float, replicas: dict[str, tuple[float, float]], failed: int = 0) -> dict:
+    return {"requests_per_s": rps, "evals_per_s": rps * 240, "p50_ms": 1.0, "p99_ms": 2.0,
+            "sent": 100, "error_count": failed, "errors": {"503": failed} if failed else {},
+            "replicas": {k: {"answered": a, "mean_batch": b, "engine_calls": 1}
+                         for k, (a, b) in replicas.items()},
+            "load_average": [1.0, 1.0, 1.0]}  # fmt: skip
+
+
+def test_load_ray_rows_and_goal():
+    from anystep.benchmarks.load_ray import _row, evaluate_goals, render_markdown
+
+    one = _row("1", 1, [_phase(4.0, {"a": (100, 250)}), _phase(5.0, {"a": (100, 250)})])
+    two = _row("2", 2, [_phase(7.0, {"a": (60, 250), "b": (40, 240)}),
+                        _phase(9.0, {"a": (50, 250), "b": (50, 250)})])  # fmt: skip
+    assert one["requests_per_s"] == 4.5 and two["requests_per_s"] == 8.0
+    assert two["replica_shares"] == [[0.6, 0.4], [0.5, 0.5]]
+    (goal,) = evaluate_goals([one, two], first=1)
+    assert goal["ratio"] == pytest.approx(8.0 / 4.5) and goal["met"]
+    assert goal["paired_ratios"] == pytest.approx([7.0 / 4.0, 9.0 / 5.0])
+    failing = _row("2", 2, [_phase(9.0, {"a": (50, 1), "b": (50, 1)}, failed=1)])
+    assert not evaluate_goals([one, failing], first=1)[0]["met"]  # a failed request misses it
+    slow = _row("2", 2, [_phase(6.0, {"a": (50, 1), "b": (50, 1)})])
+    assert not evaluate_goals([one, slow], first=1)[0]["met"]  # 1.33x < 1.6x
+    md = render_markdown({
+        "command": "python -m anystep.benchmarks.load_ray", "machine_description": "2 cores",
+        "load_average": [1, 1, 1], "versions": {}, "goals": [goal], "rows": [one, two],
+        "settings": {"model": "digits", "concurrency": 64, "n": 64, "steps_mix": [1, 2, 4, 8],
+                     "requests": 192, "warmup_requests": 64, "format": "json", "threads": 1, "rounds": 2},
+    })  # fmt: skip
+    assert "**met**" in md and "60%/40%" in md
