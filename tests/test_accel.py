@@ -127,3 +127,7 @@ def test_bad_accel_options_fail_before_training(tmp_path):
         prepare_model(build_model(mlp), AccelOptions(channels_last=True), (2,))
     with pytest.raises(ConfigError, match="AccelOptions"):
         Trainer(image_config(), tmp_path / "x", accel={"channels_last": True})
+    mlp_cfg = image_config(model=mlp, dataset="checkerboard")
+    with pytest.raises(ConfigError, match="channels_last needs image data"):
+        Trainer(mlp_cfg, tmp_path / "y", accel=AccelOptions(channels_last=True))
+    assert not (tmp_path / "y").exists()  # refused before anything was written

@@ -55,6 +55,7 @@ __all__ = [
     "PRECISION_DTYPES",
     "AccelOptions",
     "MixedPrecision",
+    "check_options",
     "compile_model",
     "configure_backends",
     "prepare_batch",
@@ -112,6 +113,19 @@ def uses_channels_last(model: nn.Module, options: AccelOptions, *, student: bool
     return bool(options.channels_last) and not (student and getattr(model, "kind", None) == "flowmap")
 
 
+def check_options(options: AccelOptions, data_shape: tuple[int, ...]) -> None:
+    """Reject options that cannot apply to this data (before training starts).
+
+    Raises:
+        ConfigError: ``channels_last`` on non-image data.
+    """
+    if options.channels_last and not _is_image(tuple(data_shape)):
+        raise ConfigError(
+            f"channels_last needs image data [C, H, W]; this model has samples of shape {list(data_shape)}: "
+            "drop --channels-last"
+        )
+
+
 def prepare_model(
     model: nn.Module,
     options: AccelOptions,
@@ -136,11 +150,7 @@ def prepare_model(
         ConfigError: ``channels_last`` on non-image data.
     """
     if options.channels_last:
-        if not _is_image(tuple(data_shape)):
-            raise ConfigError(
-                f"channels_last needs image data [C, H, W]; this model has samples of shape {list(data_shape)}: "
-                "drop --channels-last"
-            )
+        check_options(options, data_shape)
         if uses_channels_last(model, options, student=student):
             model.to(memory_format=torch.channels_last)
     if compile:

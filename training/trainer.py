@@ -303,6 +303,9 @@ class Trainer:
         if not isinstance(self.accel, AccelOptions):
             raise ConfigError(f"accel must be an AccelOptions, got {type(self.accel).__name__}")
         self._amp = MixedPrecision(self.config.precision, self.device)
+        from anystep.training.accel import check_options
+
+        check_options(self.accel, self.data_shape)  # before anything is written
 
     # -- planning ----------------------------------------------------------------------
     def _plan_rounds(self) -> list[_Round]:
