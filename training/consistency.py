@@ -67,7 +67,7 @@ __all__ = [
     "consistency_sample",
 ]
 
-_CM_DEFAULTS: dict[str, Any] = {"n_steps": 32, "grid_rho": 1.0, "target_ema": 0.95}
+_CM_DEFAULTS: dict[str, Any] = {"N": 32, "grid_rho": 1.0, "target_ema": 0.95}
 
 
 def consistency_grid(n_steps: int, rho: float = 1.0, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -94,15 +94,15 @@ class _Consistency(FlowObjective):
 
     def __init__(self, interpolant: Any, **hparams: Any) -> None:
         super().__init__(interpolant, **hparams)
-        self.grid = consistency_grid(self.hparams["n_steps"], self.hparams["grid_rho"])
+        self.grid = consistency_grid(self.hparams["N"], self.hparams["grid_rho"])
         self._ema: EMA | None = None
         self._ema_step: int | None = None
 
     def _check(self) -> None:
         h = self.hparams
-        if h["n_steps"] < 1:
+        if h["N"] < 1:
             raise ObjectiveError(
-                f"{self.name}: n_steps={h['n_steps']} must be >= 1 (N of the discretisation)"
+                f"{self.name}: N={h['N']} must be >= 1 (intervals of the discretisation)"
             )
         if h["grid_rho"] < 1.0:
             raise ObjectiveError(
@@ -128,7 +128,7 @@ class _Consistency(FlowObjective):
 
     def _pair(self, batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         B = batch.x0.shape[0]
-        i = torch.randint(0, self.hparams["n_steps"], (B,), generator=generator)
+        i = torch.randint(0, self.hparams["N"], (B,), generator=generator)
         return self.grid[i].to(batch.x0), self.grid[i + 1].to(batch.x0)
 
     def _next_point(self, batch, x: Tensor, s: Tensor, s_next: Tensor, teacher) -> Tensor:
@@ -153,7 +153,7 @@ class _Consistency(FlowObjective):
 class ConsistencyDistillation(_Consistency):
     """Consistency distillation, eq. C.9 (module docstring).
 
-    Hyper-parameters: ``n_steps`` N (32), ``grid_rho`` (1 = uniform), ``target_ema``
+    Hyper-parameters: ``N`` (32), ``grid_rho`` (1 = uniform), ``target_ema``
     (0.95), ``solver`` (``"heun"`` or ``"euler"``: the teacher's one ODE step).
     """
 
@@ -179,7 +179,7 @@ class ConsistencyDistillation(_Consistency):
 class ConsistencyTraining(_Consistency):
     """Consistency training, eq. C.14 (module docstring): ``x̂_{τ_{i+1}} = I_{τ_{i+1}}``, same draw.
 
-    Hyper-parameters: ``n_steps`` N (32), ``grid_rho`` (1), ``target_ema`` (0: iCT).
+    Hyper-parameters: ``N`` (32), ``grid_rho`` (1), ``target_ema`` (0: iCT).
     """
 
     name = "ct"

@@ -1,0 +1,366 @@
+"""Tests of the few-step family (issue 14): MeanFlow, shortcut, CD/CT, PD, trajectory regression.
+
+All on the analytic Gaussian -> Gaussian case of tests/gaussian_case.py (linear
+interpolant, independent coupling), whose exact velocity and flow map are known: each
+loss (or, for the stop-gradient objectives, its expected gradient) vanishes at the exact
+map and not at a perturbed one, and training from scratch recovers ``X_{0,1}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from gaussian_case import (
+    ExactGaussianFlowMap,
+    ExactGaussianVelocity,
+    GaussianCase,
+    PowerGaussianFlowMap,
+    ScaledGaussianFlowMap,
+)
+from test_objectives import CASE_1D, CASE_2D, LINEAR, gen, identity_error, mlp_model, train
+from torch import Tensor
+
+from anystep.training.base import build_objective
+from anystep.training.consistency import consistency_grid, consistency_sample
+from anystep.training.distill import ObjectiveError
+from anystep.training.operator import generate_trajectories
+from anystep.training.pd import pd_schedule
+from anystep.training.presets import PRESETS, get_preset
+from anystep.training.shortcut import Shortcut, dyadic_steps
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class PowerSlopeMap(PowerGaussianFlowMap):
+    """The power family ``mu_t + (S_t/S_s)^θ (x - mu_s)`` with its slope ``v_{s,t}`` (exact at θ = 1).
+
+    ``v = m + r (x - mu_s)`` with ``r = expm1(θ (log S_t - log S_s)) / (t - s)``, and its
+    limit ``θ S_s'/S_s`` on the diagonal (a safe denominator keeps JVPs finite there).
+    """
+
+    def slope(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        c = self.case
+        th = self.theta.to(x)
+        diff = (t - s).reshape(-1, *([1] * (x.ndim - 1)))
+        on_diag = diff.abs() < 1e-12
+        safe = torch.where(on_diag, torch.ones_like(diff), diff)
+        ratio = torch.expm1(th * (torch.log(c.S(t, x)) - torch.log(c.S(s, x)))) / safe
+        limit = th * c.dS(s, x) / c.S(s, x)
+        return c.m.to(x) + torch.where(on_diag, limit, ratio) * (x - c.mu(s, x))
+
+
+def _mean_theta_grad(objective, model, case, n_batches=24, batch=4096, teacher=None, seed=11):
+    """Monte Carlo mean and standard error of ``d loss / d θ`` (float64)."""
+    g = gen(seed)
+    grads = []
+    for step in range(n_batches):
+        model.zero_grad()
+        out = objective.loss(model, case.batch(batch, g, dtype=torch.float64), g, teacher=teacher, step=step)
+        out.loss.backward()
+        grads.append(float(model.theta.grad))
+    t = torch.tensor(grads, dtype=torch.float64)
+    return float(t.mean()), float(t.std() / math.sqrt(n_batches))
+
+
+# ------------------------------------------------------------------------------------------
+# registry and presets
+# ------------------------------------------------------------------------------------------
+FAMILY = ("meanflow", "shortcut", "cd", "ct", "pd", "operator")
+
+
+def test_family_objectives_and_presets_are_registered() -> None:
+    from anystep.training.objectives import OBJECTIVES
+
+    assert set(FAMILY) <= set(OBJECTIVES)
+    want = {f"checkerboard-{n}" for n in FAMILY} | {"digits-meanflow", "digits-shortcut"}
+    assert want <= set(PRESETS)
+    for name in want:
+        cfg = get_preset(name)
+        assert cfg.preset == name and cfg.objective == name.split("-", 1)[1]
+        assert cfg.model.kind == "flowmap"
+        build_objective(cfg.objective, LINEAR, **cfg.objective_hparams)  # hyper-parameters valid
+    assert get_preset("checkerboard-pd").model.ansatz == get_preset("checkerboard-fmm4").model.ansatz
+
+
+def test_hyperparameters_are_validated() -> None:
+    for name, bad in [
+        ("meanflow", {"adaptive_p": -1.0}),
+        ("meanflow", {"adaptive_c": 0.0}),
+        ("shortcut", {"fm_frac": 1.0}),
+        ("shortcut", {"levels": 0}),
+        ("cd", {"solver": "rk4"}),
+        ("cd", {"N": 0}),
+        ("ct", {"target_ema": 1.0}),
+        ("pd", {"steps": 0}),
+        ("operator", {"bank_size": 0}),
+    ]:
+        with pytest.raises(ObjectiveError):
+            build_objective(name, LINEAR, **bad)
+    assert pd_schedule(8) == [4, 2, 1]
+    with pytest.raises(ObjectiveError, match="power of two"):
+        pd_schedule(6)
+    assert dyadic_steps(3) == [1, 2, 4]
+
+
+# ------------------------------------------------------------------------------------------
+# MeanFlow
+# ------------------------------------------------------------------------------------------
+def test_meanflow_value_is_the_eulerian_residual_but_the_gradient_differs() -> None:
+    """With p = 0 the MeanFlow loss equals ee_naive's |∂_s X + ∇X·dI_s|^2 (same draws):
+    (MF) is the Eulerian equation; only the stop-gradient placement differs."""
+    torch.manual_seed(0)
+    model = mlp_model("flowmap")
+    batch = CASE_2D.batch(128, gen(1))
+    times = {"time_kind": "logit_normal", "logit_mean": 0.4, "diag_frac": 0.0}
+    mf = build_objective("meanflow", LINEAR, adaptive_p=0.0, diag_frac=0.0)
+    naive = build_objective("ee_naive", LINEAR, **times)
+    a = mf.loss(model, batch, gen(2))
+    b = naive.loss(model, batch, gen(2))
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-4)
+    a.loss.backward()
+    ga = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    b.loss.backward()
+    gb = torch.cat([p.grad.flatten() for p in model.parameters()])
+    # MeanFlow drops the (t - s) ∇_θ(∂_s v + ∇v·dI_s) part of ee_naive's gradient
+    assert float((ga - gb).norm() / ga.norm()) > 0.05
+
+
+def test_meanflow_identity_holds_for_the_exact_map() -> None:
+    """(MF) with the true b_s: v_{s,t} = b_s + (t - s)(∂_s v + ∇v·b_s), at every (s, t)."""
+    from anystep.training.distill import jvp_times
+
+    case = CASE_2D
+    model = PowerSlopeMap(case, 1.0)
+    g = gen(3)
+    x = 2 * torch.randn(256, 2, generator=g, dtype=torch.float64)
+    s = torch.rand(256, generator=g, dtype=torch.float64)
+    t = s + (1 - s) * torch.rand(256, generator=g, dtype=torch.float64)
+    b = case.velocity(x, s)
+    out = jvp_times(model.slope, x, s, t, dx=b, ds=1.0)
+    assert torch.allclose(out.value, b + (t - s)[:, None] * out.tangent, atol=1e-9)
+    assert torch.allclose(x + (t - s)[:, None] * out.value, case.flow_map(x, s, t), atol=1e-12)
+    wrong = PowerSlopeMap(case, 1.2)
+    out = jvp_times(wrong.slope, x, s, t, dx=b, ds=1.0)
+    assert (out.value - b - (t - s)[:, None] * out.tangent).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0], ids=["unit", "adaptive"])
+def test_meanflow_expected_gradient_vanishes_at_the_exact_map(p: float) -> None:
+    case = CASE_2D
+    objective = build_objective("meanflow", LINEAR, adaptive_p=p)
+    mean, se = _mean_theta_grad(objective, PowerSlopeMap(case, 1.0), case)
+    mean_wrong, se_wrong = _mean_theta_grad(objective, PowerSlopeMap(case, 1.2), case)
+    assert abs(mean) < 4 * se + 1e-12
+    assert abs(mean_wrong) > 10 * se_wrong
+    assert abs(mean) < 0.05 * abs(mean_wrong)
+
+
+# ------------------------------------------------------------------------------------------
+# shortcut models
+# ------------------------------------------------------------------------------------------
+def test_shortcut_target_is_exact_two_step_composition() -> None:
+    """Above the finest level the target ½(v_1 + v_2) is X_{t+d,t+2d}∘X_{t,t+d}: equal to
+    X_{t,t+2d} for the exact map (semigroup), not for a map that breaks the semigroup."""
+    case = CASE_2D
+    g = gen(4)
+    x = torch.randn(512, 2, generator=g, dtype=torch.float64)
+    two_d = 2.0 ** -torch.randint(0, 4, (512,), generator=g).double()
+    t = torch.floor(torch.rand(512, generator=g, dtype=torch.float64) / two_d) * two_d
+    coarse = torch.zeros(512, dtype=torch.bool)
+    exact = ExactGaussianFlowMap(case)
+    target = Shortcut._two_half_steps(exact, x, t, two_d / 2, coarse)
+    assert torch.allclose(target, exact(x, t, t + two_d), atol=1e-12)
+    scaled = ScaledGaussianFlowMap(case, 1.2)
+    with torch.no_grad():
+        gap = Shortcut._two_half_steps(scaled, x, t, two_d / 2, coarse) - scaled(x, t, t + two_d)
+    assert gap.pow(2).mean() > 1e-3
+
+
+def test_shortcut_finest_level_error_is_second_order() -> None:
+    """At the finest level the half steps are Euler steps of v_{t,t}: for the exact map the
+    slope-space residual is O(d), so its square drops ~4x per halving of d."""
+    case = CASE_1D
+    exact = ExactGaussianFlowMap(case)
+    g = gen(5)
+    x = torch.randn(4096, 1, generator=g, dtype=torch.float64)
+    t0 = torch.rand(4096, generator=g, dtype=torch.float64) * 0.5
+    fine = torch.ones(4096, dtype=torch.bool)
+    errs = []
+    for two_d in (1 / 16, 1 / 32, 1 / 64):
+        d = torch.full_like(t0, two_d / 2)
+        tgt = Shortcut._two_half_steps(exact, x, t0, d, fine)
+        errs.append(float(((tgt - exact(x, t0, t0 + 2 * d)) / two_d).pow(2).mean()))
+    for a, b in zip(errs, errs[1:]):
+        assert 3.0 < a / b < 5.5
+    assert errs[-1] < 1e-4
+
+
+def test_shortcut_expected_gradient_vanishes_at_the_exact_map() -> None:
+    case = CASE_2D
+    objective = build_objective("shortcut", LINEAR, levels=3)
+    mean, se = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.0), case)
+    mean_wrong, se_wrong = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.2), case)
+    # the finest level's Euler half steps leave an O(d^2) bias at d = 1/8
+    assert abs(mean) < 4 * se + 0.02 * abs(mean_wrong)
+    assert abs(mean_wrong) > 10 * se_wrong
+
+
+# ------------------------------------------------------------------------------------------
+# consistency models
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("solver,order", [("heun", 6), ("euler", 4)])
+def test_cd_loss_vanishes_at_the_exact_map_at_the_solver_order(solver: str, order: int) -> None:
+    """With the exact teacher, CD at the exact map only sees the ODE step's local error
+    O(h^{p+1}): the loss falls as N^{-2(p+1)}; at a wrong map only as N^{-2}."""
+    case = CASE_2D
+    teacher = ExactGaussianVelocity(case)
+    batch = case.batch(8192, gen(6), dtype=torch.float64)
+
+    def loss(model, N):
+        obj = build_objective("cd", LINEAR, N=N, solver=solver, target_ema=0.0)
+        return obj.loss(model, batch, gen(7), teacher=teacher).loss.item()
+
+    exact = ExactGaussianFlowMap(case)
+    e16, e32 = loss(exact, 16), loss(exact, 32)
+    assert 0.6 * 2**order < e16 / e32 < 1.6 * 2**order
+    wrong = PowerGaussianFlowMap(case, 1.2)
+    w16, w32 = loss(wrong, 16), loss(wrong, 32)
+    assert 3.0 < w16 / w32 < 6.0
+    assert w32 > 10 * e32
+
+
+def test_ct_expected_gradient_vanishes_as_the_grid_refines() -> None:
+    """CT (eq. C.14) uses the one-sample I_{τ_{i+1}}: its expected gradient at the exact map
+    is O(Δ^2) (Δ = 1/N), i.e. the per-Δ gradient -> 0 (C.16 has no bias); at a wrong map
+    the per-Δ gradient stays O(1)."""
+    case = CASE_1D
+    per_delta = {}
+    for theta in (1.0, 1.2):
+        for N in (4, 16):
+            obj = build_objective("ct", LINEAR, N=N)
+            mean, se = _mean_theta_grad(obj, PowerGaussianFlowMap(case, theta), case, n_batches=16, batch=8192)
+            per_delta[theta, N] = (mean * N, se * N)
+    exact4, exact16 = abs(per_delta[1.0, 4][0]), abs(per_delta[1.0, 16][0])
+    assert exact16 < 0.5 * exact4 + 3 * per_delta[1.0, 16][1]
+    wrong16 = abs(per_delta[1.2, 16][0])
+    assert wrong16 > 5 * exact16 and wrong16 > 10 * per_delta[1.2, 16][1]
+
+
+def test_cd_target_network_is_an_ema_updated_once_per_step() -> None:
+    torch.manual_seed(0)
+    model = mlp_model("flowmap", width=16, depth=1)
+    obj = build_objective("cd", LINEAR, target_ema=0.5, N=4)
+    teacher = ExactGaussianVelocity(CASE_2D)
+    batch = CASE_2D.batch(16, gen())
+    w0 = [p.detach().clone() for p in model.parameters()]
+    obj.loss(model, batch, gen(1), teacher=teacher, step=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    obj.loss(model, batch, gen(1), teacher=teacher, step=1)
+    obj.loss(model, batch, gen(1), teacher=teacher, step=1)  # a second micro-batch: no update
+    for a, p, e in zip(w0, model.parameters(), obj._ema.module.parameters()):
+        assert torch.allclose(e, 0.5 * a + 0.5 * p.detach())
+        assert not e.requires_grad
+    assert build_objective("ct", LINEAR).target_network(model, 0) is model  # decay 0: online weights
+
+
+def test_consistency_grid_and_renoising_sampler() -> None:
+    g = consistency_grid(4, rho=2.0)
+    assert g[0] == 0 and g[-1] == 1 and bool((g[1:] > g[:-1]).all())
+    assert torch.allclose(consistency_grid(4), torch.linspace(0, 1, 5, dtype=torch.float64))
+    case = CASE_2D
+    exact = ExactGaussianFlowMap(case)
+    x0 = torch.randn(50_000, 2, generator=gen(8), dtype=torch.float64)
+    one = consistency_sample(exact, x0, LINEAR, steps=1)
+    assert torch.allclose(one.x, case.flow_map(x0, torch.zeros(50_000), torch.ones(50_000)))
+    four = consistency_sample(exact, x0, LINEAR, steps=4, generator=gen(9))
+    assert four.nfe == 4
+    # re-noising keeps the law of rho_1 = N(m, sigma^2) but loses the coupling with x0
+    assert torch.allclose(four.x.mean(0), case.m, atol=0.03)
+    assert torch.allclose(four.x.std(0), case.sigma, rtol=0.03)
+    assert (four.x - one.x).pow(2).mean() > 0.1
+    again = consistency_sample(exact, x0, LINEAR, steps=4, generator=gen(10))
+    assert not torch.allclose(again.x, four.x)
+
+
+# ------------------------------------------------------------------------------------------
+# progressive distillation and trajectory regression
+# ------------------------------------------------------------------------------------------
+def test_pd_loss_vanishes_at_the_exact_map_and_copies_a_semigroup_teacher() -> None:
+    case = CASE_2D
+    batch = case.batch(2048, gen(11), dtype=torch.float64)
+    for on_grid in (False, True):
+        obj = build_objective("pd", LINEAR, steps=2, on_grid=on_grid)
+        exact = ExactGaussianFlowMap(case)
+        assert obj.loss(exact, batch, gen(12), teacher=exact).loss.item() < 1e-24
+        wrong = PowerGaussianFlowMap(case, 1.2)
+        assert obj.loss(wrong, batch, gen(12), teacher=exact).loss.item() > 1e-3
+        # a round reproduces (cannot repair) a wrong but semigroup-consistent teacher
+        assert obj.loss(wrong, batch, gen(12), teacher=PowerGaussianFlowMap(case, 1.2)).loss.item() < 1e-24
+    # a teacher that breaks the semigroup gives a target the same map cannot meet
+    scaled = ScaledGaussianFlowMap(case, 1.2)
+    assert build_objective("pd", LINEAR, steps=2).loss(scaled, batch, gen(12), teacher=scaled).loss.item() > 1e-3
+
+
+def test_operator_bank_is_the_teacher_flow_and_the_loss_vanishes_at_the_exact_map() -> None:
+    case = CASE_2D
+    teacher = ExactGaussianVelocity(case)
+    x0 = torch.randn(256, 2, generator=gen(13), dtype=torch.float64)
+    bank = generate_trajectories(teacher, x0, 4, rtol=1e-8)
+    for j, t in enumerate(bank.times.tolist()):
+        tt = torch.full((256,), t, dtype=torch.float64)
+        assert torch.allclose(bank.states[j], case.flow_map(x0, torch.zeros_like(tt), tt), atol=1e-6)
+    obj = build_objective("operator", LINEAR, bank_size=256, bank_times=4, rtol=1e-8)
+    batch = case.batch(512, gen(14), dtype=torch.float64)
+    assert obj.loss(ExactGaussianFlowMap(case), batch, gen(15), teacher=teacher).loss.item() < 1e-10
+    assert obj.loss(PowerGaussianFlowMap(case, 1.2), batch, gen(15), teacher=teacher).loss.item() > 1e-3
+    # the bank is seeded by the objective, not by the batch: a new instance (a resumed run)
+    # rebuilds the identical regression set
+    again = build_objective("operator", LINEAR, bank_size=256, bank_times=4, rtol=1e-8)
+    again.build_bank(teacher, batch.x0)
+    assert torch.equal(again.bank.states, obj.bank.states)
+
+
+# ------------------------------------------------------------------------------------------
+# training from scratch recovers X_{0,1}
+# ------------------------------------------------------------------------------------------
+# (objective, case, steps, hyper-parameters, threshold on E|X̂_{0,1} - X_{0,1}|^2)
+FAST_RUNS = [
+    ("meanflow", CASE_2D, 1000, {"adaptive_p": 0.0}, 0.05),
+    ("shortcut", CASE_2D, 1000, {}, 0.04),
+    ("cd", CASE_2D, 600, {"N": 8}, 0.02),
+]
+SLOW_RUNS = [
+    ("meanflow", CASE_2D, 2500, {}, 0.1),
+    ("cd", CASE_2D, 1500, {}, 0.02),
+    ("ct", CASE_2D, 600, {}, 0.05),
+    ("pd", CASE_2D, 500, {"steps": 1}, 0.01),
+    ("operator", CASE_2D, 600, {"bank_size": 4096}, 0.02),
+]
+
+
+def _check(name, case, steps, hparams, threshold) -> None:
+    _, err, init_err = train(name, case, steps, **hparams)
+    assert err < threshold, f"{name}: one-step error {err:.4f} >= {threshold}"
+    assert err < 0.1 * min(init_err, identity_error(case))
+
+
+@pytest.mark.parametrize("name,case,steps,hparams,threshold", FAST_RUNS, ids=lambda v: str(v)[:12])
+def test_training_recovers_exact_one_step_map(name, case, steps, hparams, threshold) -> None:
+    _check(name, case, steps, hparams, threshold)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,case,steps,hparams,threshold", SLOW_RUNS, ids=lambda v: str(v)[:12])
+def test_training_recovers_exact_one_step_map_slow(name, case, steps, hparams, threshold) -> None:
+    _check(name, case, steps, hparams, threshold)
