@@ -8,6 +8,7 @@ map and not at a perturbed one, and training from scratch recovers ``X_{0,1}``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -15,7 +16,6 @@ import torch
 from gaussian_case import (
     ExactGaussianFlowMap,
     ExactGaussianVelocity,
-    GaussianCase,
     PowerGaussianFlowMap,
     ScaledGaussianFlowMap,
 )
@@ -199,7 +199,7 @@ def test_shortcut_finest_level_error_is_second_order() -> None:
         d = torch.full_like(t0, two_d / 2)
         tgt = Shortcut._two_half_steps(exact, x, t0, d, fine)
         errs.append(float(((tgt - exact(x, t0, t0 + 2 * d)) / two_d).pow(2).mean()))
-    for a, b in zip(errs, errs[1:]):
+    for a, b in itertools.pairwise(errs):
         assert 3.0 < a / b < 5.5
     assert errs[-1] < 1e-4
 
