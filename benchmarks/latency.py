@@ -106,6 +106,7 @@ from anystep.benchmarks.timing import (
     percentile,
     summarize,
 )
+from anystep.core.tableaux import FIXED_SOLVERS, TABLEAUX
 
 # --------------------------------------------------------------------------------------
 # methods
@@ -144,7 +145,7 @@ class MethodSpec:
         return self.family == "flow map"
 
 
-STAGES = {"euler": 1, "heun": 2, "rk4": 4}
+STAGES = {name: TABLEAUX[name].stages for name in FIXED_SOLVERS}  # evaluations per step, from the core tableaux
 
 
 def solver_methods(

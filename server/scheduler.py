@@ -72,6 +72,8 @@ class CostModel:
     def __init__(self, window: int = 256) -> None:
         self._obs: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
         self._warm: list[tuple[int, float]] = []
+        self._count = 0
+        self.refit_every = 64
         self.a = 1e-3
         self.b = 1e-5
 
@@ -81,9 +83,10 @@ class CostModel:
         self._fit()
 
     def observe(self, batch: int, seconds: float) -> None:
-        """Record one engine call."""
+        """Record one engine call (the line is refit every ``refit_every`` calls, off the hot path)."""
         self._obs.append((int(batch), float(seconds)))
-        if len(self._obs) % 8 == 0:
+        self._count += 1
+        if self._count % self.refit_every == 0:  # not len(deque): once full, that is a refit every tick
             self._fit()
 
     def _fit(self) -> None:
@@ -195,9 +198,11 @@ class StepScheduler:
         """Warm the engine up (off the event loop) and seed the cost model with its timings."""
         sizes = list(batch_sizes) if batch_sizes is not None else self.warmup_sizes()
 
+        repeats = 5 if len(sizes) <= 3 else 2  # every bucket is compiled/cached once; a few timings suffice
+
         def go():
             with self._engine_lock:
-                return self.engine.warmup(sizes)
+                return self.engine.warmup(sizes, repeats=repeats)
 
         timings = await asyncio.to_thread(go)
         self.cost.seed([(w.batch, w.seconds) for w in timings])
