@@ -110,6 +110,16 @@ def test_hyperparameters_are_validated() -> None:
     assert dyadic_steps(3) == [1, 2, 4]
 
 
+def test_supported_step_counts_follow_the_trained_pairs() -> None:
+    from anystep.training.objectives import supported_steps
+
+    assert supported_steps("meanflow") is None
+    assert supported_steps("shortcut", {"levels": 3}) == (1, 2, 4)
+    assert supported_steps("cd") == supported_steps("ct") == supported_steps("operator") == (1,)
+    assert supported_steps("pd", {"steps": 2}) == (2,)
+    assert supported_steps("lmd") is None
+
+
 # ------------------------------------------------------------------------------------------
 # MeanFlow
 # ------------------------------------------------------------------------------------------

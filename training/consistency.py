@@ -113,6 +113,10 @@ class _Consistency(FlowObjective):
                 f"{self.name}: target_ema={h['target_ema']} must be in [0, 1) (0: online weights)"
             )
 
+    def supported_steps(self) -> tuple[int, ...] | None:
+        """Step counts of grid composition the map supports: only 1 (``X_{0,1}``); K > 1 re-noises."""
+        return (1,)
+
     def target_network(self, model: nn.Module, step: int) -> nn.Module:
         """``X⁻``: the EMA target (updated once per ``step``), or ``model`` itself when decay is 0."""
         mu = self.hparams["target_ema"]

@@ -141,6 +141,10 @@ class MeanFlow(FlowObjective):
                 f"meanflow: adaptive_c={h['adaptive_c']} must be > 0 (MeanFlow uses 1e-3)"
             )
 
+    def supported_steps(self) -> tuple[int, ...] | None:
+        """Step counts the trained map supports: None = any K on any forward grid."""
+        return None
+
     def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
         """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
         self._check_inputs(model, teacher)

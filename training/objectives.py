@@ -43,4 +43,21 @@ from anystep.training import (  # noqa: F401  (each module registers its objecti
 )
 from anystep.training.base import OBJECTIVES, build_objective
 
-__all__ = ["OBJECTIVES", "build_objective"]
+__all__ = ["OBJECTIVES", "build_objective", "supported_steps"]
+
+
+def supported_steps(objective: str, hparams: dict | None = None) -> tuple[int, ...] | None:
+    """Uniform-grid step counts a model trained by ``objective`` supports (issue 14).
+
+    Read ``objective`` and ``objective_hparams`` from a model directory's provenance. None
+    means any step count on any forward grid (two-time maps trained on the whole triangle);
+    a tuple lists the only K for which the K-step composition ``X_{t_k,t_{k+1}}`` on the
+    uniform grid stays on pairs the objective trained: shortcut ``(1, 2, ..., 2^(L-1))``,
+    cd/ct/operator ``(1,)``, pd ``(N,)``. Objectives without a ``supported_steps`` method
+    declare no restriction and answer None (FMM with a window 1/K still needs K >= its K).
+    """
+    from anystep.core.interpolants import build_interpolant
+
+    obj = build_objective(objective, build_interpolant("linear"), **dict(hparams or {}))
+    method = getattr(obj, "supported_steps", None)
+    return None if method is None else method()

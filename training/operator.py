@@ -129,6 +129,10 @@ class TrajectoryRegression(FlowObjective):
         if not h["rtol"] > 0:
             raise ObjectiveError(f"operator: rtol={h['rtol']} must be > 0")
 
+    def supported_steps(self) -> tuple[int, ...] | None:
+        """Step counts the trained map supports: only 1 (jumps start at ``s = 0``)."""
+        return (1,)
+
     def build_bank(self, teacher: nn.Module, like: Tensor) -> TrajectoryBank:
         """Generate (once) the trajectory bank on ``like``'s device and dtype."""
         if self.bank is None:

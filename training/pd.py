@@ -80,6 +80,10 @@ class ProgressiveDistillation(FlowObjective):
                 f"pd: steps={self.hparams['steps']} must be >= 1 (the student's step count N)"
             )
 
+    def supported_steps(self) -> tuple[int, ...] | None:
+        """Step counts the trained map supports: exactly N, on the uniform grid."""
+        return (self.hparams["steps"],)
+
     def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
         """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
         self._check_inputs(model, teacher)

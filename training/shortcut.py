@@ -85,6 +85,10 @@ class Shortcut(FlowObjective):
                 f"shortcut: fm_frac={h['fm_frac']} must be in (0, 1): the rest of the batch trains self-consistency"
             )
 
+    def supported_steps(self) -> tuple[int, ...] | None:
+        """Step counts the trained map supports (uniform grids only): ``1, 2, ..., 2^(L-1)``."""
+        return tuple(dyadic_steps(self.hparams["levels"]))
+
     def _rows(self, B: int) -> int:
         n = round(self.hparams["fm_frac"] * B)
         return min(max(n, 1), B - 1) if B >= 2 else B
