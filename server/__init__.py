@@ -1,7 +1,10 @@
 """Serving: ``POST /generate?steps=K`` over FastAPI with pluggable engines and step-level batching.
 
-Modules: :mod:`.app` (routes, ``create_app``), :mod:`.scheduler` (step-level batching),
-:mod:`.engines` (torch, onnx, tensorrt, triton), :mod:`.registry` (served models),
-:mod:`.schemas` (validation and OpenAPI models), :mod:`.metrics` (Prometheus),
-:mod:`.cli` (``anystep serve``), :mod:`.testing` (a server in a subprocess, tiny models).
+Modules: :mod:`.app` (``create_app``, middleware, routes table), :mod:`.routes` (generate /
+encode handlers), :mod:`.validation` (per-model checks through the core sampling contract),
+:mod:`.schemas` (the strict Pydantic request models, query parsing, error bodies),
+:mod:`.planner` (the pure tick planner), :mod:`.jobs` (per-sample staged solver state),
+:mod:`.scheduler` (the executor thread), :mod:`.engines` (the engine registry and ``auto``;
+adapters in ``engine_*``), :mod:`.registry` (served models, limits, units), :mod:`.metrics`
+(Prometheus), :mod:`.cli` (``anystep serve``), :mod:`.testing` (a server in a subprocess, tiny models).
 """
