@@ -179,6 +179,7 @@ class StepScheduler:
         self._closing = False
         self._stop = False
         self._flowmap = engine.kind == "flowmap"
+        self._settle: list[tuple[asyncio.Future, JobResult | None, BaseException | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -305,12 +306,14 @@ class StepScheduler:
             if not plan.jobs:  # every queued job is finished or failed: settle them
                 for job in list(self._jobs):
                     self._finish(job)
+                self._flush()
                 continue
             try:
                 seconds = self._execute(plan)
             except Exception as e:  # noqa: BLE001 - an engine failure fails the jobs of this tick only
                 for job, _ in plan.jobs:
                     self._fail(job, e)
+                self._flush()
                 continue
             self._record(plan, seconds)
             for job, _ in plan.jobs:
@@ -318,6 +321,7 @@ class StepScheduler:
                 job.ticks += 1
                 if job.finished:
                     self._finish(job)
+            self._flush()
 
     def _execute(self, plan: TickPlan) -> float:
         """One engine call on the plan's (padded) batch; the outputs go back to the jobs."""
@@ -378,22 +382,34 @@ class StepScheduler:
         self._resolve(job, exc=exc)
 
     def _resolve(self, job: Job, result: JobResult | None = None, exc: BaseException | None = None) -> None:
-        fut, loop = job.future, self._loop
-        if fut is None or loop is None:
+        fut = job.future
+        if fut is None or self._loop is None:
             return
-
-        def settle() -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
         if threading.current_thread() is self._thread:
-            try:
-                loop.call_soon_threadsafe(settle)
-            except RuntimeError:  # the event loop is closed
-                pass
+            self._settle.append((fut, result, exc))  # handed to the event loop once per tick
         else:
-            settle()
+            _settle_one(fut, result, exc)
+
+    def _flush(self) -> None:
+        """Settle this tick's finished futures on the event loop with one thread hand-off."""
+        if not self._settle:
+            return
+        batch, self._settle = self._settle, []
+        try:
+            self._loop.call_soon_threadsafe(_settle_all, batch)
+        except RuntimeError:  # the event loop is closed
+            pass
+
+
+def _settle_one(fut: asyncio.Future, result: JobResult | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _settle_all(batch: list[tuple[asyncio.Future, JobResult | None, BaseException | None]]) -> None:
+    for fut, result, exc in batch:
+        _settle_one(fut, result, exc)
