@@ -109,6 +109,7 @@ class Settings:
     serve_steps: tuple[int, ...] = (1, 4)
     serve_n: tuple[int, ...] = (1, 64)
     serve_requests: int = 30
+    serve_max_batch: int = 256
     dopri5_requests: int = 10
     onnx_batches: tuple[int, ...] = (1, 4)
     compile_guard_s: float = 45.0
@@ -118,7 +119,7 @@ class Settings:
     def dry(cls, **kw: Any) -> Settings:
         base = cls(device="cpu", dry_run=True, budget_s=300.0, train_steps=3, min_train_steps=2, train_batch=4,
                    train_channels=8, log_every=1, batches=(1, 3), rounds=2, calls_per_round=2, serve_n=(1, 2),
-                   serve_requests=2, dopri5_requests=1, onnx_batches=(1, 2), compile_guard_s=0.0,
+                   serve_max_batch=4, serve_requests=2, dopri5_requests=1, onnx_batches=(1, 2), compile_guard_s=0.0,
                    train_runs=(("velocity", "fp32", False), ("velocity", "bf16", True), ("lmd", "bf16", False)))
         return replace(base, **kw)
 
@@ -200,13 +201,27 @@ def _scrub(text: str, paths: dict[str, Path | str]) -> str:
 def run(s: Settings, *, out_dir: Path, work: Path, models_dir: Path, command: str,
         strict: bool = False) -> dict[str, Any]:
     """Run the selected sections; rewrite ``out_dir/gpu.{json,md}`` after each one."""
+    budget = Budget(s.budget_s)
+    # a private compile cache: a stale or half-written shared one (another process, a killed
+    # run) must not fail torch.compile here
+    old_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((work / "inductor-cache").resolve()))
+    try:
+        return _run_sections(s, budget, out_dir=out_dir, work=work, models_dir=models_dir, command=command,
+                             strict=strict)
+    finally:
+        if old_cache is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
+def _run_sections(s: Settings, budget: Budget, *, out_dir: Path, work: Path, models_dir: Path, command: str,
+                  strict: bool) -> dict[str, Any]:
     import torch
 
     from anystep.benchmarks import gpu_sections as sections
     from anystep.benchmarks.common import machine_info, write_results
     from anystep.benchmarks.gpu_report import evaluate_goals, render_markdown
 
-    budget = Budget(s.budget_s)
     data: dict[str, Any] = {"name": NAME, "dry_run": s.dry_run, "command": command, "settings": asdict(s),
                             "machine": asdict(machine_info()), "versions": _versions(),
                             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,

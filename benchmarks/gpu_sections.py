@@ -315,7 +315,7 @@ def serve_section(s: Settings, flowmaps: dict[str, Path], teachers: dict[str, Pa
     if engine not in choices:
         engine, note = "torch", "cudagraph is not registered in server/engines.py: served with torch eager"
     models = {**{k: str(v) for k, v in flowmaps.items()}, **{f"{k}-teacher": str(v) for k, v in teachers.items()}}
-    args = ["--engine", engine, "--device", s.device, "--max-batch", str(max(256, max(s.serve_n))), "--threads", "0"]
+    args = ["--engine", engine, "--device", s.device, "--max-batch", str(max(s.serve_max_batch, max(s.serve_n))), "--threads", "0"]
     rows: list[dict[str, Any]] = []
     t_end = time.perf_counter() + seconds
     cases = [(m, "flowmap", k, n) for m in flowmaps for k in s.serve_steps for n in s.serve_n]
