@@ -294,7 +294,63 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: list[str] | None) -> BenchConfig:
+BUNDLES = (
+    ("digits-cond-lmd", "digits-cond"),
+    ("digits-cond-velocity", "digits-cond-teacher"),
+    ("digits-restore-lmd", "digits-restore"),
+)
+"""(run folder, bundled model name) pairs copied by ``--bundle RUNS``."""
+
+
+def _portable(value: str) -> str:
+    """A path recorded by a run, made checkout-relative (or reduced to its name)."""
+    p = Path(value)
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return p.name
+
+
+def bundle_models(runs: Path, models_dir: Path = MODELS_DIR) -> dict[str, str]:
+    """Copy finished runs ``runs/<run>`` into ``models/<name>`` (see :data:`BUNDLES`), atomically.
+
+    Only ``config.json`` and ``model.safetensors`` are copied; run-local paths in the
+    provenance become checkout-relative (the sha256 records stay). Runs that have not
+    finished (no ``config.json``) are skipped.
+
+    Returns:
+        ``{name: path}`` of the bundled models.
+    """
+    import json
+    import os
+    import shutil
+
+    out: dict[str, str] = {}
+    for run, name in BUNDLES:
+        src = runs / run
+        if not (src / "config.json").is_file():
+            continue
+        tmp = models_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy2(src / "model.safetensors", tmp / "model.safetensors")
+        cfg = json.loads((src / "config.json").read_text())
+        prov = cfg.get("provenance", {})
+        for holder in (prov, prov.get("train_config", {})):
+            for key in ("teacher", "init_from"):
+                if holder.get(key):
+                    holder[key] = _portable(holder[key])
+        prov["bundled_from"] = f"run '{run}' (anystep train {prov.get('preset', run)})"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        dst = models_dir / name
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+        out[name] = _rel(str(dst)) or name
+    return out
+
+
+def _parse(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
     p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.digits_cond", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = BenchConfig()
@@ -309,6 +365,9 @@ def _parse(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--out", default=d.out, help="results folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quick", action="store_true", help="10 per class, w in {1, 2}, steps 1,2: a smoke run")
+    p.add_argument("--bundle", metavar="RUNS", default=None,
+                   help="first copy the finished runs RUNS/digits-cond-lmd, digits-cond-velocity, digits-restore-lmd "
+                        "into models/digits-cond, digits-cond-teacher, digits-restore")
     a = p.parse_args(argv)
     try:
         guidance = tuple(float(v) for v in a.guidance.split(","))
@@ -323,7 +382,7 @@ def _parse(argv: list[str] | None) -> BenchConfig:
     if a.quick:
         cfg.per_class, cfg.guidance, cfg.steps, cfg.restore_steps = 10, (1.0, 2.0), (1, 2), (1,)
         cfg.rtol = 1e-3
-    return cfg
+    return cfg, (Path(a.bundle) if a.bundle else None)
 
 
 def _rel(path: str | None) -> str | None:
@@ -339,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write ``digits_cond.json`` / ``.md`` and the grids to ``--out``."""
     from anystep.core.modeldir import ModelDirError, load_model_dir
 
-    cfg = _parse(argv)
+    cfg, bundle_from = _parse(argv)
+    if bundle_from is not None:
+        print(f"bundled {bundle_models(bundle_from)}", file=sys.stderr)
     try:
         cmap = load_model_dir(cfg.cond_map)
         teacher = load_model_dir(cfg.teacher)

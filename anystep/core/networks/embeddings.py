@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FLOWMAP_LABEL_GAIN",
     "GUIDANCE_EMBED_SCALE",
     "ConditionEmbedding",
     "FourierFeatures",
@@ -224,6 +225,14 @@ class MultiTimeEmbedding(nn.Module):
 # period 2, so scales in [0, 2 * GUIDANCE_EMBED_SCALE) never alias.
 GUIDANCE_EMBED_SCALE = 8.0
 
+# Gain of the class table of flow-map backbones (``e(y) = gain * table[y]``). A flow map is
+# usually warm-started from an unconditional map with the table at zero; Adam moves every
+# entry by about ``lr`` per step, so with gain 1 the class signal stays ~0.05 for hundreds
+# of steps while the shared weights are already pulled towards class-dependent targets
+# (distillation of a guided teacher), which damages the map. The gain makes the class
+# signal reach O(1) within a few hundred steps. Velocity backbones keep gain 1.
+FLOWMAP_LABEL_GAIN = 10.0
+
 
 def _is_tracing() -> bool:
     """True inside torch.export / torch.compile / jit tracing (no value-dependent checks there)."""
@@ -321,15 +330,22 @@ class ConditionEmbedding(nn.Module):
         guidance_input: also embed a guidance scale ``w``.
         num_frequencies: ``K`` of the Fourier features of ``w``.
         embed_dim: output dimension (the backbone's time-embedding dimension).
+        label_gain: ``e(y) = label_gain * table[y]`` (see :data:`FLOWMAP_LABEL_GAIN`).
     """
 
     def __init__(
-        self, num_classes: int, guidance_input: bool, num_frequencies: int, embed_dim: int
+        self,
+        num_classes: int,
+        guidance_input: bool,
+        num_frequencies: int,
+        embed_dim: int,
+        label_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if int(num_classes) < 1:
             raise ValueError(f"ConditionEmbedding needs num_classes >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
+        self.label_gain = float(label_gain)
         self.label = nn.Embedding(self.num_classes + 1, embed_dim)
         nn.init.zeros_(self.label.weight)
         self.guidance: FourierTimeEmbedding | None = None
@@ -341,7 +357,7 @@ class ConditionEmbedding(nn.Module):
 
     def forward(self, y: Tensor, w: Tensor | None) -> Tensor:
         """Embed labels ``y [B]`` (int64) and scales ``w [B]`` (or None) -> ``[B, embed_dim]``."""
-        e = self.label(y)
+        e = self.label(y) if self.label_gain == 1.0 else self.label_gain * self.label(y)
         if self.guidance is not None and w is not None:
             e = e + self.guidance(w / GUIDANCE_EMBED_SCALE).to(e.dtype)
         return e

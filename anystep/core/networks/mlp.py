@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
 from anystep.core.networks.embeddings import (
+    FLOWMAP_LABEL_GAIN,
     ConditionEmbedding,
     FourierFeatures,
     prepare_condition,
@@ -86,7 +87,11 @@ class MLPBackbone(nn.Module):
         self.cond: ConditionEmbedding | None = None
         if self.num_classes > 0:
             self.cond = ConditionEmbedding(
-                self.num_classes, self.guidance_input, cfg.fourier_features, cfg.width
+                self.num_classes,
+                self.guidance_input,
+                cfg.fourier_features,
+                cfg.width,
+                label_gain=FLOWMAP_LABEL_GAIN if cfg.time_inputs == 2 else 1.0,
             )
 
     def forward(

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
 from anystep.core.networks.embeddings import (
+    FLOWMAP_LABEL_GAIN,
     ConditionEmbedding,
     MultiTimeEmbedding,
     prepare_condition,
@@ -242,7 +243,11 @@ class UNetBackbone(nn.Module):
         self.cond: ConditionEmbedding | None = None
         if self.num_classes > 0:
             self.cond = ConditionEmbedding(
-                self.num_classes, self.guidance_input, cfg.fourier_features, emb_dim
+                self.num_classes,
+                self.guidance_input,
+                cfg.fourier_features,
+                emb_dim,
+                label_gain=FLOWMAP_LABEL_GAIN if cfg.time_inputs == 2 else 1.0,
             )
         attn_levels = set(cfg.attention_levels)
 
