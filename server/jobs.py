@@ -82,6 +82,8 @@ class Job:
         rtol: dopri5 tolerance (atol = rtol).
         max_nfe: dopri5 bound on evaluations per sample.
         tag: free-form label (the model name) for logs.
+        cond: extra per-sample engine inputs that ride along with ``(x, s, t)``, e.g.
+            ``{"y": [n] class labels, "w": [n] guidance weights}``; every array has ``n`` rows.
     """
 
     x: np.ndarray
@@ -90,6 +92,7 @@ class Job:
     rtol: float = 1e-3
     max_nfe: int = DEFAULT_MAX_NFE
     tag: str = ""
+    cond: dict[str, np.ndarray] = field(default_factory=dict)
     id: int = field(default_factory=_ids.__next__)
     k: np.ndarray = field(init=False)
     stage: np.ndarray = field(init=False)
@@ -118,6 +121,10 @@ class Job:
             raise SchedulerError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.grid.size < 2:
             raise SchedulerError("a grid needs at least two times")
+        self.cond = {k: np.ascontiguousarray(v) for k, v in self.cond.items()}
+        bad = [k for k, v in self.cond.items() if v.ndim < 1 or v.shape[0] != n]
+        if bad:
+            raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
         self.k = np.zeros(n, dtype=np.int64)
         self.stage = np.zeros(n, dtype=np.int64)
         self.nfe = np.zeros(n, dtype=np.int64)

@@ -92,6 +92,7 @@ class TickPlan:
         s: ``[B]`` float32 start times (flow maps) or None.
         t: ``[B]`` float32 end / evaluation times.
         rows: real rows (the rest is padding).
+        cond: extra per-row engine inputs (the jobs' ``cond``), padded like ``x``.
     """
 
     jobs: list[tuple[Job, np.ndarray]] = field(default_factory=list)
@@ -99,6 +100,11 @@ class TickPlan:
     s: np.ndarray | None = None
     t: np.ndarray | None = None
     rows: int = 0
+    cond: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _pad(a: np.ndarray, extra: int) -> np.ndarray:
+    return np.concatenate([a, np.repeat(a[:1], extra, axis=0)]) if extra else a
 
 
 def plan_tick(
@@ -114,6 +120,10 @@ def plan_tick(
         pad: pad to a bucket size (:func:`bucket_size`).
     """
     lives = [j.live() for j in jobs]
+    # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
+    first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
+    keys = set(first.cond) if first is not None else set()
+    lives = [lv if set(j.cond) == keys else lv[:0] for j, lv in zip(jobs, lives)]
     rows = share_rows([lv.size for lv in lives], max_batch, batching)
     plan = TickPlan()
     xs, ss, ts = [], [], []
@@ -132,14 +142,11 @@ def plan_tick(
     t = ts[0] if len(ts) == 1 else np.concatenate(ts)
     s = (ss[0] if len(ss) == 1 else np.concatenate(ss)) if flowmap else None
     plan.rows = int(x.shape[0])
-    B = bucket_size(plan.rows, max_batch) if pad else plan.rows
-    if B > plan.rows:
-        extra = B - plan.rows
-        x = np.concatenate([x, np.repeat(x[:1], extra, axis=0)])
-        t = np.concatenate([t, np.repeat(t[:1], extra)])
-        if s is not None:
-            s = np.concatenate([s, np.repeat(s[:1], extra)])
-    plan.x, plan.s, plan.t = np.ascontiguousarray(x), s, t
+    extra = (bucket_size(plan.rows, max_batch) if pad else plan.rows) - plan.rows
+    plan.x, plan.t = np.ascontiguousarray(_pad(x, extra)), _pad(t, extra)
+    plan.s = _pad(s, extra) if s is not None else None
+    for k in sorted(keys):
+        plan.cond[k] = _pad(np.concatenate([j.cond[k][idx] for j, idx in plan.jobs]), extra)
     return plan
 
 

@@ -327,7 +327,10 @@ class StepScheduler:
         """One engine call on the plan's (padded) batch; the outputs go back to the jobs."""
         with self._engine_lock:
             t0 = time.perf_counter()
-            y = self.engine.evaluate(plan.x, plan.s, plan.t)
+            if plan.cond:  # conditioning inputs ride along with (x, s, t)
+                y = self.engine.evaluate(plan.x, plan.s, plan.t, **plan.cond)
+            else:
+                y = self.engine.evaluate(plan.x, plan.s, plan.t)
             seconds = time.perf_counter() - t0
         if y.shape != plan.x.shape:
             raise SchedulerError(f"engine returned shape {list(y.shape)} for a batch of shape {list(plan.x.shape)}")

@@ -209,3 +209,12 @@ def test_engine_sees_only_bucket_sizes():
 
     stats = asyncio.run(go())
     assert eng.sizes <= set(bucket_sizes(32)) and stats.batch_sizes == eng.sizes
+
+
+def test_conditioning_inputs_ride_along_with_their_rows():
+    a = Job(x=np.zeros((2, 2), np.float32), grid=np.linspace(0, 1, 2), cond={"y": np.array([3, 4]), "w": np.array([1.0, 2.0])})
+    b = Job(x=np.ones((1, 2), np.float32), grid=np.linspace(0, 1, 3), cond={"y": np.array([7]), "w": np.array([0.5])})
+    plan = plan_tick([a, b], 8, flowmap=True)
+    assert plan.x.shape[0] == 4 and plan.cond["y"].tolist() == [3, 4, 7, 3] and plan.cond["w"].tolist() == [1, 2, 0.5, 1]
+    with pytest.raises(Exception, match="one row per sample"):
+        Job(x=np.zeros((2, 2)), grid=np.linspace(0, 1, 2), cond={"y": np.array([1])})
