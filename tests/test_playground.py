@@ -255,7 +255,7 @@ def _open_playground(page):
     assert resp is not None and resp.status == 200, (
         f"GET / answered {resp.status if resp else None}: {resp.text()[:300] if resp else ''}"
     )
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/plots.js", "/static/style.css"):
         r = page.request.get(asset)
         assert r.status == 200, f"GET {asset} answered {r.status}: {r.text()[:300]}"
     page.wait_for_selector("body[data-state=ready]")
