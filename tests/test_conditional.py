@@ -240,3 +240,53 @@ def test_noisy_digits_pairs_are_degraded_copies():
     assert ds.describe() == {"name": "digits-noisy", "kwargs": {"split": "train", "noise": 0.5}}
     with pytest.raises(DataError, match="noise"):
         get_dataset("digits-noisy", noise=0)
+
+
+# -- request-level conditioning (CLI / API / server) -----------------------------------------
+
+
+def test_any_class_is_a_function_of_the_seed():
+    from anystep.core.conditioning import classes_from_seeds
+
+    a = classes_from_seeds(range(0, 4000), 10)
+    b = classes_from_seeds(range(17, 20), 10)
+    assert torch.equal(a[17:20], b)  # batch-invariant
+    counts = torch.bincount(a, minlength=10)
+    assert int(counts.min()) > 320 and int(counts.max()) < 480  # ~uniform over the classes
+
+
+def test_resolve_conditioning_errors_and_defaults():
+    from anystep.core.conditioning import ConditioningError, resolve_conditioning
+
+    cfg = dataclasses.replace(_cfg("mlp"), provenance={"objective_hparams": {"guidance_min": 1.0, "guidance_max": 3.0}})
+    c = resolve_conditioning(cfg, [5, 6, 7], classes=[0, 1, 2], guidance=2.0)
+    assert c.y.tolist() == [0, 1, 2] and c.w.tolist() == [2.0, 2.0, 2.0]
+    assert resolve_conditioning(cfg, [5, 6, 7]).w.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ConditioningError, match="0..2"):
+        resolve_conditioning(cfg, [0], classes=3)
+    with pytest.raises(ConditioningError, match="1..3"):
+        resolve_conditioning(cfg, [0], guidance=5)
+    with pytest.raises(ConditioningError, match="one per sample"):
+        resolve_conditioning(cfg, [0, 1, 2], classes=[1, 2])
+    uncond = _cfg("mlp", num_classes=0, guidance_input=False)
+    with pytest.raises(ConditioningError, match="unconditional"):
+        resolve_conditioning(uncond, [0], guidance=2)
+    vel = _cfg("mlp", kind="velocity")
+    assert resolve_conditioning(vel, [0, 1], classes=1, guidance=2).guided_teacher
+    assert not resolve_conditioning(vel, [0, 1], classes=1).guided_teacher
+
+
+def test_generate_with_class_and_guidance(tmp_path):
+    from anystep.core.api import generate
+
+    model = build_model(_cfg("mlp")).eval()
+    _perturb(model)
+    save_model_dir(tmp_path / "m", model, _cfg("mlp"))
+    a = generate(tmp_path / "m", n=3, seed=4, classes=[0, 1, 2], guidance=[1.0, 2.0, 3.0])
+    b = generate(tmp_path / "m", n=1, seed=5, classes=1, guidance=2.0)  # sample 1 alone: same result
+    assert torch.allclose(a.x[1:2], b.x, atol=1e-6)
+    vel = build_model(_cfg("mlp", kind="velocity")).eval()
+    _perturb(vel)
+    save_model_dir(tmp_path / "v", vel, _cfg("mlp", kind="velocity"))
+    g = generate(tmp_path / "v", n=2, classes=0, guidance=2.0, solver="euler", steps=4)
+    assert g.nfe == 8 and "guided" in g.method

@@ -44,12 +44,19 @@ def generate(
     solver: str | None = None,
     nfe: int | None = None,
     rtol: float = 1e-5,
+    classes: int | Sequence[int] | None = None,
+    guidance: float | Sequence[float] | None = None,
 ) -> Generated:
     """Sample (or encode with ``reverse``) a flow map or a velocity model.
 
     Base noise for sample i is drawn from seed ``seed + i`` so results do not depend on ``n``.
+    Class-conditional models take ``classes`` (default: any class, drawn from each sample's
+    seed) and ``guidance`` (see :mod:`anystep.core.conditioning`); a guided velocity model
+    costs two network evaluations per solver evaluation (counted in ``nfe``).
     """
     from anystep.errors import AnystepError
+
+    from .conditioning import bind_conditioning, resolve_conditioning
 
     lm = model if isinstance(model, LoadedModel) else load_model_dir(model)
     cfg = lm.config
@@ -63,16 +70,18 @@ def generate(
         from .config import check_invertible
 
         check_invertible(cfg, str(lm.path))
+    cond = resolve_conditioning(cfg, sample_seeds(seed, x0.shape[0]), classes, guidance)
+    model = bind_conditioning(lm.model, cfg, cond)
     t0 = time.perf_counter()
     if cfg.kind == "flowmap":
         if solver is not None or nfe is not None:
             raise AnystepError(f"{lm.path} is a flow map: use --steps/--grid, not --solver/--nfe")
-        res = sample_flowmap(lm.model, x0, steps=steps or 1, grid=grid, reverse=reverse)
+        res = sample_flowmap(model, x0, steps=steps or 1, grid=grid, reverse=reverse)
         method = f"flow map, {res.nfe} step{'s' if res.nfe != 1 else ''}"
     else:
         if grid is not None:
             raise AnystepError(f"{lm.path} is a velocity model: --grid applies to flow maps; use --solver/--steps")
         solver = solver or "dopri5"
-        res = sample_ode(lm.model, x0, solver=solver, steps=steps, nfe=nfe, rtol=rtol, reverse=reverse)
-        method = f"ODE {solver}"
-    return Generated(x=res.x, nfe=res.nfe, method=method, seconds=time.perf_counter() - t0, dataset=cfg.dataset)
+        res = sample_ode(model, x0, solver=solver, steps=steps, nfe=nfe, rtol=rtol, reverse=reverse)
+        method = f"ODE {solver}" + (" (classifier-free guided)" if cond.guided_teacher else "")
+    return Generated(x=res.x, nfe=res.nfe * cond.nfe_per_call, method=method, seconds=time.perf_counter() - t0, dataset=cfg.dataset)

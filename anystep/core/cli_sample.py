@@ -17,6 +17,18 @@ def _parse_grid(grid: str | None) -> list[float] | None:
         raise click.BadParameter("use comma-separated numbers, e.g. 0,0.5,1", param_hint="--grid") from None
 
 
+def _parse_list(text: str | None, kind: type, hint: str):
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"use {'integers' if kind is int else 'numbers'}, e.g. 7 or 1,2,3", param_hint=hint) from None
+    if not values:
+        raise click.BadParameter("give at least one value", param_hint=hint)
+    return values[0] if len(values) == 1 else values
+
+
 def _check_out(out: str) -> str:
     suffix = Path(out).suffix.lower()
     if suffix not in (".npy", ".png"):
@@ -41,12 +53,19 @@ def _check_out(out: str) -> str:
 @click.option("--units/--model-units", default=True, show_default=True,
               help=".npy in the data set's own units (digits: grey levels 0..16) or raw model units.")
 @click.option("--out", required=True, help="Output file: .npy (samples) or .png (scatter / image grid).")
-def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol, units, out):
+@click.option("--class", "classes", default=None, metavar="C[,C...]",
+              help="Class-conditional models: the class of every sample, or one per sample (comma-separated). "
+                   "Default: any class, drawn from each sample's seed.")
+@click.option("--guidance", default=None, metavar="W[,W...]",
+              help="Class-conditional models: classifier-free guidance scale w (1 = no extra guidance, the default), "
+                   "or one per sample. A map takes w as an input; a velocity model is run twice per evaluation.")
+def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol, units, out, classes, guidance):
     """Sample MODEL_DIR: K flow-map steps, or an ODE solver for a velocity model.
 
     \b
     Examples:
       anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png
+      anystep sample models/digits-cond --class 7 --guidance 2 -n 16 --out sevens.png
       anystep sample models/checkerboard --grid 0,0.5,1 --out cb.npy
       anystep sample models/checkerboard-teacher --solver dopri5 --out ode.png
     """
@@ -60,7 +79,8 @@ def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol,
         x0 = torch.from_numpy(np.load(x0_path, allow_pickle=False).astype(np.float32))
     res = generate(
         model_dir, n=n, seed=seed, steps=steps, grid=_parse_grid(grid), reverse=reverse, x0=x0,
-        solver=solver, nfe=nfe, rtol=rtol,
+        solver=solver, nfe=nfe, rtol=rtol, classes=_parse_list(classes, int, "--class"),
+        guidance=_parse_list(guidance, float, "--guidance"),
     )
     _write(out, suffix, res.x.numpy(), res.dataset, units)
     click.echo(f"wrote {out}: {tuple(res.x.shape)} samples, {res.method}, nfe={res.nfe}, {res.seconds * 1e3:.1f} ms")
