@@ -297,7 +297,14 @@ class StepScheduler:
                     self._cv.wait()
                 if self._stop:
                     return
-                plan = plan_tick([j for j in self._jobs if not j.finished], self.max_batch, flowmap=self._flowmap, batching=self.batching, pad=self.pad)
+                try:
+                    live = [j for j in self._jobs if not j.finished]
+                    plan = plan_tick(live, self.max_batch, flowmap=self._flowmap, batching=self.batching, pad=self.pad)
+                except Exception as e:  # a planning bug fails the queued jobs, not the thread
+                    log.exception("tick planning failed")
+                    for job in list(self._jobs):
+                        job.error = job.error or SchedulerError(f"internal scheduling error: {e}")
+                    plan = TickPlan()
                 if plan.jobs:
                     now = time.perf_counter()
                     for job, _ in plan.jobs:
