@@ -89,7 +89,7 @@ def test_staged_dopri5_solves_an_analytic_ode_per_sample():
     job = Job(x=np.ones((3, 1), np.float32) * rates[:, None], grid=np.array([0.0, 1.0]), method="dopri5", rtol=1e-6, max_nfe=2000)
     while not job.finished:
         idx = job.live()
-        x, _, t = stage_inputs(job, idx)
+        x, _, _t = stage_inputs(job, idx)
         advance(job, idx, (-rates[idx, None] * x).astype(np.float32))
     assert job.error is None
     np.testing.assert_allclose(job.x[:, 0], rates * np.exp(-rates), rtol=1e-4, atol=2e-6)  # atol = rtol
