@@ -27,9 +27,11 @@ def one_thread():
 
 def _cfg(width: int = 16, **kw) -> TrainConfig:
     bb = BackboneConfig(name="mlp", data_shape=(2,), time_inputs=1, width=width, depth=2, fourier_features=4)
-    base = dict(model=ModelConfig(kind="velocity", backbone=bb, data_shape=(2,)), objective="velocity",
-                batch_size=16, max_steps=6, lr=1e-3, lr_schedule="constant", log_every=1, ckpt_every=3,
-                eval_every=-1, ema_decay=0.9, seed=1)
+    base = {
+        "model": ModelConfig(kind="velocity", backbone=bb, data_shape=(2,)), "objective": "velocity",
+        "batch_size": 16, "max_steps": 6, "lr": 1e-3, "lr_schedule": "constant", "log_every": 1,
+        "ckpt_every": 3, "eval_every": -1, "ema_decay": 0.9, "seed": 1,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
