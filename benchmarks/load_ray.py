@@ -57,6 +57,7 @@ from anystep.benchmarks.load import (
 MODULE = "anystep.benchmarks.load_ray"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 1.6
+CLIENT_TIMEOUT_S = 300.0  # a closed loop of 64 n=64 requests on one core answers in tens of s
 
 
 @dataclass
@@ -77,6 +78,8 @@ class RaySettings:
         time_limit_s: wall-time bound per round.
         format: response format.
         plain: also measure a plain ``anystep serve`` (no Ray) in the same run.
+        bare: before each round of ``c`` replicas, measure ``c`` bare engines running in
+            parallel processes (:func:`bare_engine_parallel`): the machine's own scaling.
         seed: seed of the request mix.
         quick: smoke run.
     """
@@ -94,6 +97,7 @@ class RaySettings:
     time_limit_s: float = 60.0
     format: str = "json"
     plain: bool = True
+    bare: bool = True
     seed: int = 0
     quick: bool = False
 
@@ -109,6 +113,50 @@ class RaySettings:
 QUICK = {"rounds": 1, "requests": 96, "warmup_requests": 32, "plain": False}
 
 
+def _engine_worker(
+    model_dir: str, threads: int, batch: int, start: Any, seconds: float, out: Any
+) -> None:
+    """One process of :func:`bare_engine_parallel`: engine calls on ``batch`` rows for ``seconds``."""
+    from anystep.benchmarks.load import LoadSettings, build_bare_engine
+
+    eng = build_bare_engine(Path(model_dir), LoadSettings(threads=threads), Path(model_dir))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *eng.data_shape)).astype(np.float32)
+    s = rng.uniform(0.0, 0.9, batch).astype(np.float32)
+    t = np.minimum(1.0, s + 0.25).astype(np.float32)
+    eng.step(x, s, t)  # warm
+    start.wait(timeout=300)  # every process loaded and warm: all start together
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        eng.step(x, s, t)
+        calls += 1
+    out.put(calls * batch / (time.perf_counter() - t0))
+
+
+def bare_engine_parallel(
+    model_dir: Path, processes: int, threads: int, seconds: float = 6.0, batch: int = 256
+) -> float:
+    """Evaluations/s of ``processes`` bare engines running at once (the machine's own scaling).
+
+    Each process builds the server's torch engine with ``threads`` threads and calls it on
+    ``batch`` rows (the served batch) for ``seconds``, all starting together; returns the
+    sum of their evaluations/s. No HTTP, no Ray: the ceiling a replica count can reach.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = ctx.Barrier(processes)
+    procs = [ctx.Process(target=_engine_worker, args=(str(model_dir), threads, batch, start, seconds, q))
+             for _ in range(processes)]  # fmt: skip
+    for pr in procs:
+        pr.start()
+    rates = [q.get(timeout=300 + seconds) for _ in procs]
+    for pr in procs:
+        pr.join(timeout=30)
+    return float(sum(rates))
+
+
 def _server_config(settings: RaySettings) -> Any:
     from anystep.server.app import ServerConfig
     from anystep.server.engines import EngineOptions
@@ -122,6 +170,8 @@ def _server_config(settings: RaySettings) -> Any:
             max_n=max(256, settings.n), max_compute=max(65536, settings.n * max(settings.steps_mix))
         ),
         max_queue=max(64, 2 * settings.concurrency),
+        request_timeout_s=CLIENT_TIMEOUT_S,
+        drain_timeout_s=30.0,
     )
 
 
@@ -162,6 +212,7 @@ async def _round(
         n=settings.n,
         time_limit_s=settings.time_limit_s,
         fmt_=settings.format,
+        timeout_s=CLIENT_TIMEOUT_S,
     )
     before = await _scrape_replicas(url, replicas or 1)
     reqs = make_requests(settings.requests, settings.steps_mix, settings.seed + k)
@@ -173,6 +224,7 @@ async def _round(
         n=settings.n,
         time_limit_s=settings.time_limit_s,
         fmt_=settings.format,
+        timeout_s=CLIENT_TIMEOUT_S,
     )
     after = await _scrape_replicas(url, replicas or 1)
     summ = summarize_phase(ph, settings.n)
@@ -214,6 +266,8 @@ def _row(label: str, replicas: int | None, rounds: list[dict[str, Any]]) -> dict
         "errors": [r["errors"] for r in rounds if r["errors"]],
         "replica_shares": shares,
         "mean_batch": float(np.median(batches)) if batches else None,
+        "bare_evals_per_s": med("bare_evals_per_s"),
+        "bare_evals_per_s_each": [r.get("bare_evals_per_s") for r in rounds],
         "phases": rounds,
     }
 
@@ -252,6 +306,8 @@ def run(
             str(config.limits.max_compute),
             "--log-level",
             "warning",
+            "--request-timeout",
+            str(CLIENT_TIMEOUT_S),
         ]
         log("[plain] anystep serve (no Ray), one process")
         with ServerProcess(
@@ -282,7 +338,11 @@ def run(
                     opts = RayOptions(replicas=c, num_cpus=float(settings.threads))
                     serve.run(application(config, opts), name=opts.app_name, route_prefix="/")
                     log(f"[ray] scaled to {c} replica(s) in {time.perf_counter() - t_scale:.1f} s")
+                bare = (
+                    bare_engine_parallel(model_dir, c, settings.threads) if settings.bare else None
+                )
                 summ = asyncio.run(_round(port, dep.url, settings, c, 100 + k))
+                summ["bare_evals_per_s"] = bare
                 k += 1
                 by_count[c].append(summ)
                 log(
@@ -329,6 +389,8 @@ def evaluate_goals(rows: list[dict[str, Any]], first: int) -> list[dict[str, Any
     for r in rows:
         a, b = r["requests_per_s"], base["requests_per_s"]
         r["ratio_vs_first"] = a / b if a and b else None
+        ba, bb = r.get("bare_evals_per_s"), base.get("bare_evals_per_s")
+        r["bare_ratio_vs_first"] = ba / bb if ba and bb else None
         if r["replicas"] == 2 and first == 1:
             paired = [
                 x / y
@@ -340,6 +402,7 @@ def evaluate_goals(rows: list[dict[str, Any]], first: int) -> list[dict[str, Any
                 "goal": f"2 replicas >= {GOAL_RATIO:g}x one replica's throughput, zero failed requests",
                 "ratio": r["ratio_vs_first"], "paired_ratios": paired,
                 "paired_ratio_median": float(np.median(paired)) if paired else None,
+                "bare_engine_ratio": r.get("bare_ratio_vs_first"),
                 "one_replica_requests_per_s": b, "two_replicas_requests_per_s": a, "failed": failed,
                 "met": bool(r["ratio_vs_first"] and r["ratio_vs_first"] >= GOAL_RATIO and failed == 0),
             })  # fmt: skip
@@ -379,7 +442,9 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
             f"- Goal: {g['goal']}: **{'met' if g['met'] else 'missed'}** — "
             f"{fmt(g['two_replicas_requests_per_s'])} vs {fmt(g['one_replica_requests_per_s'])} req/s "
             f"= {fmt(g['ratio'])}x (ratio of medians; per round: "
-            f"{', '.join(fmt(v) for v in g['paired_ratios'])}), {g['failed']} failed"
+            f"{', '.join(fmt(v) for v in g['paired_ratios'])}), {g['failed']} failed; "
+            f"the machine's own scaling meanwhile (bare engines in 2 vs 1 processes, no HTTP): "
+            f"{fmt(g.get('bare_engine_ratio'))}x"
         )
     lines.append("")
     rows = []
@@ -398,6 +463,8 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 r["mean_batch"],
                 shares if r["replicas"] else "-",
                 ", ".join(fmt(v) for v in r["requests_per_s_each"]),
+                r.get("bare_evals_per_s"),
+                r.get("bare_ratio_vs_first"),
             ]
         )
     lines.append(
@@ -414,11 +481,20 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 "mean engine batch",
                 "requests per replica",
                 "req/s per round",
+                "bare engines evals/s",
+                "bare vs 1 process",
             ],
             rows,
         )
     )
     lines += [
+        "",
+        (
+            "*bare engines*: right before each round of c replicas, c processes each calling the same "
+            "torch engine (1 thread, batch 256) at once for 6 s, no HTTP and no Ray: what the machine "
+            "itself gave c parallel engines at that moment (on a shared machine, the ceiling of the "
+            "replica ratio)."
+        ),
         "",
         "Per-round load averages: "
         + "; ".join(
@@ -478,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("json", "npy"), default=None, help="response format (default json)"
     )
     p.add_argument("--no-plain", action="store_true", help="skip the plain anystep serve row")
+    p.add_argument("--no-bare", action="store_true", help="skip the parallel bare-engine ceiling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default benchmarks/results)"
@@ -505,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kw[key] = getattr(args, name)
     if args.no_plain:
         kw["plain"] = False
+    if args.no_bare:
+        kw["bare"] = False
     from anystep.errors import USER_ERRORS
 
     try:
