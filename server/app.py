@@ -79,6 +79,8 @@ class ServerConfig:
         static_dir: the playground's folder (``GET /`` serves its index.html).
         pad_batches: pad engine calls to fixed batch buckets (bounded kernel caches;
             a sample's result does not depend on how many others share its tick).
+        executor: where each model's ticks run: ``thread``, ``loop`` (the event loop, no
+            hand-offs) or ``auto`` (the loop when a full-batch engine call is under 1 ms).
     """
 
     models: list[ModelSpec] = field(default_factory=list)
@@ -95,6 +97,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     static_dir: Path | None = STATIC_DIR
     pad_batches: bool = True
+    executor: str = "auto"
 
 
 @dataclass
@@ -224,6 +227,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 max_queue=config.max_queue,
                 batching=config.batching,
                 pad=config.pad_batches,
+                executor=config.executor,
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()
@@ -244,6 +248,13 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
             for m in state.models.values():
                 if config.warmup:
                     await m.scheduler.warmup()
+                    mode = await m.scheduler.choose_executor()
+                    log.info(
+                        "%s: full-batch engine call ~%.2f ms: ticks on the %s",
+                        m.name,
+                        1000 * m.scheduler.cost.call_seconds(config.max_batch),
+                        "event loop" if mode == "loop" else "tick thread",
+                    )
                 m.ready = True
             state.ready = True
             log.info(

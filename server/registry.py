@@ -218,7 +218,10 @@ class ServedModel:
             "units_shape": list(self.units.units_shape),
             "units": self.units.name,
             "engine": self.engine.name,
-            "engine_detail": self.engine.describe(),
+            "engine_detail": {
+                **self.engine.describe(),
+                "executor": getattr(self.scheduler, "mode", None),
+            },
             "engines": list(self.engines),
             "max_steps": self.limits.max_steps,
             "max_n": self.max_n,

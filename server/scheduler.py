@@ -147,6 +147,12 @@ class StepScheduler:
         pad: pad engine batches to fixed buckets (powers of two up to ``max_batch``): a
             sample's result then does not depend on how many others share its tick,
             and the engine's kernel caches stay bounded.
+        executor: where ticks run. ``"thread"``: a tick thread (the engine overlaps the
+            event loop; for engine calls of milliseconds). ``"loop"``: on the event loop
+            itself, yielding between ticks (no thread hand-off per request: for cheap
+            engine calls, where two hand-offs cost more than the call). ``"auto"``: the
+            loop when warm-up measures a full-batch call under ``inline_below_s``.
+        inline_below_s: the ``auto`` threshold.
     """
 
     def __init__(
@@ -158,7 +164,11 @@ class StepScheduler:
         batching: bool = True,
         on_tick: Callable[[int, float, int], None] | None = None,
         pad: bool = True,
+        executor: str = "thread",
+        inline_below_s: float = 1e-3,
     ) -> None:
+        if executor not in ("thread", "loop", "auto"):
+            raise SchedulerError(f"executor must be thread, loop or auto, got {executor!r}")
         if max_batch < 1:
             raise SchedulerError("max_batch must be >= 1")
         if max_queue < 1:
@@ -180,14 +190,51 @@ class StepScheduler:
         self._stop = False
         self._flowmap = engine.kind == "flowmap"
         self._settle: list[tuple[asyncio.Future, JobResult | None, BaseException | None]] = []
+        self.executor = executor
+        self.mode = "loop" if executor == "loop" else "thread"
+        self.inline_below_s = float(inline_below_s)
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the tick thread (idempotent); futures resolve on the calling event loop."""
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
+        """Start ticking (idempotent); futures resolve on the calling event loop."""
+        self._loop = asyncio.get_running_loop()
+        if self.mode == "loop":
+            if self._task is None:
+                self._wake = asyncio.Event()
+                self._task = self._loop.create_task(self._run_on_loop())
+        elif self._thread is None:
             self._thread = threading.Thread(target=self._run, name="anystep-scheduler", daemon=True)
             self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None or self._task is not None
+
+    async def choose_executor(self) -> str:
+        """``executor="auto"``: move the ticks onto the event loop when a full-batch engine call
+        (warm-up cost model) takes under ``inline_below_s``. Call it while idle (before serving)."""
+        cheap = self.cost.call_seconds(self.max_batch) <= self.inline_below_s
+        if self.executor == "auto" and self.mode == "thread" and not self._jobs and cheap:
+            await self._stop_ticking()  # idle: no tick is in flight
+            self.mode = "loop"
+            self._stop = False
+            await self.start()
+        return self.mode
+
+    async def _stop_ticking(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._wake is not None:
+            self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30.0)
+            self._thread = None
+        if self._task is not None:
+            await self._task
+            self._task = None
 
     def warmup_sizes(self) -> list[int]:
         """The batch sizes the engine will see (every bucket, or a few sizes unpadded)."""
@@ -220,9 +267,7 @@ class StepScheduler:
             self._cv.notify_all()
         for job in leftover:
             self._resolve(job, exc=SchedulerClosedError("the server is shutting down; retry on another replica"))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30.0)
-            self._thread = None
+        await self._stop_ticking()
 
     # -- submission (event loop) -----------------------------------------------------
     @property
@@ -251,7 +296,7 @@ class StepScheduler:
         """
         if self._closing or self._stop:
             raise SchedulerClosedError("the server is shutting down; retry shortly")
-        if self._thread is None:
+        if not self.running:
             raise SchedulerClosedError("the scheduler is not started")
         if tuple(job.x.shape[1:]) != self.engine.data_shape:
             raise SchedulerError(f"job samples have shape {job.x.shape[1:]}, engine expects {self.engine.data_shape}")
@@ -270,6 +315,8 @@ class StepScheduler:
             job.submitted_at = time.perf_counter()
             self._jobs.append(job)
             self._cv.notify()
+        if self._wake is not None:
+            self._wake.set()
         return job.future
 
     @contextlib.contextmanager
@@ -291,44 +338,60 @@ class StepScheduler:
 
     # -- the tick thread -------------------------------------------------------------
     def _run(self) -> None:
+        """The tick thread: ticks back to back while there is work, else waits."""
         while True:
             with self._cv:
                 while not self._jobs and not self._stop:
                     self._cv.wait()
                 if self._stop:
                     return
-                try:
-                    live = [j for j in self._jobs if not j.finished]
-                    plan = plan_tick(live, self.max_batch, flowmap=self._flowmap, batching=self.batching, pad=self.pad)
-                except Exception as e:  # a planning bug fails the queued jobs, not the thread
-                    log.exception("tick planning failed")
-                    for job in list(self._jobs):
-                        job.error = job.error or SchedulerError(f"internal scheduling error: {e}")
-                    plan = TickPlan()
-                if plan.jobs:
-                    now = time.perf_counter()
-                    for job, _ in plan.jobs:
-                        if job.started_at is None:
-                            job.started_at = now
-            if not plan.jobs:  # every queued job is finished or failed: settle them
-                for job in list(self._jobs):
-                    self._finish(job)
-                self._flush()
+            self._tick()
+
+    async def _run_on_loop(self) -> None:
+        """Ticks on the event loop, yielding between ticks so new requests join the next one."""
+        while not self._stop:
+            if not self._jobs:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
+            self._tick()
+            await asyncio.sleep(0)
+
+    def _tick(self) -> None:
+        """Plan one engine call, make it, hand the outputs back, settle finished jobs."""
+        with self._cv:
             try:
-                seconds = self._execute(plan)
-            except Exception as e:  # noqa: BLE001 - an engine failure fails the jobs of this tick only
+                live = [j for j in self._jobs if not j.finished]
+                plan = plan_tick(live, self.max_batch, flowmap=self._flowmap, batching=self.batching, pad=self.pad)
+            except Exception as e:  # a planning bug fails the queued jobs, not the thread
+                log.exception("tick planning failed")
+                for job in list(self._jobs):
+                    job.error = job.error or SchedulerError(f"internal scheduling error: {e}")
+                plan = TickPlan()
+            if plan.jobs:
+                now = time.perf_counter()
                 for job, _ in plan.jobs:
-                    self._fail(job, e)
-                self._flush()
-                continue
-            self._record(plan, seconds)
-            for job, _ in plan.jobs:
-                job.compute_s += seconds
-                job.ticks += 1
-                if job.finished:
-                    self._finish(job)
+                    if job.started_at is None:
+                        job.started_at = now
+        if not plan.jobs:  # every queued job is finished or failed: settle them
+            for job in list(self._jobs):
+                self._finish(job)
             self._flush()
+            return
+        try:
+            seconds = self._execute(plan)
+        except Exception as e:  # noqa: BLE001 - an engine failure fails the jobs of this tick only
+            for job, _ in plan.jobs:
+                self._fail(job, e)
+            self._flush()
+            return
+        self._record(plan, seconds)
+        for job, _ in plan.jobs:
+            job.compute_s += seconds
+            job.ticks += 1
+            if job.finished:
+                self._finish(job)
+        self._flush()
 
     def _execute(self, plan: TickPlan) -> float:
         """One engine call on the plan's (padded) batch; the outputs go back to the jobs."""

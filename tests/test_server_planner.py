@@ -137,11 +137,12 @@ class CountingEngine(Engine):
         return x + (t - s)[:, None] * self._f(x, t)
 
 
-def test_cancelled_job_stops_using_the_engine_within_one_tick():
+@pytest.mark.parametrize("executor", ["thread", "loop"])
+def test_cancelled_job_stops_using_the_engine_within_one_tick(executor):
     eng = CountingEngine(delay=0.01)
 
     async def go():
-        sched = StepScheduler(eng, max_batch=64)
+        sched = StepScheduler(eng, max_batch=64, executor=executor)
         await sched.start()
         job = Job(x=base_noise_np(0, 8, (2,)), grid=np.array([0.0, 1.0]), method="dopri5", rtol=1e-8, max_nfe=100000)
         sched.submit(job)
@@ -157,11 +158,12 @@ def test_cancelled_job_stops_using_the_engine_within_one_tick():
     assert at_cancel > 2 and after - at_cancel <= 1 and cancelled  # at most the tick in flight
 
 
-def test_dopri5_job_does_not_block_fixed_step_jobs_of_the_same_engine():
+@pytest.mark.parametrize("executor", ["thread", "loop"])
+def test_dopri5_job_does_not_block_fixed_step_jobs_of_the_same_engine(executor):
     eng = CountingEngine(delay=0.002)
 
     async def go():
-        sched = StepScheduler(eng, max_batch=256)
+        sched = StepScheduler(eng, max_batch=256, executor=executor)
         await sched.start()
         slow = Job(x=base_noise_np(0, 256, (2,)), grid=np.array([0.0, 1.0]), method="dopri5", rtol=1e-8, max_nfe=100000)
         f_slow = sched.submit(slow)
@@ -179,11 +181,12 @@ def test_dopri5_job_does_not_block_fixed_step_jobs_of_the_same_engine():
     assert res.nfe == 2 and still_running and ticks <= 3  # two Euler steps in (about) two ticks
 
 
-def test_non_finite_results_fail_the_job():
+@pytest.mark.parametrize("executor", ["thread", "loop"])
+def test_non_finite_results_fail_the_job(executor):
     eng = CountingEngine(kind="flowmap", bad_above=5.0)
 
     async def go():
-        sched = StepScheduler(eng)
+        sched = StepScheduler(eng, executor=executor)
         await sched.start()
         ok = sched.submit(Job(x=np.zeros((2, 2), np.float32), grid=np.linspace(0, 1, 3)))
         bad = sched.submit(Job(x=np.full((2, 2), 100.0, np.float32), grid=np.linspace(1, 0, 3)))
@@ -195,11 +198,12 @@ def test_non_finite_results_fail_the_job():
     assert np.isfinite(ok.x).all() and isinstance(bad, NonFiniteError)
 
 
-def test_engine_sees_only_bucket_sizes():
+@pytest.mark.parametrize("executor", ["thread", "loop"])
+def test_engine_sees_only_bucket_sizes(executor):
     eng = CountingEngine(kind="flowmap")
 
     async def go():
-        sched = StepScheduler(eng, max_batch=32)
+        sched = StepScheduler(eng, max_batch=32, executor=executor)
         await sched.start()
         with sched.hold():
             futs = [sched.submit(Job(x=base_noise_np(i, n, (2,)), grid=np.linspace(0, 1, 4))) for i, n in enumerate((3, 7, 11, 5))]
@@ -218,3 +222,17 @@ def test_conditioning_inputs_ride_along_with_their_rows():
     assert plan.x.shape[0] == 4 and plan.cond["y"].tolist() == [3, 4, 7, 3] and plan.cond["w"].tolist() == [1, 2, 0.5, 1]
     with pytest.raises(Exception, match="one row per sample"):
         Job(x=np.zeros((2, 2)), grid=np.linspace(0, 1, 2), cond={"y": np.array([1])})
+
+
+def test_auto_executor_moves_cheap_engines_onto_the_event_loop():
+    async def go(delay):
+        sched = StepScheduler(CountingEngine(kind="flowmap", delay=delay), max_batch=8, executor="auto")
+        await sched.start()
+        await sched.warmup([1, 8])
+        mode = await sched.choose_executor()
+        res = await sched.submit(Job(x=np.zeros((2, 2), np.float32), grid=np.linspace(0, 1, 4)))
+        await sched.close()
+        return mode, res.nfe
+
+    assert asyncio.run(go(0.0)) == ("loop", 3)
+    assert asyncio.run(go(0.005)) == ("thread", 3)
