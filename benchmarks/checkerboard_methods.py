@@ -56,6 +56,14 @@ class MethodSpec:
             bundled model; FMM N=4 is a 4-step map, negative controls never qualify).
         control: negative control (biased or wrong minimiser), reported but never bundled.
         note: one line on what the row is.
+        kind: ``"velocity"`` (the teacher and its first stage) or ``"flowmap"``.
+        budget: TrainConfig overrides (dotted key -> value) applied after the shared budget
+            in full runs only (``--quick`` keeps the shared one): the teacher's own schedule.
+        until: stop after this many of ``max_steps`` steps (a stage of a longer schedule,
+            exported from the checkpoint's EMA weights), or None.
+        row: reported as a row of the tables (False for intermediate stages).
+        config: TrainConfig overrides applied in every run, quick or full (e.g. the
+            residual ansatz that the teacher warm start ``v_st = b_s`` needs).
     """
 
     key: str
@@ -70,43 +78,68 @@ class MethodSpec:
     one_step: bool = True
     control: bool = False
     note: str = ""
-
-    @property
-    def kind(self) -> str:
-        """``"velocity"`` for the teacher, ``"flowmap"`` for every other row."""
-        return "velocity" if self.key == "si" else "flowmap"
+    kind: str = "flowmap"
+    budget: dict[str, Any] = field(default_factory=dict)
+    until: int | None = None
+    row: bool = True
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def _paper(kl: float, w2: float, w2t: float | None, l2: float | None) -> dict[str, float | None]:
     return {"kl": kl, "w2_target": w2, "w2_teacher": w2t, "l2": l2}
 
 
+# The sharp teacher: t ~ sigmoid(N(1, 1.5^2)) puts more steps near the data (t = 1), where the
+# velocity of the board is steep; batch 2048, lr 2e-3 then a cosine anneal.
+TEACHER_TIMES = {"time_kind": "logit_normal", "logit_mean": 1.0, "logit_std": 1.5}
+TEACHER_STAGE1 = {"max_steps": 30_000, "batch_size": 2048, "lr": 2e-3, "lr_warmup_steps": 500, "ema_decay": 0.9995,
+                  "log_every": 250, "ckpt_every": 1000}
+TEACHER_STAGE2 = {"max_steps": 3000, "batch_size": 2048, "lr": 8e-4, "lr_warmup_steps": 0, "ema_decay": 0.999,
+                  "log_every": 100, "ckpt_every": 500}
+
+RESIDUAL = {"model.ansatz": "residual"}  # X = x + (t - s) v: needed by the warm start v_st = b_s
+
 METHODS: dict[str, MethodSpec] = {
     m.key: m
     for m in (
-        MethodSpec("si", "SI (teacher)", "checkerboard-velocity", paper=_paper(0.020, 0.026, 0.0, 0.0),
-                   one_step=False, note="velocity b_t (eq. 3.14); sampled with dopri5 / Euler"),
-        MethodSpec("lmd", "LMD", "checkerboard-lmd", teacher="si", paper=_paper(0.043, 0.059, 0.032, 0.085),
-                   note="Lagrangian map distillation (eq. 3.7)"),
-        MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", paper=_paper(0.079, 0.029, 0.010, 0.011),
-                   note="Eulerian map distillation (eq. 3.9)"),
-        MethodSpec("fmm1", "FMM, N=1", "checkerboard-fmm1", paper=_paper(0.104, 0.021, None, 0.026),
+        MethodSpec("si_pre", "SI stage 1", "checkerboard-velocity", kind="velocity", row=False, one_step=False,
+                   hparams=TEACHER_TIMES, budget=TEACHER_STAGE1, until=13_000,
+                   note="teacher stage 1: 13,000 steps of a 30,000-step cosine schedule, lr 2e-3, batch 2048"),
+        MethodSpec("si", "SI (teacher)", "checkerboard-velocity", kind="velocity", init_from="si_pre",
+                   hparams=TEACHER_TIMES, budget=TEACHER_STAGE2, paper=_paper(0.020, 0.026, 0.0, 0.0),
+                   one_step=False,
+                   note="velocity b_t (eq. 3.14), logit-normal times; stage 2: 3,000-step cosine anneal from "
+                        "stage 1; sampled with dopri5 / Euler"),
+        MethodSpec("lmd", "LMD", "checkerboard-lmd", teacher="si", init_from="si", config=RESIDUAL,
+                   paper=_paper(0.043, 0.059, 0.032, 0.085),
+                   note="Lagrangian map distillation (eq. 3.7), warm start v_st = b_s from the teacher"),
+        MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", init_from="si", config=RESIDUAL,
+                   paper=_paper(0.079, 0.029, 0.010, 0.011),
+                   note="Eulerian map distillation (eq. 3.9), warm start v_st = b_s from the teacher"),
+        MethodSpec("fmm1", "FMM, N=1", "checkerboard-fmm1", init_from="si", config=RESIDUAL,
+                   paper=_paper(0.104, 0.021, None, 0.026),
                    note="flow map matching (eq. 3.15) on the whole square"),
-        MethodSpec("fmm4", "FMM, N=4", "checkerboard-fmm4", table3_steps=4, one_step=False,
+        MethodSpec("fmm4", "FMM, N=4", "checkerboard-fmm4", init_from="si", config=RESIDUAL, table3_steps=4,
+                   one_step=False,
                    paper=_paper(0.045, 0.014, None, 0.024),
                    note="flow map matching with |t-s| <= 1/4; a 4-step map (PFMM's teacher)"),
-        MethodSpec("pfmm", "PFMM, N=1", "checkerboard-pfmm", teacher="fmm4", init_from="fmm4",
+        MethodSpec("pfmm", "PFMM, N=1", "checkerboard-pfmm", teacher="fmm4", init_from="fmm4", config=RESIDUAL,
                    paper=_paper(0.043, 0.014, None, 0.023),
                    note="progressive FMM (eq. 3.16): FMM N=4 (4 steps) distilled to one step"),
-        MethodSpec("ee", "EE (stop-grad)", "checkerboard-ee",
-                   note="Eulerian estimation with stop-gradient (successors §1), no teacher"),
-        MethodSpec("lsd", "LSD", "checkerboard-lsd", note="Lagrangian self-distillation (successors §2)"),
-        MethodSpec("esd", "ESD", "checkerboard-esd", note="Eulerian self-distillation (successors §2)"),
-        MethodSpec("psd", "PSD", "checkerboard-psd", note="progressive self-distillation (successors §2)"),
-        MethodSpec("ayf_emd", "AYF-EMD", "checkerboard-ayf-emd", teacher="si",
-                   note="Align Your Flow, Eulerian (successors §3)"),
-        MethodSpec("ayf_lmd", "AYF-LMD", "checkerboard-ayf-lmd", teacher="si",
-                   note="Align Your Flow, Lagrangian (successors §3)"),
+        MethodSpec("ee", "EE (stop-grad)", "checkerboard-ee", init_from="si",
+                   note="Eulerian estimation with stop-gradient (successors §1), no teacher in the loss; "
+                        "minibatch-OT coupling (preset)"),
+        MethodSpec("lsd", "LSD", "checkerboard-lsd", init_from="si",
+                   note="Lagrangian self-distillation (successors §2)"),
+        MethodSpec("esd", "ESD", "checkerboard-esd", init_from="si",
+                   note="Eulerian self-distillation (successors §2)"),
+        MethodSpec("psd", "PSD", "checkerboard-psd", init_from="si", budget={"max_steps": 3000},
+                   note="progressive self-distillation (successors §2); 3x the steps (no JVP: about LMD's "
+                        "wall-clock)"),
+        MethodSpec("ayf_emd", "AYF-EMD", "checkerboard-ayf-emd", teacher="si", init_from="si",
+                   note="Align Your Flow, Eulerian (successors §3), adaptive weight (preset)"),
+        MethodSpec("ayf_lmd", "AYF-LMD", "checkerboard-ayf-lmd", teacher="si", init_from="si",
+                   note="Align Your Flow, Lagrangian (successors §3), adaptive weight (preset)"),
         # issue 14: the rest of the few-step family (training/meanflow.py, shortcut.py, consistency.py,
         # pd.py, operator.py); what each cannot do that a two-time map can is in the results notes
         MethodSpec("meanflow", "MeanFlow", "checkerboard-meanflow",
@@ -191,7 +224,7 @@ def resolve_methods(requested: Sequence[str] | str | None) -> list[MethodSpec]:
                     f"--methods: unknown method {item!r}; choose from {', '.join(METHODS)} "
                     "(or 'all', 'all+controls')"
                 )
-    wanted = set(keys) | {"si"}
+    wanted = set(keys) | {"si"} | ({"si_pre"} if "si_pre" in METHODS else set())
     changed = True
     while changed:
         changed = False
@@ -239,11 +272,11 @@ class Settings:
     quick: bool = False
     width: int = 256
     depth: int = 4
-    steps: int = 6000
-    batch_size: int = 1000
+    steps: int = 1000
+    batch_size: int = 512
     lr: float = 1e-3
     lr_min: float = 1e-5
-    lr_warmup_steps: int = 100
+    lr_warmup_steps: int = 50
     ema_decay: float = 0.999
     grad_clip: float | None = 1.0
     seed: int = 0

@@ -59,6 +59,9 @@ def build_train_config(spec: MethodSpec, settings: Settings, work_dir: Path, *, 
         sets.append(f"objective={spec.objective}")
     for k, v in spec.hparams.items():
         sets.append(f"objective_hparams.{k}={json.dumps(v)}")
+    sets += [f"{k}={json.dumps(v)}" for k, v in spec.config.items()]
+    if not settings.quick:
+        sets += [f"{k}={json.dumps(v)}" for k, v in spec.budget.items()]
     cfg = apply_overrides(cfg, sets)
     changes: dict[str, Any] = {}
     if spec.teacher is not None:
@@ -105,7 +108,44 @@ class TrainRecord:
 
 
 
-def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log) -> TrainRecord:
+def _export_stage(run_dir: Path, cfg, until: int) -> None:
+    """Write ``config.json`` + ``model.safetensors`` from the checkpoint's EMA weights.
+
+    For a stage that stops at step ``until`` of a longer schedule (the trainer writes the
+    model directory only at ``max_steps``). Files are moved in atomically, config last.
+    """
+    import os
+
+    from safetensors.torch import load_file
+
+    from anystep.core.config import ModelConfig
+    from anystep.core.flowmap import build_model
+    from anystep.core.modeldir import CONFIG_NAME, WEIGHTS_NAME, save_model_dir
+    from anystep.training.checkpoint import find_checkpoint
+
+    ck = find_checkpoint(run_dir)
+    if ck is None:
+        raise BenchmarkError(f"{run_dir}: no checkpoint to export the stage from")
+    state = json.loads((ck / "state.json").read_text())
+    model = build_model(cfg.model)
+    model.load_state_dict(load_file(str(ck / "ema.safetensors")))
+    train_dict = cfg.to_dict()
+    train_dict["model"].pop("provenance", None)
+    prov = {"preset": cfg.preset, "objective": cfg.objective, "objective_hparams": dict(cfg.objective_hparams),
+            "steps": int(state["step"]), "stage_of_max_steps": int(cfg.max_steps), "final_loss": state.get("last_loss"),
+            "seed": cfg.seed, "dataset": cfg.dataset, "base": cfg.base, "train_config": train_dict, "weights": "ema"}
+    model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "provenance": prov})
+    tmp = run_dir / ".stage.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_dir(tmp, model, model_cfg)
+    os.replace(tmp / WEIGHTS_NAME, run_dir / WEIGHTS_NAME)
+    os.replace(tmp / CONFIG_NAME, run_dir / CONFIG_NAME)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log,
+              until: int | None = None) -> TrainRecord:
     """Train (or reuse / resume) one run directory.
 
     Args:
@@ -115,6 +155,8 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
         fresh: delete an existing run directory first.
         progress: tqdm progress bar.
         log: ``log(str)`` for one-line status messages.
+        until: stop after this step of ``cfg.max_steps`` (a stage of a longer schedule) and
+            export the checkpoint's EMA weights as the model directory; None trains to the end.
 
     Returns:
         :class:`TrainRecord`.
@@ -154,8 +196,10 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
     else:
         log(f"[{key}] training {cfg.objective} for {cfg.max_steps} steps -> {run_dir}"
             + (" (resuming)" if resume else ""))
-        res = Trainer(cfg, run_dir, resume=resume, eval_fn=None, progress=progress).fit()
+        res = Trainer(cfg, run_dir, resume=resume, eval_fn=None, progress=progress).fit(until=until)
         resumed_from = res.resumed_from
+        if until is not None and until < cfg.max_steps:
+            _export_stage(run_dir, cfg, until)
     rows = [r for r in read_log(run_dir) if "loss" in r]
     seconds = float(rows[-1]["time"]) if rows else float("nan")
     final_loss = float(rows[-1]["loss"]) if rows else None
@@ -165,9 +209,9 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
         run_dir=str(run_dir),
         objective=cfg.objective,
         preset=cfg.preset,
-        steps=int(cfg.max_steps),
+        steps=int(until or cfg.max_steps),
         seconds=seconds,
-        ms_per_step=1000.0 * seconds / max(1, cfg.max_steps),
+        ms_per_step=1000.0 * seconds / max(1, until or cfg.max_steps),
         final_loss=final_loss,
         reused=reused,
         resumed_from=resumed_from,
@@ -177,3 +221,149 @@ def train_one(key: str, cfg, run_dir: Path, *, fresh: bool, progress: bool, log)
     log(f"[{key}] done: {rec.seconds:.0f} s ({rec.ms_per_step:.1f} ms/step), final loss {fmt(final_loss)}")
     return rec
 
+
+
+# --------------------------------------------------------------------------------------
+# two at a time: one worker process per run, one thread each
+# --------------------------------------------------------------------------------------
+
+SETTINGS_NAME = "benchmark_settings.json"
+
+
+def train_method(key: str, settings: Settings, work_dir: Path, *, fresh: bool = False, progress: bool = False,
+                 log=print) -> TrainRecord:
+    """Build the config of method ``key`` and train / reuse / resume ``work_dir/key``."""
+    from anystep.benchmarks.checkerboard_methods import METHODS
+
+    spec = METHODS[key]
+    cfg = build_train_config(spec, settings, work_dir)
+    return train_one(key, cfg, work_dir / key, fresh=fresh, progress=progress, log=log,
+                     until=None if settings.quick else spec.until)
+
+
+def _settings_to_json(settings: Settings) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(settings))
+
+
+def _settings_from_json(text: str) -> Settings:
+    d = json.loads(text)
+    d["kl_range"] = tuple(d["kl_range"])
+    d["teacher_sizes"] = tuple(tuple(x) for x in d["teacher_sizes"])
+    d["methods"] = tuple(d["methods"])
+    return Settings(**d)
+
+
+def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs: int = 2,
+                   fresh: set[str] | bool = False, log=print) -> tuple[dict[str, TrainRecord], dict[str, str]]:
+    """Train the runs ``keys`` (in dependency order), ``jobs`` worker processes at a time.
+
+    Each run is one ``python -m anystep.benchmarks.checkerboard_train`` process with one
+    torch thread, ``nice``-d, its output in ``work_dir/<key>.log``; a run starts when its
+    teacher and warm start are finished. Finished runs are reused, interrupted ones resumed
+    (the worker does what :func:`train_one` does), so the whole call can be repeated.
+
+    Returns:
+        ``(records, failed)``: a :class:`TrainRecord` per finished run, and the error line
+        of each run that failed (its dependents are skipped).
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from anystep.benchmarks.checkerboard_methods import METHODS
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / SETTINGS_NAME).write_text(_settings_to_json(settings))
+    pending = list(keys)
+    running: dict[str, tuple[subprocess.Popen, Any]] = {}
+    records: dict[str, TrainRecord] = {}
+    failed: dict[str, str] = {}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def deps(k: str) -> list[str]:
+        sp = METHODS[k]
+        return [d for d in (sp.teacher, sp.init_from) if d is not None and d in keys]
+
+    while pending or running:
+        for k in list(pending):
+            bad = [d for d in deps(k) if d in failed]
+            if bad:
+                failed[k] = f"skipped: its teacher/warm start {bad[0]!r} failed"
+                log(f"[{k}] {failed[k]}")
+                pending.remove(k)
+        for k in list(pending):
+            if len(running) >= jobs:
+                break
+            if all(d in records for d in deps(k)):
+                pending.remove(k)
+                cmd = [sys.executable, "-m", "anystep.benchmarks.checkerboard_train", k, "--work-dir", str(work_dir)]
+                if fresh is True or (not isinstance(fresh, bool) and k in fresh):
+                    cmd.append("--fresh")
+                if os.name == "posix":
+                    cmd = ["nice", "-n", "10", *cmd]
+                fh = open(work_dir / f"{k}.log", "a")  # noqa: SIM115 (closed when the process ends)
+                log(f"[{k}] started (log: {work_dir / (k + '.log')})")
+                running[k] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh)
+        if not running and pending:
+            waiting = {k: deps(k) for k in pending}
+            raise BenchmarkError(f"cannot schedule {waiting}: their dependencies are not in the run list")
+        time.sleep(2.0)
+        for k, (proc, fh) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            fh.close()
+            del running[k]
+            rec_path = work_dir / k / "benchmark_record.json"
+            if rc == 0 and rec_path.is_file():
+                records[k] = TrainRecord(**json.loads(rec_path.read_text()))
+                log(f"[{k}] done: {records[k].seconds:.0f} s ({records[k].ms_per_step:.1f} ms/step)")
+            else:
+                tail = (work_dir / f"{k}.log").read_text().strip().splitlines()[-1:] or ["no output"]
+                failed[k] = f"exit {rc}: {tail[0]}"
+                log(f"[{k}] FAILED: {failed[k]}")
+                if k == "si" or METHODS[k].kind == "velocity":
+                    for p, f in running.values():
+                        p.terminate()
+                        f.close()
+                    raise BenchmarkError(f"the teacher run {k!r} failed: {failed[k]}")
+    return records, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker: ``python -m anystep.benchmarks.checkerboard_train KEY --work-dir DIR [--fresh]``.
+
+    Reads the benchmark settings from ``DIR/benchmark_settings.json`` (written by
+    :func:`train_parallel`), trains one run with one torch thread and writes its
+    :class:`TrainRecord` to ``DIR/KEY/benchmark_record.json``.
+    """
+    import argparse
+    from dataclasses import asdict
+
+    import torch
+
+    from anystep.benchmarks.checkerboard_methods import METHODS
+
+    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_train",
+                                description="Train one run of the checkerboard benchmark (worker of its scheduler).")
+    p.add_argument("key", choices=sorted(METHODS))
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--fresh", action="store_true")
+    args = p.parse_args(argv)
+    work_dir = Path(args.work_dir)
+    sfile = work_dir / SETTINGS_NAME
+    if not sfile.is_file():
+        print(f"error: {sfile} is missing; run the benchmark (python -m anystep.benchmarks.checkerboard)", flush=True)
+        return 2
+    torch.set_num_threads(1)
+    settings = _settings_from_json(sfile.read_text())
+    rec = train_method(args.key, settings, work_dir, fresh=args.fresh, log=lambda m: print(m, flush=True))
+    (work_dir / args.key / "benchmark_record.json").write_text(json.dumps(asdict(rec), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -595,3 +595,73 @@ def test_objectives_run_under_mixed_precision_autocast(name: str) -> None:
     assert all(
         p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters()
     )
+
+
+# ------------------------------------------------------------------------------------------
+# AYF on the checkerboard: the implementation against the discrete-eps loss, adaptive weight
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ayf_emd", "ayf_lmd"])
+def test_ayf_matches_discrete_loss_on_checkerboard_from_teacher_warm_start(name: str) -> None:
+    """Same check as above on checkerboard data with the map warm-started from a velocity model."""
+    from anystep.core.data import get_dataset
+    from anystep.core.warmstart import flowmap_from_velocity
+
+    torch.manual_seed(0)
+    velocity = mlp_model("velocity", width=32, depth=2, fourier_features=4).double()
+    model = mlp_model("flowmap", width=32, depth=2, fourier_features=4).double()
+    model.ansatz = "residual"
+    flowmap_from_velocity(model, velocity)
+    with torch.no_grad():  # move off the warm start so that every tangent term is non-zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    objective = build_objective(name, LINEAR, tangent_norm=False)
+    g = gen(3)
+    n = 128
+    x1 = get_dataset("checkerboard").sample(n, g).double()
+    batch = Batch(x0=torch.randn(n, 2, generator=g, dtype=torch.float64), x1=x1, z=torch.zeros(n, 2, dtype=torch.float64))
+    model.zero_grad()
+    objective.loss(model, batch, gen(4), teacher=velocity).loss.backward()
+    surrogate = torch.cat([p.grad.flatten() for p in model.parameters()])
+    pair = objective.times.sample(n, gen(4)).to(batch.x0)
+    s, t = pair.s, pair.t
+    x = LINEAR.interpolate(batch.x0, batch.x1, s).I_t
+    eps = 1e-6
+    with torch.no_grad():
+        if name == "ayf_emd":
+            s2 = s + eps * (t - s)
+            target = model(x + (s2 - s)[:, None] * velocity(x, s), s2, t)
+        else:
+            t2 = t + eps * (s - t)
+            y = model(x, s, t2)
+            target = y + (t - t2)[:, None] * velocity(y, t2)
+    model.zero_grad()
+    ((model(x, s, t) - target).pow(2).mean(1).mean() / (2 * eps)).backward()
+    discrete = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.nn.functional.cosine_similarity(surrogate, discrete, dim=0) > 0.9999
+    assert float(surrogate.norm() / discrete.norm()) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_ayf_adaptive_weight_learns_the_log_variance_and_checkpoints() -> None:
+    from anystep.training.ayf import LogVarianceWeight
+
+    objective = build_objective("ayf_lmd", LINEAR, adaptive=True, adaptive_lr=0.05)
+    assert isinstance(objective.weight_net, LogVarianceWeight)
+    g = gen(5)
+    for _ in range(400):  # sq_norm = 4 everywhere: u -> log 4
+        s = torch.rand(256, generator=g)
+        t = s + (1 - s) * torch.rand(256, generator=g)
+        lam, _ = objective._adaptive_weight(s, t, torch.full((256,), 4.0))
+    assert float(lam.mean()) == pytest.approx(0.25, rel=0.1)
+    state = objective.state_dict()
+    import json
+
+    fresh = build_objective("ayf_lmd", LINEAR, adaptive=True, adaptive_lr=0.05)
+    fresh.load_state_dict(json.loads(json.dumps(state)))
+    s = torch.rand(8, generator=g)
+    assert torch.allclose(fresh.weight_net(s, s), objective.weight_net(s, s))
+    # the map's loss still backpropagates and reports the log-variance
+    model = mlp_model("flowmap")
+    out = objective.loss(model, CASE_2D.batch(32, gen()), gen(1), ExactGaussianVelocity(CASE_2D))
+    out.loss.backward()
+    assert "log_var" in out.metrics
+    assert build_objective("ayf_lmd", LINEAR).state_dict() == {}

@@ -65,14 +65,43 @@ _AYF_DEFAULTS = {
     "norm_c": 0.1,
     "warmup_steps": 0,
     "weighting": "gap",
+    "adaptive": False,
+    "adaptive_lr": 1e-2,
 }
+
+
+class LogVarianceWeight(torch.nn.Module):
+    """Learned per-``(s, t)`` log-variance ``u(s, t)`` of the adaptive weighting (sCM, AYF).
+
+    ``u`` is a linear function of Fourier features of ``(s, t, t - s)``; it is trained on
+    ``E[ e^{-u} sg(|w' g|^2 / d) + u ]``, whose minimiser is ``u = log E[|w' g|^2 / d | s, t]``,
+    and the map's surrogate is weighted by ``sg(e^{-u})``: every ``(s, t)`` region then
+    contributes gradients of the same size. It has its own Adam (the map's optimiser never
+    sees it), stepped inside :meth:`_AYF.loss`; its state is in :meth:`_AYF.state_dict`.
+    """
+
+    def __init__(self, num_frequencies: int = 4) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.pi * torch.arange(1, num_frequencies + 1, dtype=torch.float32))
+        self.linear = torch.nn.Linear(3 * (1 + 2 * num_frequencies), 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        """``u(s, t)``: ``s, t [B]`` -> ``[B]``."""
+        feats = []
+        for x in (s, t, t - s):
+            arg = x.float()[:, None] * self.freqs
+            feats += [x.float()[:, None], torch.sin(arg), torch.cos(arg)]
+        return self.linear(torch.cat(feats, dim=1)).squeeze(1)
 
 
 class _AYF(FlowObjective):
     """Shared machinery of the two AYF objectives (see module docstring).
 
     Hyper-parameters: ``tangent_norm`` (bool, True), ``norm_c`` (0.1), ``warmup_steps``
-    (0 = no warm-up), ``weighting`` (``"gap"`` or ``"unit"``) and the time settings
+    (0 = no warm-up), ``weighting`` (``"gap"`` or ``"unit"``), ``adaptive`` (learned
+    per-``(s, t)`` log-variance weight :class:`LogVarianceWeight`), ``adaptive_lr`` and the time settings
     (``time_kind="logit_normal"`` with ``logit_mean``, ``logit_std`` for logit-normal times).
     """
 
@@ -91,6 +120,51 @@ class _AYF(FlowObjective):
             raise ObjectiveError(f"{self.name}: norm_c must be > 0 (AYF uses 0.1)")
         if self.hparams["warmup_steps"] < 0:
             raise ObjectiveError(f"{self.name}: warmup_steps must be >= 0 (0 disables the warm-up)")
+        if self.hparams["adaptive_lr"] <= 0:
+            raise ObjectiveError(f"{self.name}: adaptive_lr must be > 0 (Adam learning rate of u(s, t))")
+        self.weight_net: LogVarianceWeight | None = None
+        self._weight_opt: torch.optim.Optimizer | None = None
+        if self.hparams["adaptive"]:
+            with torch.random.fork_rng(devices=[]):
+                self.weight_net = LogVarianceWeight()
+            self._weight_opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.hparams["adaptive_lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state (adaptive weight + its Adam) as JSON lists, for checkpoints; ``{}`` if none."""
+        if self.weight_net is None:
+            return {}
+        opt = self._weight_opt.state_dict()
+        return {
+            "weight_net": {k: v.tolist() for k, v in self.weight_net.state_dict().items()},
+            "weight_opt": {
+                "param_groups": opt["param_groups"],
+                "state": {str(i): {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in st.items()}
+                          for i, st in opt["state"].items()},
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a no-op for ``{}`` or without an adaptive weight)."""
+        if self.weight_net is None or not state:
+            return
+        self.weight_net.load_state_dict({k: torch.tensor(v) for k, v in state["weight_net"].items()})
+        opt = state["weight_opt"]
+        self._weight_opt.load_state_dict({
+            "param_groups": opt["param_groups"],
+            "state": {int(i): {k: torch.tensor(v, dtype=torch.float32) for k, v in st.items()}
+                      for i, st in opt["state"].items()},
+        })
+
+    def _adaptive_weight(self, s: Tensor, t: Tensor, sq_norm: Tensor) -> tuple[Tensor, float]:
+        """Step ``u(s, t)`` on ``e^{-u} sq_norm + u`` (``sq_norm [B]``, no grad); return ``sg(e^{-u})``."""
+        net = self.weight_net.to(s.device)
+        with torch.enable_grad():
+            u = net(s.detach(), t.detach())
+            loss_u = (torch.exp(-u) * sq_norm.detach().float() + u).mean()
+            self._weight_opt.zero_grad(set_to_none=True)
+            loss_u.backward()
+            self._weight_opt.step()
+        return torch.exp(-u.detach()).to(sq_norm.dtype), float(u.detach().mean())
 
     def ramp(self, step: int) -> float:
         """Tangent warm-up ``r = min(1, step / warmup_steps)`` (1 when ``warmup_steps = 0``)."""
@@ -123,10 +197,18 @@ class _AYF(FlowObjective):
         w_sign = pair.t - pair.s  # w' sign(t - s) with w' = |t - s|
         if self.hparams["weighting"] == "unit":
             w_sign = torch.sign(w_sign)
+        extra: dict[str, float] = {}
+        if self.weight_net is not None and model.training:
+            gap = (pair.t - pair.s).abs()  # |X - target| / eps = |w' sign g| (∂X/∂v = t - s)
+            sq_norm = (w_sign * gap).pow(2) * g.flatten(1).pow(2).mean(dim=1)
+            lam, u_mean = self._adaptive_weight(pair.s, pair.t, sq_norm)
+            w_sign = w_sign * lam
+            extra["log_var"] = u_mean
         loss = (self.sign * w_sign * inner).mean()
         return LossOutput(
             loss=loss,
             metrics={
+                **extra,
                 "loss": float(loss.detach()),
                 "surrogate": float(loss.detach()),
                 "residual": float(sq(g_full).mean()),

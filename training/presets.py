@@ -218,7 +218,7 @@ def checkerboard_pfmm_progressive() -> TrainConfig:
 @_register("checkerboard-ee", "Eulerian estimation with stop-gradient (successors §1), no teacher")
 def checkerboard_ee() -> TrainConfig:
     """Direct Eulerian estimation of the flow map."""
-    return _checkerboard("flowmap", "ee", ansatz="residual")
+    return _checkerboard("flowmap", "ee", ansatz="residual").replace(coupling="minibatch_ot")
 
 
 @_register("checkerboard-lsd", "Lagrangian self-distillation (successors §2), no teacher")
@@ -239,16 +239,23 @@ def checkerboard_psd() -> TrainConfig:
     return _checkerboard("flowmap", "psd", ansatz="residual")
 
 
+# Align Your Flow on the checkerboard: tangent normalisation g / (|g| + 0.1) and the learned
+# per-(s, t) log-variance weight (sCM's adaptive weighting). Without the adaptive weight the
+# semi-gradient update diverges at lr 1e-3 from the teacher warm start (benchmarks/results/
+# checkerboard.md, investigation notes); start from the teacher with --init-from.
+AYF_RECIPE: dict[str, Any] = {"tangent_norm": True, "norm_c": 0.1, "adaptive": True}
+
+
 @_register("checkerboard-ayf-emd", "Align Your Flow, Eulerian (successors §3); --teacher from checkerboard-velocity")
 def checkerboard_ayf_emd() -> TrainConfig:
     """AYF-EMD distillation of a velocity teacher."""
-    return _checkerboard("flowmap", "ayf_emd", ansatz="residual")
+    return _checkerboard("flowmap", "ayf_emd", AYF_RECIPE, ansatz="residual")
 
 
 @_register("checkerboard-ayf-lmd", "Align Your Flow, Lagrangian (successors §3); --teacher from checkerboard-velocity")
 def checkerboard_ayf_lmd() -> TrainConfig:
     """AYF-LMD distillation of a velocity teacher."""
-    return _checkerboard("flowmap", "ayf_lmd", ansatz="residual")
+    return _checkerboard("flowmap", "ayf_lmd", AYF_RECIPE, ansatz="residual")
 
 
 # -- digits ---------------------------------------------------------------------------
