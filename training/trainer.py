@@ -148,6 +148,11 @@ def read_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def objective_state(objective: Any) -> dict[str, Any] | None:
+    """JSON state of an objective with learned parts (``state_dict()``), else None."""
+    return objective.state_dict() if hasattr(objective, "state_dict") else None
+
+
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -603,6 +608,8 @@ class Trainer:
 
         rnd = self.rounds[resumed_round] if resumed_round is not None else self._round_at(step)
         objective = self._build_objective(rnd)
+        if self.resume and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(st.get("objective_state") or {})
         replaced_teacher = teacher is not teacher_orig
 
         eval_fn: EvalFn | None
@@ -645,6 +652,8 @@ class Trainer:
                         "seed": cfg.seed,
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
                         "amp": self._amp.state_dict(),
+                        # learned loss weights of the objective (e.g. AYF's adaptive u(s, t)), JSON
+                        "objective_state": objective_state(objective),
                     },
                     teacher=teacher.state_dict() if (replaced_teacher and teacher is not None) else None,
                 )
