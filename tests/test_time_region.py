@@ -157,3 +157,18 @@ def test_teacher_of_another_interpolant_is_rejected_before_training(tmp_path):
         validate_config(cfg)
     same = _save(tmp_path / "teacher2", _tiny("velocity"))
     validate_config(cfg.replace(teacher=str(same)))  # the same interpolant passes
+
+
+def test_forward_only_flowmap_teacher_cannot_teach_backward_maps(tmp_path):
+    import dataclasses
+
+    from anystep.training.config import TrainConfig, validate_config
+
+    fwd = _save(tmp_path / "fwd", _tiny())
+    both = _save(tmp_path / "both", dataclasses.replace(_tiny(), time_region="both"))
+    cfg = TrainConfig(model=_tiny(), objective="pfmm", teacher=str(fwd), batch_size=16, max_steps=2,
+                      objective_hparams={"steps": 2, "forward_only": False})
+    with pytest.raises(ConfigError, match="forward times only.*forward_only=true"):
+        validate_config(cfg)
+    validate_config(cfg.replace(objective_hparams={"steps": 2}))  # forward student: fine
+    validate_config(cfg.replace(teacher=str(both), init_from=str(both)))  # a teacher trained both ways

@@ -451,7 +451,7 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
     from anystep.core.interpolants import build_interpolant
 
     try:
-        cls(build_interpolant(config.model.interpolant), **config.objective_hparams)
+        objective = cls(build_interpolant(config.model.interpolant), **config.objective_hparams)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"objective {config.objective!r} hyper-parameters: {_one_line(e)}") from None
 
@@ -506,6 +506,14 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
                 f"model uses {m_i.name!r} (gamma={m_i.gamma}); its velocity/map is another flow, so distilling it "
                 f"would learn the wrong map: set model.interpolant.name={t_i.name!r} and "
                 f"model.interpolant.gamma={t_i.gamma} or use a teacher trained with the model's interpolant"
+            )
+        if teacher_cfg.kind == "flowmap" and teacher_cfg.time_region != "both" and (
+            trained_time_region(objective) == "both"
+        ):
+            raise ConfigError(
+                f"teacher {config.teacher!r} is a flow map trained on forward times only (time_region "
+                f"'forward') but objective {config.objective!r} also samples s > t, where the teacher was "
+                "never fitted: set objective_hparams.forward_only=true or use a teacher trained on both directions"
             )
     resolved = config
     if config.objective == "pfmm" and config.init_from is None and config.teacher is not None:
