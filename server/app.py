@@ -80,7 +80,7 @@ class ServerConfig:
         pad_batches: pad engine calls to fixed batch buckets (bounded kernel caches;
             a sample's result does not depend on how many others share its tick).
         executor: where each model's ticks run: ``thread``, ``loop`` (the event loop, no
-            hand-offs) or ``auto`` (the loop when a full-batch engine call is under 1 ms).
+            hand-offs) or ``auto`` (the loop for flow maps whose full-batch engine call is under 2 ms).
     """
 
     models: list[ModelSpec] = field(default_factory=list)

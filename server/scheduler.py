@@ -165,7 +165,7 @@ class StepScheduler:
         on_tick: Callable[[int, float, int], None] | None = None,
         pad: bool = True,
         executor: str = "thread",
-        inline_below_s: float = 1e-3,
+        inline_below_s: float = 2e-3,
     ) -> None:
         if executor not in ("thread", "loop", "auto"):
             raise SchedulerError(f"executor must be thread, loop or auto, got {executor!r}")
@@ -215,7 +215,7 @@ class StepScheduler:
     async def choose_executor(self) -> str:
         """``executor="auto"``: move the ticks onto the event loop when a full-batch engine call
         (warm-up cost model) takes under ``inline_below_s``. Call it while idle (before serving)."""
-        cheap = self.cost.call_seconds(self.max_batch) <= self.inline_below_s
+        cheap = self._flowmap and self.cost.call_seconds(self.max_batch) <= self.inline_below_s
         if self.executor == "auto" and self.mode == "thread" and not self._jobs and cheap:
             await self._stop_ticking()  # idle: no tick is in flight
             self.mode = "loop"

@@ -235,4 +235,16 @@ def test_auto_executor_moves_cheap_engines_onto_the_event_loop():
         return mode, res.nfe
 
     assert asyncio.run(go(0.0)) == ("loop", 3)
-    assert asyncio.run(go(0.005)) == ("thread", 3)
+    assert asyncio.run(go(0.01)) == ("thread", 3)
+
+
+def test_auto_executor_keeps_velocity_models_on_a_thread():
+    async def go():
+        sched = StepScheduler(CountingEngine(kind="velocity"), max_batch=8, executor="auto")
+        await sched.start()
+        await sched.warmup([1, 8])
+        mode = await sched.choose_executor()
+        await sched.close()
+        return mode
+
+    assert asyncio.run(go()) == "thread"
