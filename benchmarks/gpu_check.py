@@ -338,7 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw["train_runs"] = parse_train_runs(args.train_runs)
     kw["strict"] = bool(args.strict)
     s = Settings.dry(**kw) if args.dry_run else Settings(**kw)
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print(f"error: torch is not importable by {sys.executable}; run the check with the Python that has "
+              "torch (on the device: the preinstalled python3)", file=sys.stderr)
+        return 2
 
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA GPU visible to torch; run with --dry-run on a CPU machine", file=sys.stderr)

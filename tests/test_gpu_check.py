@@ -56,7 +56,7 @@ def test_dry_run_every_section(tmp_path, repo_root):
     served = {(r["model"], r["method"], r["steps"], r["n"]): r for r in sec["serve"]["rows"]}
     assert served[("digits", "flowmap", 4, 2)]["nfe"] == 4
     assert served[("cifar-teacher", "dopri5", None, 1)]["nfe"] >= 6
-    assert {r["model"] for r in sec["onnx"]["rows"]} >= {"cifar", "cifar-teacher"}
+    assert sec["onnx"]["rows"] and sec["onnx"]["rows"][0]["model"] == "cifar"  # GPU-trained first (then budget)
     assert all(r["passed"] and r["max_abs_err"] <= r["atol"] + 1e-3 for r in sec["onnx"]["rows"])
 
 
