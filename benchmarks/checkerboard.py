@@ -54,12 +54,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from anystep.benchmarks.checkerboard_bundle import bundle_models
+from anystep.benchmarks.checkerboard_bundle import bundle_models, rel_path
 from anystep.benchmarks.checkerboard_eval import (
     EvalContext,
     StepMetrics,
     _kl,
     _outside,
+    bound_context,
+    map_bounds,
+    round_trip,
     sample_map,
     sample_ode,
     score_samples,
@@ -75,9 +78,16 @@ from anystep.benchmarks.checkerboard_methods import (
     MethodSpec,
     Settings,
     resolve_methods,
+    train_order,
 )
 from anystep.benchmarks.checkerboard_report import render_markdown
-from anystep.benchmarks.checkerboard_train import TrainRecord, build_train_config, train_one
+from anystep.benchmarks.checkerboard_train import (
+    TrainRecord,
+    build_train_config,
+    train_method,
+    train_one,
+    train_parallel,
+)
 from anystep.benchmarks.common import (
     NOTES_BEGIN,
     NOTES_END,
@@ -88,6 +98,7 @@ from anystep.benchmarks.common import (
     machine_info,
     write_results,
 )
+from anystep.core.metrics import blur_curve
 from anystep.errors import AnystepError
 
 __all__ = [
@@ -156,22 +167,25 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
 
     training: dict[str, TrainRecord] = {}
     failed: dict[str, str] = {}
-    for spec in specs:
+    if settings.jobs >= 2:
+        fresh_keys: set[str] | bool = True if fresh is True else set(fresh or ())
+        with sw("train (parallel)"):
+            training, failed = train_parallel(train_order([sp.key for sp in specs]), settings, work_dir, jobs=settings.jobs,
+                                              fresh=fresh_keys, log=log)
+    for spec in specs if settings.jobs < 2 else ():
         deps = [d for d in (spec.teacher, spec.init_from) if d is not None and d in failed]
         if deps:
             failed[spec.key] = f"skipped: its teacher/warm start {deps[0]!r} failed"
             log(f"[{spec.key}] {failed[spec.key]}")
             continue
-        cfg = build_train_config(spec, settings, work_dir)
         try:
             with sw(f"train {spec.key}"):
-                training[spec.key] = train_one(spec.key, cfg, work_dir / spec.key, fresh=_fresh(spec.key),
-                                               progress=progress,
-                                               log=log)
+                training[spec.key] = train_method(spec.key, settings, work_dir, fresh=_fresh(spec.key),
+                                                  progress=progress, log=log)
         except BenchmarkError:
             raise
         except (AnystepError, ValueError, RuntimeError) as e:  # e.g. TrainingError: the loss became NaN
-            if spec.key == "si":
+            if spec.kind == "velocity":
                 raise BenchmarkError(f"the teacher failed to train: {e}") from e
             failed[spec.key] = f"{type(e).__name__}: {' '.join(str(e).split())}"
             log(f"[{spec.key}] FAILED: {failed[spec.key]}")
@@ -224,9 +238,19 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
                 data[: settings.w2_samples], target_w2, max_samples=settings.w2_samples, seed=settings.seed)),
             "outside": _outside(data),
         }
+        blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+    ctx.blur = blur
+    m_si.blur = blur.equivalent(m_si.kl)
+    for em in euler_m.values():
+        em.blur = blur.equivalent(em.kl)
+    log("[eval] blur curve: " + ", ".join(f"sigma {sg:g}: KL {k:.4f}" for sg, k in zip(blur.sigmas, blur.kls))
+        + f"; teacher: {blur.describe(m_si.kl)}")
 
     samples: dict[str, dict[int, np.ndarray]] = {}
     metrics: dict[str, dict[int, StepMetrics]] = {}
+    bounds: dict[str, dict[str, Any]] = {}
+    with ev("bounds (Props. 3.7/3.8)"):
+        bctx = bound_context(teacher, x0, data, settings)
     for spec in specs:
         if spec.kind != "flowmap":
             continue
@@ -239,6 +263,10 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
                 metrics[spec.key][k] = score_samples(xk, ctx, nfe=k)
             samples[spec.key][k] = xk.numpy()
         log(f"[eval] {spec.label}: KL " + ", ".join(f"K={k} {metrics[spec.key][k].kl:.4f}" for k in EVAL_STEPS))
+        if spec.kind == "flowmap" and not spec.control:
+            with ev("bounds (Props. 3.7/3.8)"):
+                bounds[spec.key] = map_bounds(model, teacher, bctx, metrics[spec.key][1])
+            log(f"[eval] {spec.label}: bounds {bounds[spec.key]}")
 
     size_rows = []
     if size_records:
@@ -261,12 +289,22 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
     cands = [s for s in specs if s.kind == "flowmap" and s.one_step and not s.control]
     allmaps = [s for s in specs if s.kind == "flowmap" and not s.control]
     best1 = min(cands, key=lambda s: metrics[s.key][1].kl) if cands else None
+    # the bundled map must invert (/encode): the best one-step map trained on both time directions
+    both = [s for s in cands if load_model_dir(work_dir / s.key).config.time_region == "both"]
+    best_both = min(both, key=lambda s: metrics[s.key][1].kl) if both else None
+    roundtrip: dict[str, float] = {}
+    if best_both is not None:
+        with ev("round trip"):
+            roundtrip = round_trip(load_model_dir(work_dir / best_both.key).model, x0, data)
+        log(f"[eval] {best_both.label} round trip: {roundtrip}")
     best4 = min(allmaps, key=lambda s: metrics[s.key][4].kl) if allmaps else None
     goal = {
         "one_step_target_ratio": 1.5,
         "four_step_target_ratio": 1.2,
         "best_one_step": best1.label if best1 else None,
         "best_one_step_key": best1.key if best1 else None,
+        "bundled_key": best_both.key if best_both else None,
+        "round_trip": roundtrip,
         "best_one_step_ratio": metrics[best1.key][1].kl_ratio if best1 else None,
         "best_four_step": best4.label if best4 else None,
         "best_four_step_ratio": metrics[best4.key][4].kl_ratio if best4 else None,
@@ -282,12 +320,13 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
 
     command = command or command_line(module=MODULE)
     bundled = None
-    if bundle_dir is not None and best1 is not None:
-        scores = {f"K={k}": {"kl": metrics[best1.key][k].kl, "kl_ratio": metrics[best1.key][k].kl_ratio}
-                  for k in EVAL_STEPS}
-        bundled = bundle_models(bundle_dir, best1, work_dir, command, scores,
-                                {"dopri5": {"kl": m_si.kl, "nfe": nfe_si}})
-        log(f"[bundle] {best1.label} -> {bundled['checkerboard']}, teacher -> {bundled['checkerboard-teacher']}")
+    if bundle_dir is not None and best_both is not None:
+        scores = {f"K={k}": {"kl": metrics[best_both.key][k].kl, "kl_ratio": metrics[best_both.key][k].kl_ratio,
+                             "blur": metrics[best_both.key][k].blur} for k in EVAL_STEPS}
+        scores["round_trip"] = roundtrip
+        bundled = bundle_models(bundle_dir, best_both, work_dir, command, scores,
+                                {"dopri5": {"kl": m_si.kl, "nfe": nfe_si, "blur": m_si.blur}})
+        log(f"[bundle] {best_both.label} -> {bundled['checkerboard']}, teacher -> {bundled['checkerboard-teacher']}")
 
     res: dict[str, Any] = {
         "benchmark": "checkerboard",
@@ -298,7 +337,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         "started": started,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": asdict(settings),
-        "training": {k: asdict(v) for k, v in training.items()}
+        "training": {k: asdict(v) | {"run_dir": rel_path(v.run_dir)} for k, v in training.items()}
         | {f"si_{w}x{d}": asdict(r) for w, d, r in size_records},
         "teacher": {"dopri5": asdict(m_si) | {"nfe": nfe_si}, "euler": {k: asdict(v) for k, v in euler_m.items()}},
         "floors": floors,
@@ -318,6 +357,10 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
             if s.kind == "flowmap"
         },
         "teacher_sizes": size_rows,
+        "blur_curve": blur.to_dict(),
+        "bounds": bounds,
+        "bounds_setup": {"n": bctx.n, "n_times": bctx.n_times, "lipschitz_integral": bctx.lipschitz_integral,
+                         "lmd_factor": bctx.lmd_factor},
         "failed": failed,
         "goal": goal,
         "figures": fig_names,
@@ -412,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: 2 when the 1-minute load average is below 1, else 1: on a "
                         "shared 2-core machine two threads of a busy process spin on each other and run "
                         "5-10x slower than one)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="training runs at a time, each its own process with one torch thread (default 2; 1 trains "
+                        "in this process)")
     p.add_argument("--teacher-sizes", type=_size_list, default=(),
                    help="also train teachers of these sizes (e.g. 128x4,512x6) with the same budget and "
                         "report their dopri5 KL (network-size check)")
@@ -442,7 +488,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if threads is None:
         load = (load_average() or [None])[0]
         threads = 2 if load is not None and load < 1.0 else 1
+    if args.jobs < 1:
+        raise BenchmarkError(f"--jobs must be >= 1, got {args.jobs}")
     return Settings(quick=bool(args.quick), seed=args.seed, threads=threads, teacher_sizes=args.teacher_sizes,
+                    jobs=args.jobs,
                     methods=methods, **base)
 
 

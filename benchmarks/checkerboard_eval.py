@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +12,17 @@ from torch import Tensor, nn
 
 from anystep.benchmarks.checkerboard_methods import BenchmarkError, Settings
 
-__all__ = ["EvalContext", "StepMetrics", "sample_map", "sample_ode", "score_samples"]
+__all__ = [
+    "BoundContext",
+    "EvalContext",
+    "StepMetrics",
+    "bound_context",
+    "map_bounds",
+    "round_trip",
+    "sample_map",
+    "sample_ode",
+    "score_samples",
+]
 
 
 @dataclass
@@ -26,6 +38,8 @@ class StepMetrics:
             the samples do not come from the shared ``x0``).
         outside: fraction of samples off the board (target density 0; yellow in Fig. 3).
         nfe: network evaluations per sample.
+        blur: blur equivalent of ``kl`` (:meth:`anystep.core.metrics.BlurCurve.equivalent`;
+            ``0`` at or below the estimator's floor, ``inf`` beyond the largest blur).
     """
 
     kl: float
@@ -35,6 +49,7 @@ class StepMetrics:
     coupling_l2: float | None
     outside: float
     nfe: int | None = None
+    blur: float | None = None
 
 
 @dataclass
@@ -47,6 +62,7 @@ class EvalContext:
         target_w2: ``[w2_samples, 2]`` fresh checkerboard samples for ``W_2^2``.
         settings: the benchmark settings.
         kl_teacher: the teacher's dopri5 KL (denominator of ``kl_ratio``), set once known.
+        blur: the :class:`~anystep.core.metrics.BlurCurve` of this sample size, once known.
     """
 
     x0: Tensor
@@ -54,6 +70,7 @@ class EvalContext:
     target_w2: np.ndarray
     settings: Settings
     kl_teacher: float | None = None
+    blur: Any = None
 
 
 def _kl(x: np.ndarray, settings: Settings) -> float:
@@ -110,7 +127,8 @@ def score_samples(x: Tensor | np.ndarray, ctx: EvalContext, *, coupled: bool = T
             l2 = float(coupling_l2(ref, arr)) if finite.all() else float("inf")
     ratio = kl / ctx.kl_teacher if ctx.kl_teacher else None
     return StepMetrics(kl=kl, kl_ratio=ratio, w2_target=w2_t, w2_teacher=w2_s, coupling_l2=l2,
-                       outside=_outside(arr), nfe=nfe)
+                       outside=_outside(arr), nfe=nfe,
+                       blur=ctx.blur.equivalent(kl) if ctx.blur is not None else None)
 
 
 @torch.no_grad()
@@ -132,3 +150,91 @@ def sample_ode(model: nn.Module, x0: Tensor, solver: str, steps: int | None, rto
         nfe = max(nfe, res.nfe)
     return torch.cat(outs), nfe
 
+
+
+# --------------------------------------------------------------------------------------
+# Props. 3.7 / 3.8: both sides for a trained map
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BoundContext:
+    """Shared inputs of the bound terms: base/data points, ``int |C_t|`` of the teacher.
+
+    Attributes:
+        x0: ``[n, 2]`` base points (the first ``n`` of the shared ``x0``), float64.
+        x1: ``[n, 2]`` data points coupled independently with ``x0`` (for ``I_s``).
+        n: number of points.
+        n_times: midpoint-rule nodes of the time integrals.
+        lipschitz_integral: ``int_0^1 |C_t| dt`` of the teacher, ``C_t`` the largest
+            eigenvalue of ``sym(∇b_t)`` over samples of ``I_t`` (a lower estimate of the sup).
+        lmd_factor: ``e^{1 + 2 int |C_t|}`` (Prop. 3.7).
+    """
+
+    x0: Tensor
+    x1: Tensor
+    n: int
+    n_times: int
+    lipschitz_integral: float
+    lmd_factor: float
+
+
+def bound_context(teacher: nn.Module, x0: Tensor, data: np.ndarray, settings: Settings,
+                  n_times: int = 32, lipschitz_points: int = 512) -> BoundContext:
+    """Build :class:`BoundContext` for the teacher ``b`` (velocity model)."""
+    from anystep.core.bounds import one_sided_lipschitz
+
+    n = min(settings.bound_samples, len(x0), len(data))
+    xb0 = x0[:n].double()
+    xb1 = torch.as_tensor(data[:n], dtype=torch.float64)
+    b = _double(teacher)
+    m = min(lipschitz_points, n)
+    c = one_sided_lipschitz(b, lambda t: (1 - t) * xb0[:m] + t * xb1[:m], n_times=n_times)
+    integral = float(c.abs().mean())
+    return BoundContext(x0=xb0, x1=xb1, n=n, n_times=n_times, lipschitz_integral=integral,
+                        lmd_factor=math.exp(1.0 + 2.0 * integral))
+
+
+def _double(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).double().eval().requires_grad_(False)
+
+
+def map_bounds(model: nn.Module, teacher: nn.Module, ctx: BoundContext, one_step: StepMetrics) -> dict[str, Any]:
+    """Both sides of Props. 3.7 and 3.8 for one map (see :mod:`anystep.core.bounds`).
+
+    The measured side is ``W_2^2`` to the teacher's dopri5 samples (``one_step.w2_teacher``)
+    and the coupling error ``E|X^SI_{0,1}(x0) - X_hat_{0,1}(x0)|^2`` (``one_step.coupling_l2``,
+    which the proofs bound); the bounds use the Lagrangian / Eulerian defects against the
+    teacher velocity on ``ctx.n`` points.
+    """
+    from anystep.core.bounds import BoundCheck, eulerian_defect, lagrangian_defect
+
+    X_hat, b = _double(model), _double(teacher)
+    chk = BoundCheck(
+        w2=float(one_step.w2_teacher if one_step.w2_teacher is not None else float("nan")),
+        coupling=float(one_step.coupling_l2 if one_step.coupling_l2 is not None else float("nan")),
+        lagrangian_defect=lagrangian_defect(X_hat, b, ctx.x0, n_times=ctx.n_times),
+        lipschitz_integral=ctx.lipschitz_integral,
+        eulerian_defect=eulerian_defect(X_hat, b, ctx.x0, ctx.x1, n_times=ctx.n_times),
+    )
+    return chk.to_dict()
+
+
+@torch.no_grad()
+def round_trip(model: nn.Module, x0: Tensor, x1: np.ndarray, n: int = 20_000) -> dict[str, float]:
+    """Inversion error of a map trained on both directions (what ``/encode`` relies on).
+
+    Returns:
+        ``{"encode_decode": E|X_{1,0}(X_{0,1}(x0)) - x0|^2, "decode_encode":
+        E|X_{0,1}(X_{1,0}(x1)) - x1|^2, "n": n}`` with ``x1`` exact data samples.
+    """
+    m = min(n, len(x0), len(x1))
+    a = x0[:m]
+    b = torch.as_tensor(x1[:m], dtype=a.dtype)
+    zero, one = torch.zeros(m), torch.ones(m)
+    ed = model(model(a, zero, one), one, zero)
+    de = model(model(b, one, zero), zero, one)
+    return {"encode_decode": float((ed - a).pow(2).sum(1).mean()), "decode_encode": float((de - b).pow(2).sum(1).mean()),
+            "n": m}

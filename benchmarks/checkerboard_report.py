@@ -9,6 +9,8 @@ from anystep.benchmarks.common import NOTES_BEGIN, NOTES_END, fmt, markdown_tabl
 
 __all__ = ["DEFAULT_NOTES", "render_markdown"]
 
+METHODS_LABEL: dict[str, str] = {}
+
 DEFAULT_NOTES = (
     "_Hand-written notes on what was tried to reach the goal go here; this block is kept "
     "when the file is regenerated._\n"
@@ -16,7 +18,8 @@ DEFAULT_NOTES = (
 
 
 def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | None) -> str:
-    """The Markdown report (Table 3 layout, step columns, baselines, floors, timing)."""
+    """The Markdown report (Table 3 layout, step columns, baselines, floors, bounds, timing)."""
+    METHODS_LABEL.update({sp.key: sp.label for sp in specs})
     s = res["settings"]
     mets = res["methods"]
     t = res["teacher"]
@@ -44,32 +47,39 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         "",
         "## Table 3 (paper layout)",
         "",
-        "One step except FMM N=4 (4 steps, as in the paper). Paper numbers in brackets.",
+        ("One step except FMM N=4 (4 steps, as in the paper). Paper numbers in brackets (the paper's own KL "
+         "estimator and sample size; compare ratios). Blur: the sigma of N(0, sigma^2) noise that, added to exact "
+         "board samples, gives the same KL on this estimator and sample size (squares are 2 wide)."),
         "",
     ]
-    rows = [["SI (dopri5)", kl_si, "1.00 [1.00]", "[0.020]", t["dopri5"]["w2_target"], "[0.026]", 0.0, "[0.0]",
-             0.0, "[0.000]"]]
+    curve = res.get("blur_curve")
+    if curve:
+        lines[-1:-1] = ["Blur reference (same estimator, same n): " + ", ".join(
+            f"sigma {sg:g}: KL {fmt(k)}" for sg, k in zip(curve["sigmas"], curve["kls"])) + ".", ""]
+    rows = [["SI (dopri5)", kl_si, _blur(t["dopri5"].get("blur")), "1.00 [1.00]", "[0.020]", t["dopri5"]["w2_target"],
+             "[0.026]", 0.0, "[0.0]", 0.0, "[0.000]"]]
     for sp in specs:
-        if sp.kind != "flowmap" or not sp.paper:
+        if sp.kind != "flowmap" or sp.key not in mets or not sp.paper:
             continue
         k = sp.table3_steps
         m = mets[sp.key]["steps"][str(k)]
         p = sp.paper
         pr = p["kl"] / 0.020
         rows.append([
-            sp.label + ("" if k == 1 else f" ({k} steps)"), m["kl"], f"{fmt(m['kl_ratio'], 3)} [{pr:.2f}]",
+            sp.label + ("" if k == 1 else f" ({k} steps)"), m["kl"], _blur(m.get("blur")),
+            f"{fmt(m['kl_ratio'], 3)} [{pr:.2f}]",
             f"[{fmt(p['kl'])}]", m["w2_target"], f"[{fmt(p['w2_target'])}]", m["w2_teacher"],
             f"[{fmt(p['w2_teacher'])}]", m["coupling_l2"], f"[{fmt(p['l2'])}]",
         ])
     lines.append(markdown_table(
-        ["Method", "KL", "KL / SI", "paper KL", "W2² target", "paper", "W2² teacher", "paper", "L2 coupling", "paper"],
-        rows))
+        ["Method", "KL", "≈ blur", "KL / SI", "paper KL", "W2² target", "paper", "W2² teacher", "paper",
+         "L2 coupling", "paper"], rows))
     lines += ["", "## Every method at K = 1, 2, 4, 8 steps", ""]
-    flow = [sp for sp in specs if sp.kind == "flowmap"]
+    flow = [sp for sp in specs if sp.kind == "flowmap" and sp.key in mets]
     for metric, title in (("kl", "KL(rho_1 || rho_hat_1)"), ("kl_ratio", "KL / teacher's dopri5 KL"),
                           ("w2_target", "W2² to the target"), ("w2_teacher", "W2² to the teacher's samples"),
                           ("coupling_l2", "Coupling L2 vs. the dopri5 teacher"),
-                          ("outside", "Fraction of samples off the board")):
+                          ("outside", "Fraction of samples off the board"), ("blur", "Blur equivalent (sigma)")):
         lines += [f"### {title}", ""]
         body = []
         for sp in flow:
@@ -112,6 +122,21 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         "",
     ]
 
+    if res.get("bounds"):
+        bs = res["bounds_setup"]
+        lines += ["## Props. 3.7 and 3.8: both sides for every map", "",
+                  (f"Measured: W2² to the teacher's dopri5 samples and the coupling error E|X^SI_01(x0) - X_01(x0)|² "
+                   f"(what the proofs bound; >= W2²). Bounds: e^(1+2∫|C_t|dt) x ∫E|b_t(X_0t(x0)) - ∂_t X_0t(x0)|² dt "
+                   f"(3.7) and e x ∫E|∂_s X_s1(I_s) + ∇X_s1(I_s) b_s(I_s)|² ds (3.8), midpoint rule with "
+                   f"{bs['n_times']} nodes on {bs['n']:,} points, b = the teacher; C_t = the largest eigenvalue of "
+                   f"sym(∇b_t) over samples of I_t (a lower estimate of the sup), ∫|C_t|dt = "
+                   f"{fmt(bs['lipschitz_integral'])}, so e^(1+2∫|C_t|) = {fmt(bs['lmd_factor'])}."), ""]
+        body = [[METHODS_LABEL.get(k, k), b["w2"], b["coupling"], b["lagrangian_defect"], b["lmd_bound"],
+                 "yes" if b["lmd_holds"] else "NO", b["eulerian_defect"], b["emd_bound"],
+                 "yes" if b["emd_holds"] else "NO"] for k, b in res["bounds"].items()]
+        lines += [markdown_table(["Map", "W2² teacher", "coupling", "L-defect", "3.7 bound", "holds", "E-defect",
+                                  "3.8 bound", "holds"], body), ""]
+
     if res.get("failed"):
         lines += ["## Runs that failed", ""]
         lines += [f"- `{k}`: {v}" for k, v in res["failed"].items()]
@@ -138,8 +163,12 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
     if res.get("bundled"):
         b = res["bundled"]
         lines += ["## Bundled models", "",
-                  (f"- `{b['checkerboard']}`: {g['best_one_step']} (one step), "
-                   f"try `anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`"),
+                  (f"- `{b['checkerboard']}`: {METHODS_LABEL.get(g.get('bundled_key'), g.get('bundled_key'))} "
+                   f"(the best one-step map trained on both time directions), try "
+                   f"`anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`; round trip "
+                   f"E|X_10(X_01(x0)) - x0|² = {fmt(g['round_trip'].get('encode_decode'))}, "
+                   f"E|X_01(X_10(x1)) - x1|² = {fmt(g['round_trip'].get('decode_encode'))} "
+                   f"({g['round_trip'].get('n', 0):,} points)"),
                   f"- `{b['checkerboard-teacher']}`: the SI teacher velocity (`--solver dopri5`)", ""]
 
     lines += ["## Figures", ""]
@@ -153,6 +182,17 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
                      + (f", objective `{sp.objective}`" if sp.objective else "") + f"): {sp.note}{extra}")
     lines += ["", "## Investigation notes", "", NOTES_BEGIN, (notes or DEFAULT_NOTES).rstrip("\n"), NOTES_END, ""]
     return "\n".join(lines)
+
+
+def _blur(sigma: float | None) -> str:
+    """A blur equivalent for a table cell."""
+    if sigma is None:
+        return "-"
+    if sigma == 0:
+        return "<= floor"
+    if sigma == float("inf"):
+        return "> 0.3"
+    return f"{sigma:.3f}"
 
 
 def _excess_ratio(kl: float, kl_teacher: float, floor: float) -> float | None:
