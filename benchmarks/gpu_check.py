@@ -228,6 +228,10 @@ def _run_sections(s: Settings, budget: Budget, *, out_dir: Path, work: Path, mod
                                      "matmul": torch.backends.cuda.matmul.allow_tf32},
                             "torch_support": torch_support(Path("pyproject.toml"), torch.__version__),
                             "sections": {}, "seconds": {}}
+    import anystep
+
+    site = os.environ.get("ANYSTEP_GPU_SITE")
+    data["anystep_from"] = "wheelhouse" if site and anystep.__file__.startswith(site) else "environment"
     folders = {"<work>": work.resolve(), "<repo>": Path.cwd(), "<site>": os.environ.get("ANYSTEP_GPU_SITE", "\0")}
     flow: dict[str, Path] = {}
     teach: dict[str, Path] = {}

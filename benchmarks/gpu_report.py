@@ -111,9 +111,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                                   for r in t["runs"]]), ""]
         lines += [f"- {r['objective']} {r['precision']}: {r.get('error') or r.get('skipped')}" for r in t["runs"]
                   if r.get("error") or r.get("skipped")]
-    for key, title in (("step", "## 2. One flow-map step per engine"),
-                       ("compile", "## 5. torch.compile beside eager and CUDA graphs (run last: it compiles)")):
-        lines += _step_table(sec.get(key, {}), title)
+    lines += _step_table(sec.get("step", {}), "## 2. One flow-map step per engine")
     if sec.get("serve", {}).get("rows"):
         sv = sec["serve"]
         lines += ["## 3. Serving `POST /generate`", "",
@@ -126,6 +124,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             ["model", "kind", "exporter", "max abs err", "max rel err", "atol", "rtol", "passed"],
             [[r["model"], r["kind"], r["exporter"], r["max_abs_err"], r["max_rel_err"], r["atol"], r["rtol"],
               r["passed"]] for r in sec["onnx"]["rows"]]), ""]
+    lines += _step_table(sec.get("compile", {}),
+                         "## 5. torch.compile beside eager and CUDA graphs (run last: it compiles)")
     lines += _errors(data)
     lines += ["Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in data.get("seconds", {}).items()), ""]
     return "\n".join(lines)
