@@ -18,7 +18,10 @@ NVIDIA H200, Python 3.12, torch 2.11 + CUDA, no internet, at most 64 MiB carried
    GPU; the bare engine call next to ``steps=1, n=1``;
 4. **onnx**: the GPU-trained models exported to ONNX (:func:`anystep.export.onnx_export.export_onnx`,
    with its own parity check) and run on CPU ONNX Runtime against the model on the GPU
-   (TF32 off).
+   (TF32 off);
+5. **compile**: ``torch.compile`` (default mode, dynamic batch) timed beside eager and the
+   CUDA-graph engine, last, because compiling a U-Net takes minutes; a model or batch size
+   is skipped, and said so, when under ``compile_guard_s`` (45 s) of the allowance is left.
 
 Every section records its error instead of stopping the run, and the files are
 rewritten after each section, so a run cut short still reports what it measured.
@@ -44,6 +47,13 @@ How to run it on the device machine (from a checkout of the repository):
    (``make gpu-check GPU_OUT="$OUT"`` runs the same). The wheels are unpacked into a
    private folder on ``sys.path`` (no pip, nothing installed, the device's torch 2.11
    stays), ``$OUT/gpu.{json,md}`` come back; copy them to ``benchmarks/results/``.
+   With the project's device tool that is one call: ``command`` as above, ``carry:
+   [".gpu-wheelhouse"]``, ``timeout_s: 590``; the check itself stops new work at 450 s,
+   and the files are rewritten after every section, so even a cut-off run reports. A
+   shorter rerun: ``--sections step,serve`` (about 2 minutes).
+
+The wheelhouse must be rebuilt after code changes: it holds the anystep wheel of the
+tree as it was (``gpu.json`` records ``anystep_from``: ``wheelhouse`` or ``environment``).
 """
 
 from __future__ import annotations
