@@ -101,26 +101,42 @@ async def run_job(request: Request, m: ServedModel, job: Job, timeout_s: float, 
         raise ApiError(503, "shutting_down", str(e), None, retry_after(2)) from None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    why: list[str] = []  # set by the watchdog before it cancels the job
+    timer: list[asyncio.TimerHandle] = []
+
+    def watchdog() -> None:  # no task and no wake-up per request unless it runs past DISCONNECT_POLL_S
+        if fut.done():
+            return
+        if loop.time() >= deadline:
+            why.append("timeout")
+            sched.cancel(job)
+        else:
+            loop.create_task(check_client())
+
+    async def check_client() -> None:
+        if fut.done():
+            return
+        if await request.is_disconnected():
+            why.append("client")
+            sched.cancel(job)
+        elif not fut.done():
+            timer.append(loop.call_later(max(0.0, min(DISCONNECT_POLL_S, deadline - loop.time())), watchdog))
+
+    timer.append(loop.call_later(min(DISCONNECT_POLL_S, timeout_s), watchdog))
     try:
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                sched.cancel(job)
-                raise ApiError(
-                    503,
-                    "timeout",
-                    f"the request did not finish within {timeout_s:g} s and was stopped; the server is busy or the "
-                    "request is large: retry later, or lower n, steps or max_nfe",
-                    None,
-                    retry_after(sched.retry_after()),
-                )
-            done, _ = await asyncio.wait((fut,), timeout=min(left, DISCONNECT_POLL_S))
-            if done:
-                return fut.result()
-            if await request.is_disconnected():
-                sched.cancel(job)
-                raise ApiError(499, "client_closed", "the client closed the connection; the request was stopped")
+        return await fut
     except asyncio.CancelledError:
+        if why == ["timeout"]:
+            raise ApiError(
+                503,
+                "timeout",
+                f"the request did not finish within {timeout_s:g} s and was stopped; the server is busy or the "
+                "request is large: retry later, or lower n, steps or max_nfe",
+                None,
+                retry_after(sched.retry_after()),
+            ) from None
+        if why:
+            raise ApiError(499, "client_closed", "the client closed the connection; the request was stopped") from None
         sched.cancel(job)  # the server is stopping
         raise
     except SolverFailedError as e:
@@ -137,6 +153,9 @@ async def run_job(request: Request, m: ServedModel, job: Job, timeout_s: float, 
         raise ApiError(503, "shutting_down", str(e), None, retry_after(2)) from None
     except SchedulerError as e:
         raise ApiError(422, "invalid_request", str(e), None) from None
+    finally:
+        for h in timer:
+            h.cancel()
 
 
 def _timing(t0: float, r: JobResult) -> dict[str, float]:
