@@ -86,17 +86,17 @@ def test_bundled_map_one_step_follows_the_teacher_coupling():
 
 def test_resolve_methods_adds_dependencies_in_order():
     keys = [s.key for s in cb.resolve_methods("pfmm")]
-    assert keys == ["si", "fmm4", "pfmm"]
+    assert keys == ["si_pre", "si", "fmm4", "pfmm"]  # the two-stage teacher, FMM N=4 (PFMM's teacher)
     keys = [s.key for s in cb.resolve_methods(["ayf_lmd", "lsd"])]
-    assert keys == ["si", "lsd", "ayf_lmd"]
-    assert [s.key for s in cb.resolve_methods(None)] == list(cb.DEFAULT_METHODS)
+    assert keys == ["si_pre", "si", "lsd", "ayf_lmd"]
+    assert [s.key for s in cb.resolve_methods(None)] == ["si_pre", *cb.DEFAULT_METHODS]
     assert {"ee_naive", "denoiser"} <= {s.key for s in cb.resolve_methods("all+controls")}
     with pytest.raises(cb.BenchmarkError, match="unknown method 'nope'"):
         cb.resolve_methods("lmd,nope")
 
 
 def test_train_configs_share_one_budget(tmp_path):
-    s = cb.Settings(width=32, depth=2, steps=50, batch_size=64, lr=3e-3)
+    s = cb.Settings(width=32, depth=2, steps=50, batch_size=64, lr=3e-3, quick=True)  # quick: no per-method budget
     cfgs = {spec.key: cb.build_train_config(spec, s, tmp_path) for spec in cb.resolve_methods("all+controls")}
     for key, cfg in cfgs.items():
         assert (cfg.model.backbone.width, cfg.model.backbone.depth) == (32, 2), key
@@ -107,6 +107,46 @@ def test_train_configs_share_one_budget(tmp_path):
     assert cfgs["pfmm"].teacher == str(tmp_path / "fmm4") and cfgs["pfmm"].init_from == str(tmp_path / "fmm4")
     assert cfgs["fmm4"].objective_hparams["window"] == 4 and cfgs["fmm1"].objective_hparams["window"] == 1
     assert cfgs["ee_naive"].objective == "ee_naive" and cfgs["denoiser"].objective == "denoiser"
+    # every map starts from the teacher (v_st = b_s needs the residual ansatz); lmd_both trains both directions
+    for key in ("lmd", "lmd_both", "emd", "fmm1", "fmm4", "ee", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd"):
+        assert cfgs[key].init_from == str(tmp_path / "si") and cfgs[key].model.ansatz == "residual", key
+    assert cfgs["lmd_both"].objective_hparams["forward_only"] is False
+    assert cfgs["ayf_lmd"].objective_hparams["adaptive"] is True and cfgs["ee"].coupling == "minibatch_ot"
+    # full runs: the teacher has its own schedule (two stages), PSD 3x the steps
+    full = cb.Settings(width=32, depth=2, steps=50, batch_size=64, lr=3e-3)
+    si_pre = cb.build_train_config(cb.METHODS["si_pre"], full, tmp_path)
+    si = cb.build_train_config(cb.METHODS["si"], full, tmp_path)
+    assert si_pre.max_steps == 30_000 and cb.METHODS["si_pre"].until == 13_000 and si.init_from == str(tmp_path / "si_pre")
+    assert si.objective_hparams["time_kind"] == "logit_normal" and si.batch_size == 2048
+    assert cb.build_train_config(cb.METHODS["psd"], full, tmp_path).max_steps == 3000
+    assert cb.build_train_config(cb.METHODS["lmd"], full, tmp_path).max_steps == 50
+
+
+def test_register_method_adds_a_row(monkeypatch):
+    from anystep.benchmarks import checkerboard_methods as cm
+
+    monkeypatch.setattr(cm, "METHODS", dict(cm.METHODS))
+    monkeypatch.setattr(cm, "DEFAULT_METHODS", list(cm.DEFAULT_METHODS))
+    spec = cm.MethodSpec("my_obj", "Mine", "checkerboard-lmd", teacher="si")
+    cm.register_method(spec)
+    assert cm.METHODS["my_obj"] is spec and "my_obj" in cm.DEFAULT_METHODS
+    assert [s.key for s in cm.resolve_methods("my_obj")] == ["si_pre", "si", "my_obj"]
+    with pytest.raises(cm.BenchmarkError, match="already registered"):
+        cm.register_method(spec)
+    with pytest.raises(cm.BenchmarkError, match="register its teacher"):
+        cm.register_method(cm.MethodSpec("x", "X", "checkerboard-lmd", teacher="nope"))
+    assert cm.train_order(["esd", "lmd", "my_obj", "si"]) == ["si", "lmd", "esd", "my_obj"]
+
+
+def test_rel_path_never_writes_absolute_paths(tmp_path):
+    from anystep.benchmarks.checkerboard_bundle import _relative_provenance, rel_path
+
+    assert rel_path("runs/checkerboard/si") == "runs/checkerboard/si"
+    assert rel_path(Path.cwd() / "runs" / "x") == "runs/x"
+    assert not rel_path("/somewhere/else/runs/lmd").startswith("/")
+    prov = _relative_provenance({"teacher": str(Path.cwd() / "runs/si"), "train_config": {"init_from": "/a/b/c"},
+                                 "steps": 3}, tmp_path)
+    assert prov == {"teacher": "runs/si", "train_config": {"init_from": "b/c"}, "steps": 3}
 
 
 def test_settings_reject_bad_values():
