@@ -13,7 +13,7 @@ teacher ``X^SI_{0,1}(x0)``, as a ratio to the teacher's KL.
 Usage::
 
     python -m anystep.benchmarks.checkerboard_ablations                 # every variant
-    python -m anystep.benchmarks.checkerboard_ablations --only ee_ot,psd_18k
+    python -m anystep.benchmarks.checkerboard_ablations --only ee_indep,psd_18k
     python -m anystep.benchmarks.checkerboard_ablations --list
 
 It needs the trained teacher of the full benchmark in ``--work-dir`` (``si``, and the
@@ -66,7 +66,8 @@ class Variant:
         lr: peak learning rate (None: the benchmark's).
         baseline: True for the unmodified method (reuses the benchmark's run).
         init_from: key of a benchmark run whose weights start this one (``"si"``: the
-            teacher velocity, ``v_{s,t} = b_s``, see :mod:`anystep.core.warmstart`).
+            teacher velocity, ``v_{s,t} = b_s``, see :mod:`anystep.core.warmstart`); ``""``
+            starts from scratch (the benchmark's methods start from the teacher).
     """
 
     name: str
@@ -90,7 +91,7 @@ VARIANTS: dict[str, Variant] = {
         # -- stop-gradient Eulerian estimation: no teacher, the target uses one-sample dI/ds
         _v("ee", "ee", "baseline", baseline=True),
         _v("ee_lr3e-4", "ee", "learning rate 3e-4", lr=3e-4),
-        _v("ee_ot", "ee", "minibatch-OT coupling (lower-variance dI/ds)", sets=('coupling="minibatch_ot"',)),
+        _v("ee_indep", "ee", "independent coupling (the preset's is minibatch OT)", sets=('coupling="independent"',)),
         _v("ee_logit", "ee", "logit-normal times", hparams={"time_kind": "logit_normal"}),
         # -- progressive self-distillation: cheap steps, slow propagation off the diagonal
         _v("psd", "psd", "baseline", baseline=True),
@@ -107,13 +108,15 @@ VARIANTS: dict[str, Variant] = {
            hparams={"weighting": "unit", "tangent_norm": False}),
         _v("ayf_lmd_nonorm", "ayf_lmd", "no tangent norm", hparams={"tangent_norm": False}),
         _v("ayf_lmd_wu2000", "ayf_lmd", "tangent warm-up 2000 steps", hparams={"warmup_steps": 2000}),
-        _v("ayf_lmd_init", "ayf_lmd", "warm start from the teacher (v_st = b_s)", init_from="si"),
-        _v("ayf_emd_init", "ayf_emd", "warm start from the teacher (v_st = b_s)", init_from="si"),
+        _v("ayf_lmd_scratch", "ayf_lmd", "from scratch (the benchmark starts from the teacher)", init_from=""),
+        _v("ayf_emd_scratch", "ayf_emd", "from scratch (the benchmark starts from the teacher)", init_from=""),
+        _v("ayf_lmd_noadapt", "ayf_lmd", "no adaptive weight", hparams={"adaptive": False}),
+        _v("ayf_emd_noadapt", "ayf_emd", "no adaptive weight", hparams={"adaptive": False}),
         _v("ayf_lmd_logit", "ayf_lmd", "logit-normal times (AYF practice)", hparams={"time_kind": "logit_normal"}),
         _v("ayf_lmd_wu2000_18k", "ayf_lmd", "tangent warm-up 2000 steps + 3x the steps",
            hparams={"warmup_steps": 2000}, steps=18_000),
-        _v("ayf_lmd_init_unit", "ayf_lmd", "warm start from the teacher + weighting unit, no tangent norm",
-           init_from="si", hparams={"weighting": "unit", "tangent_norm": False}),
+        _v("ayf_lmd_unit_noadapt", "ayf_lmd", "weighting unit, no tangent norm, no adaptive weight",
+           hparams={"weighting": "unit", "tangent_norm": False, "adaptive": False}),
     )
 }
 
@@ -129,8 +132,10 @@ def _train_config(v: Variant, settings: Settings, work_dir: Path):
     if v.lr is not None:
         s = replace(s, lr=v.lr)
     cfg = build_train_config(spec, s, work_dir)
+    if v.steps is not None:
+        cfg = cfg.replace(max_steps=v.steps)  # over a per-method budget too
     if v.init_from is not None:
-        cfg = cfg.replace(init_from=str(work_dir / v.init_from))
+        cfg = cfg.replace(init_from=str(work_dir / v.init_from) if v.init_from else None)
     return apply_overrides(cfg, list(v.sets)) if v.sets else cfg
 
 
