@@ -72,7 +72,7 @@ def digits_cond_lmd() -> TrainConfig:
         objective_hparams={"guidance_min": lo, "guidance_max": hi},
         init_from="models/digits",
         batch_size=64,
-        max_steps=3000,
+        max_steps=1000,
         lr=3e-4,
         lr_schedule="cosine",
         lr_min=1e-5,
@@ -108,12 +108,12 @@ def _restore(kind: str, objective: str, hparams: dict) -> TrainConfig:
 
 def digits_restore_velocity() -> TrainConfig:
     """Velocity of the paired (noisy, clean) digits interpolant, the teacher of digits-restore-lmd."""
-    return _restore("velocity", "velocity", {}).replace(max_steps=1500, preset="digits-restore-velocity")
+    return _restore("velocity", "velocity", {}).replace(max_steps=1000, preset="digits-restore-velocity")
 
 
 def digits_restore_lmd() -> TrainConfig:
     """LMD restoration map in both time directions (``X_{0,1}`` restores, ``X_{1,0}`` degrades)."""
-    return _restore("flowmap", "lmd", {"forward_only": False}).replace(max_steps=2000, preset="digits-restore-lmd")
+    return _restore("flowmap", "lmd", {"forward_only": False}).replace(max_steps=1500, preset="digits-restore-lmd")
 
 
 def cond_presets() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
