@@ -129,6 +129,14 @@ from .engines import ENGINE_CHOICES
     show_default=True,
     help="Seconds before a request is stopped (503); it then takes part in no further engine tick.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["auto", "thread", "loop"]),
+    default="auto",
+    show_default=True,
+    help="Where each model's engine ticks run: a thread (overlaps HTTP), the event loop (no hand-off per "
+    "request), or auto (the loop for flow maps whose full-batch call is under 2 ms).",
+)
 @click.option("--no-warmup", is_flag=True, help="Skip engine warm-up.")
 @click.option(
     "--log-level",
@@ -196,6 +204,7 @@ def serve(
     max_queue: int,
     no_batching: bool,
     request_timeout: float,
+    executor: str,
     no_warmup: bool,
     log_level: str,
     use_ray: bool = False,
@@ -259,6 +268,7 @@ def serve(
         request_timeout_s=request_timeout,
         warmup=not no_warmup,
         drain_timeout_s=request_timeout,
+        executor=executor,
     )
     if ray_opts is not None:
         from .ray_serve import serve_forever
