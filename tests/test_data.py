@@ -354,20 +354,3 @@ def test_base_sample():
     with pytest.raises(DataError, match="sample shape"):
         D.base_sample("moons", (3,), 5, gen(0))
     assert D.base_sample(D.get_dataset("rings"), [2], 4, gen(0)).shape == (4, 2)
-
-
-def test_per_sample_normal_rows_depend_only_on_their_seed():
-    a = D.per_sample_normal([5, 7, 9], (2, 3))
-    assert a.shape == (3, 2, 3) and a.dtype == torch.float32
-    b = D.per_sample_normal([7], (2, 3))
-    c = D.per_sample_normal([1, 2, 7, 9, 5], (2, 3))
-    torch.testing.assert_close(a[1], b[0], rtol=0, atol=0)
-    torch.testing.assert_close(a[1], c[2], rtol=0, atol=0)
-    torch.testing.assert_close(a[0], c[4], rtol=0, atol=0)
-    assert not torch.allclose(a[0], a[1])
-    torch.testing.assert_close(a[2], torch.randn((2, 3), generator=gen(9)), rtol=0, atol=0)
-    assert D.per_sample_normal([], (2,)).shape == (0, 2)
-    assert D.per_sample_normal([2**64 - 1], (2,)).shape == (1, 2)
-    for bad in (-1, 2**64, 1.5, "3"):
-        with pytest.raises(DataError, match="seed"):
-            D.per_sample_normal([bad], (2,))

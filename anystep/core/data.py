@@ -11,8 +11,8 @@ and ``sample_labelled(n, g)`` returns a :class:`LabelledSample` ``(x, y)``; its 
 exactly what ``sample(n, g)`` draws from the same generator state.
 
 Every sample is drawn *only* from the ``torch.Generator`` that is passed in, so
-the same generator seed always gives the same batch. ``per_sample_normal`` goes
-one step further for the server: row ``i`` depends only on ``seeds[i]``.
+the same generator seed always gives the same batch. Per-sample base noise (row ``i`` a
+function of ``seeds[i]`` only) is :func:`anystep.core.noise.base_noise`.
 
 Units. "Model units" are what the networks see (images in ``[-1, 1]``,
 channel-first ``[N, C, H, W]``). Each data set's ``to_units`` maps model units
@@ -68,7 +68,6 @@ __all__ = [
     "checkerboard_density",
     "get_dataset",
     "list_datasets",
-    "per_sample_normal",
 ]
 
 
@@ -1124,39 +1123,3 @@ def base_sample(
     return ds.sample(n, g)
 
 
-_SEED_MIN, _SEED_MAX = 0, 2**64 - 1
-
-
-def per_sample_normal(
-    seeds: Sequence[int], shape: Sequence[int], *, device: torch.device | str | None = None
-) -> Tensor:
-    """Standard normal base noise where row ``i`` depends only on ``seeds[i]``.
-
-    Each row is ``torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seeds[i]))``,
-    so a request's samples do not depend on what else shares its batch.
-
-    Args:
-        seeds: one int per row, each in ``[0, 2**64 - 1]``.
-        shape: shape of one sample, e.g. ``(2,)``.
-        device: where to put the result (noise is always drawn on CPU, so values
-            do not depend on the device).
-
-    Returns:
-        Tensor of shape ``[len(seeds), *shape]``, float32.
-    """
-    shape_t = _check_shape(shape, "per_sample_normal")
-    rows = []
-    for s in seeds:
-        if (
-            isinstance(s, bool)
-            or not isinstance(s, (int, np.integer))
-            or not (_SEED_MIN <= int(s) <= _SEED_MAX)
-        ):
-            raise DataError(
-                f"per_sample_normal: every seed must be an int in [0, 2**64 - 1], got {s!r}"
-            )
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(s))
-        rows.append(torch.randn(shape_t, generator=g))
-    out = torch.stack(rows) if rows else torch.empty((0, *shape_t))
-    return out if device is None else out.to(device)

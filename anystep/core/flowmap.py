@@ -287,31 +287,6 @@ def load_state_allowing_new_conditioning(model: nn.Module, state: dict[str, Tens
     return missing
 
 
-class FlowMapFromVelocity(nn.Module):
-    """Adapter giving an ODE-solved flow map from a velocity model (for baselines/tests).
-
-    ``X_{s,t}(x)`` is obtained by integrating eq. 3.1 with ``n_steps`` RK4 steps.
-    """
-
-    kind = "flowmap"
-
-    def __init__(self, velocity: nn.Module, n_steps: int = 64) -> None:
-        super().__init__()
-        self.b = velocity
-        self.n_steps = int(n_steps)
-
-    def forward(self, x: Tensor, s: Tensor | float, t: Tensor | float) -> Tensor:
-        from .solvers import rk4_step
-
-        s_, t_ = _times(s, x), _times(t, x)
-        h = (t_ - s_) / self.n_steps
-        tau = s_
-        for _ in range(self.n_steps):
-            x = rk4_step(self.b, x, tau, h)
-            tau = tau + h
-        return x
-
-
 def build_model(config: ModelConfig) -> nn.Module:
     """Instantiate the (randomly initialised) model a :class:`ModelConfig` describes."""
     from .networks import build_backbone
