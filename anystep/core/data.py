@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anystep.errors import AnystepError
+
 __all__ = [
     "CIFAR10_CLASSES",
     "BlobsDataset",
@@ -71,7 +73,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(AnystepError):
     """A data set name, argument or file is invalid; the message says how to fix it."""
 
 
