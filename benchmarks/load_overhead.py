@@ -268,5 +268,13 @@ def render_overhead(data: dict[str, Any]) -> str:
         unit = " ms" if "value_ms" in g else " us" if "value_us" in g else ""
         met = "inconclusive" if g["met"] is None else "yes" if g["met"] else "no"
         lines.append(f"| {g['goal']} | {v:.3f}{unit} | {met} |")
+    lines += [
+        "",
+        ("Reading these numbers: on a shared 2-core machine a process that sleeps while it waits (the client "
+        "during a request, a thread woken by another) waits for a CPU when it wakes; that wake-up latency lands "
+        "in the client-side columns and grows with how long the client slept, so the client-side per-step and "
+        "per-sample figures are upper bounds here. The server-side column (the server's own clock) excludes it. "
+        "See the load average above."),
+    ]
     return "\n".join(lines) + "\n"
 
