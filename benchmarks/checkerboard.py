@@ -5,38 +5,31 @@ One command trains, evaluates, plots and bundles::
     python -m anystep.benchmarks.checkerboard            # full run (see --help for the budget)
     python -m anystep.benchmarks.checkerboard --quick    # a few minutes, small net
 
-Stages (methods that do not depend on each other run one after the other in this
-process, each with the same backbone, the same number of optimisation steps, the same
-batch size and learning-rate schedule, and the same seed):
+This module orchestrates; the pieces, each readable on its own:
 
-1. the stochastic-interpolant teacher velocity ``b_t`` (eq. 3.14, preset
-   ``checkerboard-velocity``), the reference "SI" of Table 3;
-2. the flow maps: LMD (eq. 3.7) and EMD (eq. 3.9) distilled from the teacher; FMM
-   (eq. 3.15) with ``N = 1`` (whole square) and ``N = 4`` (window ``|t - s| <= 1/4``);
-   PFMM (eq. 3.16) distilling the 4-step FMM map into one step, warm-started from it;
-   the stop-gradient Eulerian estimator (successors §1); LSD / ESD / PSD
-   self-distillation (successors §2); AYF-EMD / AYF-LMD from the teacher (successors §3);
-   optionally the negative controls ``ee_naive`` (eq. B.6) and ``denoiser`` (eq. B.1);
-3. evaluation on ``n`` base points ``x0 ~ N(0, I)`` shared by every method: for each map
-   and K = 1, 2, 4, 8 uniform steps, ``KL(rho_1 || rho_hat_1)``
-   (:func:`anystep.core.metrics.kl_divergence_2d` with the exact checkerboard density),
-   ``W_2^2`` to fresh target samples and to the teacher's samples (exact OT on a
-   subsample, :func:`anystep.core.metrics.w2_squared`), and the coupling error
-   ``E|X^SI_{0,1}(x0) - X_hat_{0,1}(x0)|^2`` against the dopri5 teacher on the same
-   ``x0`` (:func:`anystep.core.metrics.coupling_l2`); the teacher itself with dopri5 and
-   Euler 1, 2, 4, 8, 16; and the estimator floors (fresh data samples scored the same way);
-4. figures (Fig. 3 top and bottom, every method at every step count, Fig. 5) and
-   ``checkerboard.json`` / ``checkerboard.md`` in ``--out``;
-5. the best one-step map (lowest one-step KL) and the teacher are copied to
-   ``models/checkerboard`` and ``models/checkerboard-teacher`` (full runs only), with the
-   preset, method, budget, command and scores in ``config.json``'s provenance.
+* :mod:`~anystep.benchmarks.checkerboard_methods`: the rows (:data:`METHODS`, one
+  :class:`MethodSpec` each; ``register_method`` adds one) and the shared budget (:class:`Settings`);
+* :mod:`~anystep.benchmarks.checkerboard_train`: training configs, reuse / resume of run
+  directories, two runs at a time in worker processes (one thread each);
+* :mod:`~anystep.benchmarks.checkerboard_eval`: Table 3's metrics on shared base points,
+  blur equivalents, both sides of Props. 3.7 / 3.8, the round trip of the bundled map;
+* :mod:`~anystep.benchmarks.checkerboard_figures`: Fig. 3 (top, bottom), Fig. 5, all maps at all K;
+* :mod:`~anystep.benchmarks.checkerboard_report`: the Markdown report;
+* :mod:`~anystep.benchmarks.checkerboard_bundle`: ``models/checkerboard[-teacher]``, relative paths.
 
-Training runs live in ``--work-dir`` (default ``runs/checkerboard``, git-ignored). A run
-whose directory already holds a finished model trained with the identical config is
-reused, an interrupted one is resumed from its checkpoint, so the command can be
-re-run after an interruption.
+Stages: (1) the sharp teacher velocity ``b_t`` (eq. 3.14) in two stages (``si_pre``,
+``si``); (2) every flow map, each started from the teacher (``v_st = b_s``) with the same
+backbone, steps, batch, schedule and seed, two at a time; (3) evaluation of each map at
+K = 1, 2, 4, 8 on ``n`` shared base points: KL with the exact density and its blur
+equivalent, ``W_2^2`` (exact OT) to target and teacher samples, the coupling error to the
+dopri5 teacher, the bound terms; (4) figures and ``checkerboard.json`` / ``.md``; (5) the
+best one-step map trained on both time directions and the teacher are copied to
+``models/`` (full runs only).
 
-Time convention: ``t = 0`` base (Gaussian), ``t = 1`` data (checkerboard).
+Training runs live in ``--work-dir`` (default ``runs/checkerboard``, git-ignored): a finished
+run with the identical config is reused, an interrupted one resumed from its checkpoint, so
+the command can be re-run after an interruption. Time convention: ``t = 0`` base
+(Gaussian), ``t = 1`` data (checkerboard).
 """
 
 from __future__ import annotations
@@ -397,17 +390,19 @@ what it does:
   models/checkerboard-teacher.
 
 budget:
-  default (full): MLP 256 x 4, 6000 Adam steps, batch 1000, for each of the 12
-  models: one step of all 12 costs about 0.3 s on 2 idle cores (JVP objectives
-  40-50 ms, the teacher 11 ms), so about 30 min of training plus about 10 min of
-  evaluation (200,000 points, dopri5 teacher); --quick: MLP 64 x 3, 300 steps,
-  20,000 evaluation points, a few minutes. Finished runs in --work-dir are reused
-  and interrupted ones resumed, so re-running continues where it stopped.
+  default (full): MLP 256 x 4 for every model. Teacher: 13,000 steps of a 30,000-step
+  cosine schedule (batch 2048, lr 2e-3, logit-normal times), then a 3,000-step anneal
+  (about 40 min on one idle core). Maps: 1,000 Adam steps at batch 512 from the teacher
+  (PSD 3,000), two runs at a time with one thread each; on 2 idle cores about 5 min per
+  pair, on a shared machine 3-4x that. Evaluation: 100,000 points, dopri5 teacher, about
+  10-15 min. --quick: MLP 64 x 3, 300 steps, 20,000 points, a few minutes. Finished runs
+  in --work-dir are reused and interrupted ones resumed, so re-running continues where it
+  stopped (a run still being trained by a worker of an earlier call is waited for).
 
 examples:
   python -m anystep.benchmarks.checkerboard
   python -m anystep.benchmarks.checkerboard --quick --out /tmp/cb
-  python -m anystep.benchmarks.checkerboard --methods lmd,pfmm --steps 8000
+  python -m anystep.benchmarks.checkerboard --methods lmd,pfmm --steps 8000 --jobs 2
   python -m anystep.benchmarks.checkerboard --teacher-sizes 128x4,512x6
 """
 

@@ -119,6 +119,11 @@ METHODS: dict[str, MethodSpec] = {
                    config=RESIDUAL, hparams={"forward_only": False},
                    note="LMD on the whole square 0 <= s, t <= 1 (forward and backward maps): the bundled "
                         "map, so that X_{1,0} (/encode) inverts X_{0,1}"),
+        MethodSpec("lmd_both_long", "LMD, both directions, +3000 steps", "checkerboard-lmd", teacher="si",
+                   init_from="lmd_both", config=RESIDUAL, hparams={"forward_only": False},
+                   budget={"max_steps": 3000, "lr": 5e-4}, control=False,
+                   note="lmd_both continued for 3,000 steps (lr 5e-4, cosine): 4x the budget of the other rows, "
+                        "for the bundled model"),
         MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", init_from="si", config=RESIDUAL,
                    paper=_paper(0.079, 0.029, 0.010, 0.011),
                    note="Eulerian map distillation (eq. 3.9), warm start v_st = b_s from the teacher"),
@@ -170,14 +175,14 @@ METHODS: dict[str, MethodSpec] = {
                    note="negative control: converges to the denoiser E[I_t | I_s] (eq. B.1), not the map"),
     )
 }
-DEFAULT_METHODS: list[str] = ["si", "lmd", "lmd_both", "emd", "fmm1", "fmm4", "pfmm", "ee", "lsd", "esd", "psd", "ayf_emd",
+DEFAULT_METHODS: list[str] = ["si", "lmd", "lmd_both", "lmd_both_long", "emd", "fmm1", "fmm4", "pfmm", "ee", "lsd", "esd", "psd", "ayf_emd",
                               "ayf_lmd"]
 
 
 # Training priority when runs compete for the two worker slots (the rest follow in METHODS order):
 # the order of importance, so that an interrupted full run has the rows that matter.
-TRAIN_ORDER: list[str] = ["si_pre", "si", "lmd", "fmm4", "lmd_both", "pfmm", "ayf_lmd", "ee", "ayf_emd", "emd", "psd",
-                          "fmm1", "lsd", "esd"]
+TRAIN_ORDER: list[str] = ["si_pre", "si", "lmd", "fmm4", "lmd_both", "pfmm", "ayf_lmd", "ee", "lmd_both_long",
+                          "ayf_emd", "emd", "psd", "fmm1", "lsd", "esd"]
 
 
 def train_order(keys: Sequence[str]) -> list[str]:

@@ -283,6 +283,16 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
     failed: dict[str, str] = {}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
+    def alive(k: str) -> int | None:
+        """Pid of a live worker already training ``k`` (e.g. left by an interrupted scheduler)."""
+        pid_file = work_dir / f"{k}.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
     def deps(k: str) -> list[str]:
         sp = METHODS[k]
         return [d for d in (sp.teacher, sp.init_from) if d is not None and d in keys]
@@ -298,6 +308,11 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
             if len(running) >= jobs:
                 break
             if all(d in records for d in deps(k)):
+                pid = alive(k)
+                if pid is not None:  # wait for it instead of training the same directory twice
+                    log(f"[{k}] a worker (pid {pid}) is already training it; waiting for it")
+                    while alive(k) is not None:
+                        time.sleep(5.0)
                 pending.remove(k)
                 cmd = [sys.executable, "-m", "anystep.benchmarks.checkerboard_train", k, "--work-dir", str(work_dir)]
                 if fresh is True or (not isinstance(fresh, bool) and k in fresh):
@@ -358,10 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     if not sfile.is_file():
         print(f"error: {sfile} is missing; run the benchmark (python -m anystep.benchmarks.checkerboard)", flush=True)
         return 2
+    import os
+
     torch.set_num_threads(1)
     settings = _settings_from_json(sfile.read_text())
-    rec = train_method(args.key, settings, work_dir, fresh=args.fresh, log=lambda m: print(m, flush=True))
-    (work_dir / args.key / "benchmark_record.json").write_text(json.dumps(asdict(rec), indent=1))
+    pid_file = work_dir / f"{args.key}.pid"
+    pid_file.write_text(str(os.getpid()))
+    try:
+        rec = train_method(args.key, settings, work_dir, fresh=args.fresh, log=lambda m: print(m, flush=True))
+        (work_dir / args.key / "benchmark_record.json").write_text(json.dumps(asdict(rec), indent=1))
+    finally:
+        pid_file.unlink(missing_ok=True)
     return 0
 
 
