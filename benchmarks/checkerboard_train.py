@@ -281,6 +281,7 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
     running: dict[str, tuple[subprocess.Popen, Any]] = {}
     records: dict[str, TrainRecord] = {}
     failed: dict[str, str] = {}
+    external: set[str] = set()  # runs a worker of an earlier call is still training
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
     def alive(k: str) -> int | None:
@@ -298,6 +299,7 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
         return [d for d in (sp.teacher, sp.init_from) if d is not None and d in keys]
 
     while pending or running:
+        external = {k for k in external if alive(k) is not None}
         for k in list(pending):
             bad = [d for d in deps(k) if d in failed]
             if bad:
@@ -305,14 +307,16 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
                 log(f"[{k}] {failed[k]}")
                 pending.remove(k)
         for k in list(pending):
-            if len(running) >= jobs:
+            if len(running) + len(external) >= jobs and k not in external:
                 break
             if all(d in records for d in deps(k)):
                 pid = alive(k)
-                if pid is not None:  # wait for it instead of training the same directory twice
-                    log(f"[{k}] a worker (pid {pid}) is already training it; waiting for it")
-                    while alive(k) is not None:
-                        time.sleep(5.0)
+                if pid is not None:  # wait for it (it holds a slot) instead of training the directory twice
+                    if k not in external:
+                        log(f"[{k}] a worker (pid {pid}) is already training it; waiting for it")
+                    external.add(k)
+                    continue
+                external.discard(k)
                 pending.remove(k)
                 cmd = [sys.executable, "-m", "anystep.benchmarks.checkerboard_train", k, "--work-dir", str(work_dir)]
                 if fresh is True or (not isinstance(fresh, bool) and k in fresh):
@@ -322,7 +326,7 @@ def train_parallel(keys: list[str], settings: Settings, work_dir: Path, *, jobs:
                 fh = open(work_dir / f"{k}.log", "a")  # noqa: SIM115 (closed when the process ends)
                 log(f"[{k}] started (log: {work_dir / (k + '.log')})")
                 running[k] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh)
-        if not running and pending:
+        if not running and not external and pending:
             waiting = {k: deps(k) for k in pending}
             raise BenchmarkError(f"cannot schedule {waiting}: their dependencies are not in the run list")
         time.sleep(2.0)
