@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine_base import Engine, EngineError
+from .engine_base import Engine, EngineError, log
 
 ONNX_NAME = "model.onnx"
 MANIFEST_NAME = "anystep-export.json"
@@ -158,6 +158,7 @@ def export_onnx_cached(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exporting %s to ONNX once (cached in %s; later starts reuse it)", src, out_dir)
     try:
         try:
             export_onnx(src, tmp, onnx_options, overwrite=True)
