@@ -43,7 +43,7 @@ def generate(
     x0: Tensor | None = None,
     solver: str | None = None,
     nfe: int | None = None,
-    rtol: float = 1e-5,
+    rtol: float | None = None,
     classes: int | Sequence[int] | None = None,
     guidance: float | Sequence[float] | None = None,
 ) -> Generated:
@@ -57,6 +57,7 @@ def generate(
     from anystep.errors import AnystepError
 
     from .conditioning import bind_conditioning, resolve_conditioning
+    from .params import resolve_sampling
 
     lm = model if isinstance(model, LoadedModel) else load_model_dir(model)
     cfg = lm.config
@@ -72,16 +73,29 @@ def generate(
         check_invertible(cfg, str(lm.path))
     cond = resolve_conditioning(cfg, sample_seeds(seed, x0.shape[0]), classes, guidance)
     model = bind_conditioning(lm.model, cfg, cond)
+    if cfg.kind == "flowmap" and nfe is not None:
+        raise AnystepError(f"{lm.path} is a flow map: --nfe applies to fixed-step ODE solvers; use --steps/--grid")
+    if cfg.kind == "velocity" and grid is not None:
+        raise AnystepError(f"{lm.path} is a velocity model: --grid applies to flow maps; use --solver/--steps")
+    if nfe is not None and (steps is not None or grid is not None):
+        raise AnystepError("give --nfe or --steps/--grid, not both")
+    if cfg.kind == "velocity" and solver not in (None, "dopri5") and steps is None and grid is None:
+        steps = None if nfe is not None else 100  # the documented fixed-step default
+    # The one sampling contract (anystep.core.params): conflicts are errors, never dropped.
+    spec = resolve_sampling(cfg.kind, steps=steps, grid=grid, solver=solver, rtol=rtol, default_solver="dopri5")
+    if nfe is not None and spec.adaptive:
+        raise AnystepError("dopri5 bounds its own work: drop --nfe, or keep it with --solver euler/heun/rk4")
     t0 = time.perf_counter()
     if cfg.kind == "flowmap":
-        if solver is not None or nfe is not None:
-            raise AnystepError(f"{lm.path} is a flow map: use --steps/--grid, not --solver/--nfe")
-        res = sample_flowmap(model, x0, steps=steps or 1, grid=grid, reverse=reverse)
+        res = sample_flowmap(model, x0, grid=spec.grid.tolist(), steps=None, reverse=reverse)
         method = f"flow map, {res.nfe} step{'s' if res.nfe != 1 else ''}"
     else:
-        if grid is not None:
-            raise AnystepError(f"{lm.path} is a velocity model: --grid applies to flow maps; use --solver/--steps")
-        solver = solver or "dopri5"
-        res = sample_ode(model, x0, solver=solver, steps=steps, nfe=nfe, rtol=rtol, reverse=reverse)
+        solver = spec.method
+        if spec.adaptive:
+            res = sample_ode(model, x0, solver=solver, rtol=spec.rtol, reverse=reverse)
+        elif nfe is not None:
+            res = sample_ode(model, x0, solver=solver, nfe=nfe, reverse=reverse)
+        else:
+            res = sample_ode(model, x0, solver=solver, steps=spec.steps, reverse=reverse)
         method = f"ODE {solver}" + (" (classifier-free guided)" if cond.guided_teacher else "")
     return Generated(x=res.x, nfe=res.nfe * cond.nfe_per_call, method=method, seconds=time.perf_counter() - t0, dataset=cfg.dataset)

@@ -11,10 +11,12 @@ import numpy as np
 def _parse_grid(grid: str | None) -> list[float] | None:
     if grid is None:
         return None
+    from anystep.core.grid import GridError, parse_grid
+
     try:
-        return [float(v) for v in grid.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter("use comma-separated numbers, e.g. 0,0.5,1", param_hint="--grid") from None
+        return parse_grid(grid)
+    except GridError as e:
+        raise click.BadParameter(f"{e} (use comma-separated numbers, e.g. 0,0.5,1)", param_hint="--grid") from None
 
 
 def _parse_list(text: str | None, kind: type, hint: str):
@@ -45,11 +47,12 @@ def _check_out(out: str) -> str:
 @click.option("--x0", "x0_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start points (.npy, model units) instead of fresh base noise.")
 @click.option("-n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed+i (batch-invariant).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed+i: the same sample in any batch, to within 1e-5 in model "
+                   "units (CPU kernels differ by batch size).")
 @click.option("--solver", type=click.Choice(["euler", "heun", "rk4", "dopri5"]), default=None,
               help="Velocity models: ODE solver (default dopri5).")
 @click.option("--nfe", type=click.IntRange(min=1), default=None, help="Fixed-step solvers: evaluation budget.")
-@click.option("--rtol", type=float, default=1e-5, show_default=True, help="dopri5 tolerance.")
+@click.option("--rtol", type=float, default=None, help="dopri5 tolerance (default 1e-5); dopri5 only.")
 @click.option("--units/--model-units", default=True, show_default=True,
               help=".npy in the data set's own units (digits: grey levels 0..16) or raw model units.")
 @click.option("--out", required=True, help="Output file: .npy (samples) or .png (scatter / image grid).")
