@@ -188,3 +188,14 @@ def test_digits_units_match_the_dataset():
     ds = get_dataset("digits")
     x = ds.sample(5, torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_allclose(units_for("digits", (1, 8, 8)).to_units(x), ds.to_units(x), atol=1e-5)
+
+
+def test_units_for_degraded_digits_matches_its_data_set():
+    """The restoration base (digits-noisy) is served and written in grey levels like digits, unclipped."""
+    import torch
+
+    from anystep.core.data import get_dataset
+
+    ds = get_dataset("digits-noisy")
+    x = torch.randn(4, 1, 8, 8).numpy() * 2
+    np.testing.assert_allclose(units_for("digits-noisy", (1, 8, 8)).to_units(x), ds.to_units(x), atol=1e-5)

@@ -96,13 +96,10 @@ def _write(out, suffix, x, dataset_name, units):
     if suffix == ".png":
         Path(out).write_bytes(samples_png(x))
         return
-    if units:
-        from anystep.core.data import DataError, get_dataset
+    if units:  # the model's units record (anystep.core.units): no data set is built
+        from anystep.core.units import units_for
 
-        try:
-            x = get_dataset(dataset_name).to_units(x)
-        except DataError:  # a custom data set this install cannot build: keep model units
-            pass
+        x = units_for(dataset_name, x.shape[1:]).to_units(np.asarray(x))
     np.save(out, np.asarray(x))
 
 

@@ -132,6 +132,8 @@ def units_for(dataset: str, data_shape: Sequence[int]) -> Units:
     name = str(dataset).split(":", 1)[0].lower()
     if name == "digits" and shape == (1, 8, 8):
         return Units("digits-grey-levels", shape, scale=8.0, offset=1.0, lo=0.0, hi=16.0, layout="drop-channel")
+    if name == "digits-noisy" and shape == (1, 8, 8):  # degraded digits: noise may leave 0..16
+        return Units("digits-grey-levels", shape, scale=8.0, offset=1.0, layout="drop-channel")
     if name in ("folder", "cifar10") and len(shape) == 3 and shape[0] in (1, 3):
         layout = "drop-channel" if shape[0] == 1 else "channel-last"
         return Units("uint8-levels", shape, scale=127.5, offset=1.0, lo=0.0, hi=255.0, layout=layout)
