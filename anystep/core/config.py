@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from anystep.errors import AnystepError
 
-class ConfigError(ValueError):
+
+class ConfigError(AnystepError):
     """A configuration value is invalid; the message says how to fix it."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from anystep.errors import AnystepError
+
 from .config import ConfigError, ModelConfig
 from .flowmap import build_model
 
@@ -32,7 +34,7 @@ def _one_line(e: object) -> str:
     return " ".join(str(e).split())
 
 
-class ModelDirError(ValueError):
+class ModelDirError(AnystepError):
     """A model directory is missing, malformed, or does not match its config."""
 
 
