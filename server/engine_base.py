@@ -57,6 +57,10 @@ class Engine:
             raise EngineError(f"engine kind must be 'flowmap' or 'velocity', got {kind!r}")
         self.kind = kind
         self.data_shape = tuple(int(d) for d in data_shape)
+        # class-conditional models (set by the registry from the model config): the per-row
+        # inputs every call takes ("y", and "w" for maps with a guidance input) and the null class
+        self.cond_inputs: tuple[str, ...] = ()
+        self.num_classes = 0
 
     # -- the interface ---------------------------------------------------------------
     def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -88,13 +92,25 @@ class Engine:
             f"the {self.name} engine serves a {self.kind} model; velocity() needs a velocity model"
         )
 
-    def evaluate(self, x: np.ndarray, s: np.ndarray | None, t: np.ndarray) -> np.ndarray:
-        """Dispatch to :meth:`step` (flow maps, ``s`` given) or :meth:`velocity`."""
+    def evaluate(self, x: np.ndarray, s: np.ndarray | None, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
+        """Dispatch to :meth:`step` (flow maps, ``s`` given) or :meth:`velocity`.
+
+        ``cond``: per-row conditioning of class-conditional models, ``y`` (int64 labels) and
+        ``w`` (guidance scales). A flow map takes both as inputs; a velocity model given ``w``
+        is classifier-free guided, ``b(x, ∅) + w (b(x, y) - b(x, ∅))``, from one call on
+        ``[x; x]`` with labels ``[y; ∅]`` (``null_class`` is the engine's ``num_classes``).
+        """
         if self.kind == "flowmap":
             if s is None:
                 raise EngineError("a flow-map engine needs start times s")
-            return self.step(x, s, t)
-        return self.velocity(x, t)
+            return self.step(x, s, t, **cond) if cond else self.step(x, s, t)
+        if "w" in cond:
+            y, w = np.asarray(cond["y"], dtype=np.int64), np.asarray(cond["w"], dtype=np.float32)
+            null = np.full_like(y, int(getattr(self, "num_classes", 0)))
+            both = self.velocity(np.concatenate([x, x]), np.concatenate([t, t]), y=np.concatenate([y, null]))
+            b_y, b_null = both[: x.shape[0]], both[x.shape[0] :]
+            return b_null + w.reshape(-1, *([1] * (x.ndim - 1))) * (b_y - b_null)
+        return self.velocity(x, t, **cond) if cond else self.velocity(x, t)
 
     def warmup(self, batch_sizes: Sequence[int] = (1, 8), repeats: int = 5) -> list[WarmupTiming]:
         """Run the network a few times (compiles kernels, fills caches) and time it.
@@ -113,10 +129,11 @@ class Engine:
             x = rng.standard_normal((b, *self.data_shape)).astype(np.float32)
             s = np.zeros(b, dtype=np.float32)
             t = np.full(b, 0.5, dtype=np.float32)
+            cond = {k: np.zeros(b, np.int64) if k == "y" else np.ones(b, np.float32) for k in self.cond_inputs}
             times = []
             for _ in range(max(1, repeats) + 1):
                 t0 = time.perf_counter()
-                y = self.evaluate(x, s, t)
+                y = self.evaluate(x, s, t, **cond)
                 times.append(time.perf_counter() - t0)
                 if y.shape != x.shape:
                     raise EngineError(

@@ -232,6 +232,10 @@ class OnnxEngine(Engine):
         graph_names = {i.name for i in graph_inputs}
         if set(names) != graph_names:
             names = [i.name for i in graph_inputs]
+        # class-conditional graphs: per-row y (int64 labels) and w (guidance) after the times
+        self.cond_names = [n for n in names if n in ("y", "w")]
+        names = [n for n in names if n not in ("y", "w")]
+        self.num_classes = 0  # set by the registry from the model config (the null class of CFG)
         if len(names) not in (2, 3):
             raise EngineError(
                 f"{artifact.onnx_path} has inputs {names}; expected (x, s, t) for a flow map or (x, t) for a velocity model"
@@ -255,8 +259,12 @@ class OnnxEngine(Engine):
         self.output_name = artifact.output_name if artifact.output_name in outs else outs[0]
         self.providers = self.session.get_providers()
 
-    def _run(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
-        feeds = {self.input_names[0]: x}
+    def _run(self, x: np.ndarray, *times: np.ndarray, **cond: np.ndarray) -> np.ndarray:
+        missing = [n for n in self.cond_names if n not in cond]
+        if missing or set(cond) - set(self.cond_names):
+            raise EngineError(f"this graph takes conditioning {self.cond_names}, got {sorted(cond)}")
+        feeds = {n: np.ascontiguousarray(cond[n], dtype=np.int64 if n == "y" else np.float32) for n in self.cond_names}
+        feeds[self.input_names[0]] = x
         for name, tt in zip(self.input_names[1:], times):
             feeds[name] = (
                 tt.reshape(-1, *([1] * (self._time_rank[name] - 1)))
@@ -266,15 +274,15 @@ class OnnxEngine(Engine):
         (y,) = self.session.run([self.output_name], feeds)
         return np.asarray(y, dtype=np.float32)
 
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         if self.kind != "flowmap":
             return super().step(x, s, t)
-        return self._run(*self._check(x, s, t))
+        return self._run(*self._check(x, s, t), **cond)
 
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def velocity(self, x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         if self.kind != "velocity":
             return super().velocity(x, t)
-        return self._run(*self._check(x, t))
+        return self._run(*self._check(x, t), **cond)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -59,21 +59,25 @@ class TorchEngine(Engine):
             self._threads_set.add(ident)
         return self._torch.from_numpy(a).to(self.device)
 
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def _cond(self, cond: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Conditioning rows (``y`` int64 labels, ``w`` scales) as tensors on the device."""
+        return {k: self._to(np.ascontiguousarray(v, dtype=np.int64 if k == "y" else np.float32)) for k, v in cond.items()}
+
+    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         if self.kind != "flowmap":
             return super().step(x, s, t)
         x, s, t = self._check(x, s, t)
         with self._torch.inference_mode():
-            y = self._fn(self._to(x), self._to(s), self._to(t))
+            y = self._fn(self._to(x), self._to(s), self._to(t), **self._cond(cond))
         return y.detach().to("cpu", self._torch.float32).numpy()
 
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def velocity(self, x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         x, t = self._check(x, t)
         with self._torch.inference_mode():
             if self.kind == "velocity":
-                y = self._fn(self._to(x), self._to(t))
+                y = self._fn(self._to(x), self._to(t), **self._cond(cond))
             else:  # diagonal v_tt of a flow map (tangent condition)
-                y = self.model.velocity(self._to(x), self._to(t))
+                y = self.model.velocity(self._to(x), self._to(t), **self._cond(cond))
         return y.detach().to("cpu", self._torch.float32).numpy()
 
     def describe(self) -> dict[str, Any]:

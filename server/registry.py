@@ -4,7 +4,8 @@ A served model is a model directory (``config.json`` + ``model.safetensors``, lo
 without pickle) plus an engine that evaluates it. Without explicit ``--model``
 specs, ``anystep serve`` serves the bundled models that exist under the models
 folder (``$ANYSTEP_MODELS_DIR`` or ``<repo>/models``): ``checkerboard`` (flow map),
-``checkerboard-teacher`` (velocity), ``digits``, ``digits-teacher``.
+``checkerboard-teacher`` (velocity), ``digits``, ``digits-teacher``, ``digits-cond``
+(class-conditional flow map with a guidance input).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .engines import (
 
 log = logging.getLogger("anystep.server")
 
-BUNDLED_MODELS = ("checkerboard", "checkerboard-teacher", "digits", "digits-teacher")
+BUNDLED_MODELS = ("checkerboard", "checkerboard-teacher", "digits", "digits-teacher", "digits-cond")
 """Model names served by default, in this order, when their directories exist."""
 
 
@@ -208,6 +209,20 @@ class ServedModel:
         rows = [self._base_ds.sample(1, torch.Generator().manual_seed(seed + i))[0] for i in range(n)]
         return torch.stack(rows).to(torch.float32).numpy()
 
+    def _conditioning_info(self) -> dict[str, Any]:
+        """``num_classes`` / guidance range and default of class-conditional models (nothing otherwise)."""
+        if not getattr(self.config, "num_classes", 0):
+            return {}
+        from anystep.core.conditioning import DEFAULT_GUIDANCE, guidance_range
+
+        rng = guidance_range(self.config) if self.config.guidance_input else None
+        return {
+            "num_classes": int(self.config.num_classes),
+            "guidance_input": bool(self.config.guidance_input),
+            "guidance_range": list(rng) if rng else None,
+            "default_guidance": DEFAULT_GUIDANCE,
+        }
+
     def info(self) -> dict[str, Any]:
         """The ``/v1/models`` entry."""
         return {
@@ -229,6 +244,7 @@ class ServedModel:
             "max_nfe": self.limits.max_nfe if self.kind == "velocity" else None,
             "solvers": self.solvers,
             "default_solver": DEFAULT_SOLVER if self.kind == "velocity" else None,
+            **self._conditioning_info(),
             "ready": self.ready,
         }
 
@@ -308,6 +324,9 @@ def load_models(
             raise RegistryError(
                 f"{spec.name}: engine serves a {eng.kind} model but config.json says {config.kind}"
             )
+        if config.num_classes:  # class-conditional: every engine call carries y (and w)
+            eng.num_classes = int(config.num_classes)
+            eng.cond_inputs = ("y", "w") if config.guidance_input else ("y",)
         _check_base(spec.name, config)
         out.append(
             ServedModel(

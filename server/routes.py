@@ -183,17 +183,25 @@ async def generate(request: Request, state: Any) -> Response:
         request.scope["anystep.labels"] = (m.name, p.spec.steps)
     x0 = m.base_samples(p.seed, p.n)
     spec = p.spec
+    cond = p.cond
+    job_cond = {}
+    if cond is not None and cond.y is not None:  # class-conditional: y (and w) ride along per sample
+        job_cond["y"] = cond.y.numpy()
+        if cond.w is not None and (m.config.guidance_input or cond.guided_teacher):
+            job_cond["w"] = cond.w.numpy()
     job = Job(
-        x=x0, grid=spec.grid, method=spec.method, rtol=spec.rtol or 0.0, max_nfe=spec.max_nfe or spec.nfe, tag=m.name
+        x=x0, grid=spec.grid, method=spec.method, rtol=spec.rtol or 0.0, max_nfe=spec.max_nfe or spec.nfe, tag=m.name,
+        cond=job_cond,
     )
     result = await run_job(request, m, job, config.request_timeout_s)
+    nfe = result.nfe * (cond.nfe_per_call if cond is not None else 1)
     x_units = m.units.to_units(result.x)
     timing = _timing(t0, result)
     headers = {
         "X-Anystep-Model": m.name,
         "X-Anystep-Kind": m.kind,
         "X-Anystep-Steps": str(result.steps),
-        "X-Anystep-NFE": str(result.nfe),
+        "X-Anystep-NFE": str(nfe),
         "X-Anystep-Seed": str(p.seed),
         "X-Anystep-N": str(p.n),
         "X-Anystep-Shape": ",".join(str(d) for d in x_units.shape),
@@ -217,7 +225,7 @@ async def generate(request: Request, state: Any) -> Response:
         "model": m.name,
         "kind": m.kind,
         "steps": result.steps,
-        "nfe": result.nfe,
+        "nfe": nfe,
         "seed": p.seed,
         "n": p.n,
         "shape": list(x_units.shape),
@@ -227,6 +235,9 @@ async def generate(request: Request, state: Any) -> Response:
         "timing_ms": timing,
         "chosen_by_budget": chosen,
     }
+    if job_cond:
+        body_out["class"] = job_cond["y"].tolist()
+        body_out["guidance"] = cond.w.tolist() if cond.w is not None else None
     return json_response(body_out, headers)
 
 

@@ -115,6 +115,21 @@ class GenerateRequest(BaseModel):
         allow_inf_nan=False,
         description="Latency budget: the server picks the most steps whose measured cost fits (steps, if given, caps it).",
     )
+    class_: int | list[int] | None = Field(
+        None,
+        alias="class",
+        description=(
+            "Class-conditional models: the class of every sample, or one per sample (list, or comma-separated "
+            "in the query). Default: any class, drawn from each sample's seed."
+        ),
+    )
+    guidance: float | list[float] | None = Field(
+        None,
+        description=(
+            "Class-conditional models: classifier-free guidance scale w (default 1), or one per sample; a map "
+            "accepts the range it was distilled on (see /v1/models)."
+        ),
+    )
 
 
 class EncodeRequest(BaseModel):
@@ -180,6 +195,10 @@ class ModelInfo(BaseModel):
     max_nfe: int | None
     solvers: list[str]
     default_solver: str | None
+    num_classes: int | None = None
+    guidance_input: bool | None = None
+    guidance_range: list[float] | None = None
+    default_guidance: float | None = None
     ready: bool
 
 
@@ -195,10 +214,11 @@ class HealthResponse(BaseModel):
 # parsing
 # --------------------------------------------------------------------------------------
 
-GENERATE_FIELDS = tuple(GenerateRequest.model_fields)
+GENERATE_FIELDS = tuple(f.alias or name for name, f in GenerateRequest.model_fields.items())
 ENCODE_FIELDS = tuple(EncodeRequest.model_fields)
 INT_FIELDS = frozenset({"steps", "n", "seed", "max_nfe"})
 FLOAT_FIELDS = frozenset({"rtol", "latency_ms"})
+LIST_FIELDS = frozenset({"class", "guidance"})
 
 
 def _reject_constant(name: str) -> Any:
@@ -247,6 +267,10 @@ def parse_query(items: Sequence[tuple[str, str]], allowed: Sequence[str]) -> dic
                 out[key] = parse_float(key, value)
             elif key == "grid":
                 out[key] = parse_grid(value)
+            elif key in LIST_FIELDS:  # "7" or "1,2,3" (one per sample)
+                parse = parse_int if key == "class" else parse_float
+                vals = [parse(key, v.strip()) for v in value.split(",")]
+                out[key] = vals[0] if len(vals) == 1 else vals
             else:
                 out[key] = value
         except ParamError as e:

@@ -51,6 +51,7 @@ class GenerateParams:
         solver: velocity models: the solver; flow maps: None.
         latency_ms: latency budget, if any (then ``steps`` caps the chosen steps).
         steps_cap: the client's ``steps`` with a latency budget.
+        cond: per-sample class labels / guidance scales of a class-conditional model.
     """
 
     model: ServedModel
@@ -61,6 +62,7 @@ class GenerateParams:
     solver: str | None
     latency_ms: float | None = None
     steps_cap: int | None = None
+    cond: Any = None
 
 
 def resolve_model(models: dict[str, ServedModel], name: Any, want_kind: str | None = None) -> ServedModel:
@@ -137,7 +139,21 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel]) -> Ge
         raise ApiError(422, "over_budget", str(e), e.field) from None
     seed = req.seed if req.seed is not None else random.randrange(0, 2**31)
     check_range("seed", seed + n - 1, 0, MAX_SEED, "(sample i uses seed + i: seed + n - 1 must stay in range)")
+    from anystep.core.conditioning import ConditioningError, resolve_conditioning
+    from anystep.core.noise import sample_seeds
+
+    try:
+        cond = resolve_conditioning(m.config, sample_seeds(int(seed), n), req.class_, req.guidance)
+    except ConditioningError as e:
+        fld = "class" if "class" in str(e) and "guidance" not in str(e) else "guidance"
+        raise ApiError(422, "invalid_conditioning", f"{m.name}: {e}", fld) from None
+    if cond.guided_teacher:  # two network evaluations per solver evaluation
+        try:
+            check_budget(2 * n, spec, m.limits.max_compute)
+        except ParamError as e:
+            raise ApiError(422, "over_budget", f"{e} (guidance evaluates the model twice per step)", e.field) from None
     return GenerateParams(
+        cond=cond,
         model=m,
         spec=spec,
         n=n,
