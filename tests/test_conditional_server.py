@@ -9,13 +9,13 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from anystep.core.config import BackboneConfig, ModelConfig  # noqa: E402
-from anystep.core.flowmap import build_model  # noqa: E402
-from anystep.core.modeldir import save_model_dir  # noqa: E402
-from anystep.server.app import ServerConfig, create_app  # noqa: E402
-from anystep.server.registry import Limits, ModelSpec  # noqa: E402
+from anystep.core.config import BackboneConfig, ModelConfig
+from anystep.core.flowmap import build_model
+from anystep.core.modeldir import save_model_dir
+from anystep.server.app import ServerConfig, create_app
+from anystep.server.registry import Limits, ModelSpec
 
 
 def _model(tmp_path, kind: str):
