@@ -178,6 +178,8 @@ class Client(_Base):
         solver: str | None = None,
         rtol: float | None = None,
         latency_ms: float | None = None,
+        classes: int | Sequence[int] | None = None,
+        guidance: float | Sequence[float] | None = None,
     ) -> GenerateResult:
         """Draw ``n`` samples with ``steps`` steps (``POST /generate``).
 
@@ -192,11 +194,14 @@ class Client(_Base):
             solver: velocity models: ``euler``, ``heun``, ``rk4`` or ``dopri5``.
             rtol: dopri5 tolerance.
             latency_ms: latency budget; the server picks the most steps that fit.
+            classes: class-conditional models: the class of every sample or one per sample
+                (default: any class, drawn by the server from each sample's seed).
+            guidance: class-conditional models: guidance scale w, or one per sample.
 
         Returns:
             GenerateResult (samples in the data set's units; image for png).
         """
-        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms)
+        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance)
         return _parse_generate(self._request("POST", "/generate", json=body), format)
 
     def encode(
@@ -305,9 +310,11 @@ class AsyncClient(_Base):
         solver: str | None = None,
         rtol: float | None = None,
         latency_ms: float | None = None,
+        classes: int | Sequence[int] | None = None,
+        guidance: float | Sequence[float] | None = None,
     ) -> GenerateResult:
         """See :meth:`Client.generate`."""
-        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms)
+        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance)
         return _parse_generate(await self._request("POST", "/generate", json=body), format)
 
     async def encode(

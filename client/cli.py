@@ -20,6 +20,18 @@ class _RequestFailed(click.ClickException):
         click.echo(f"error: {' '.join(self.format_message().split())}", err=True, file=file)
 
 
+def _number_list(text, kind, hint):
+    """``"7"`` -> 7, ``"1,2"`` -> [1, 2] (None stays None); bad text is exit 2 naming the option."""
+    if text is None:
+        return None
+    try:
+        vals = [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use comma-separated {'integers' if kind is int else 'numbers'}",
+                                 param_hint=hint) from None
+    return vals[0] if len(vals) == 1 else vals
+
+
 @click.command("generate")
 @click.option(
     "--url",
@@ -68,12 +80,17 @@ class _RequestFailed(click.ClickException):
     show_default=True,
     help="Retries on 429/503.",
 )
+@click.option("--class", "classes", default=None, metavar="C[,C...]",
+              help="Class-conditional models: class of every sample, or one per sample (default: any, from the seed).")
+@click.option("--guidance", default=None, metavar="W[,W...]",
+              help="Class-conditional models: guidance scale w (default 1), or one per sample.")
 def generate(
-    url, api_key, model, steps, n, seed, grid, solver, rtol, latency_ms, out, timeout, retries
+    url, api_key, model, steps, n, seed, grid, solver, rtol, latency_ms, out, timeout, retries, classes, guidance
 ) -> None:
     """Ask a running anystep server for samples, e.g.
 
     anystep generate --model digits --steps 1 -n 16 --seed 0 --out grid.png
+    anystep generate --model digits-cond --class 7 --guidance 2 -n 16 --out sevens.png
     """
     from .api import AnystepClientError, AnystepHTTPError, Client
 
@@ -90,9 +107,13 @@ def generate(
             raise click.BadParameter(
                 f"{grid!r}: use comma-separated numbers such as 0,0.5,1", param_hint="--grid"
             ) from None
+    class_list = _number_list(classes, int, "--class")
+    guidance_list = _number_list(guidance, float, "--guidance")
     try:
         with Client(url, api_key=api_key, timeout=timeout, retries=retries) as c:
             r = c.generate(
+                classes=class_list,
+                guidance=guidance_list,
                 model=model,
                 steps=steps,
                 n=n,

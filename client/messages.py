@@ -86,6 +86,8 @@ def _generate_payload(
     solver: str | None,
     rtol: float | None,
     latency_ms: float | None,
+    classes: int | Sequence[int] | None = None,
+    guidance: float | Sequence[float] | None = None,
 ) -> dict[str, Any]:
     if format not in FORMATS:
         raise AnystepInputError(f"format={format!r}: use one of {list(FORMATS)}")
@@ -102,6 +104,10 @@ def _generate_payload(
     if grid is not None:
         body["grid"] = [float(g) for g in grid]
         body.pop("steps", None)
+    if classes is not None:  # class-conditional models: one class for all samples, or one per sample
+        body["class"] = int(classes) if isinstance(classes, int) else [int(c) for c in classes]
+    if guidance is not None:
+        body["guidance"] = float(guidance) if isinstance(guidance, (int, float)) else [float(w) for w in guidance]
     return body
 
 

@@ -111,3 +111,13 @@ def test_guided_velocity_counts_two_evaluations(client):
     assert a["nfe"] == 8
     info = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert info["cond"]["num_classes"] == 4 and info["cond"]["guidance_range"] == [1.0, 3.0]
+
+
+def test_client_sends_class_and_guidance():
+    from anystep.client.messages import _generate_payload
+
+    body = _generate_payload("digits-cond", 1, 3, 0, "npy", None, None, None, None, 7, [1.0, 2.0, 3.0])
+    assert body["class"] == 7 and body["guidance"] == [1.0, 2.0, 3.0]
+    body = _generate_payload("digits-cond", 1, 2, 0, "npy", None, None, None, None, [1, 2], 2)
+    assert body["class"] == [1, 2] and body["guidance"] == 2.0
+    assert "class" not in _generate_payload("digits", 1, 1, 0, "npy", None, None, None, None)
