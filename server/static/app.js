@@ -21,7 +21,9 @@
   // Okabe-Ito palette: distinguishable with common colour-vision deficiencies.
   var PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
   // Controls that a server error's `field` can point at.
-  var FIELD_CONTROLS = { model: "model", steps: "steps", n: "n", seed: "seed", solver: "solver", rtol: "rtol" };
+  var FIELD_CONTROLS = {
+    model: "model", steps: "steps", n: "n", seed: "seed", solver: "solver", rtol: "rtol", class: "class", guidance: "guidance",
+  };
 
   var state = {
     models: [],
@@ -266,6 +268,22 @@
     var maxN = Math.max(1, parseInt(m.max_n, 10) || 1);
     el.n.max = String(maxN);
 
+    // class-conditional models: a class picker ("any" = drawn from the seed) and a guidance slider
+    var classes = parseInt(m.num_classes, 10) || 0;
+    el.classField.hidden = classes === 0;
+    el.guidanceField.hidden = !(classes > 0 && m.guidance_input);
+    if (classes > 0) {
+      var prevClass = el.cls.value;
+      var values = [""], labels = ["any (from the seed)"];
+      for (var c = 0; c < classes; c++) { values.push(String(c)); labels.push(String(c)); }
+      fillSelect(el.cls, values, labels);
+      if (values.indexOf(prevClass) >= 0) el.cls.value = prevClass;
+      var range = m.guidance_range || [1, 1];
+      el.guidance.min = String(range[0]);
+      el.guidance.max = String(range[1]);
+      el.guidanceValue.textContent = el.guidance.value;
+    }
+
     var velocity = m.kind === "velocity";
     el.solverField.hidden = !velocity;
     if (velocity) {
@@ -384,6 +402,8 @@
     if (params.seed !== undefined) body.seed = params.seed;
     if (params.solver) body.solver = params.solver;
     if (params.rtol !== undefined && params.solver === "dopri5") body.rtol = params.rtol;
+    if (params.class !== undefined && m && m.num_classes) body.class = params.class;
+    if (params.guidance !== undefined && m && m.guidance_input) body.guidance = params.guidance;
 
     var headers = Object.assign({ "Content-Type": "application/json" }, authHeaders());
     var t0 = performance.now();
@@ -429,6 +449,10 @@
     if (m.kind === "velocity") {
       p.solver = el.solver.value;
       if (p.solver === "dopri5") p.rtol = numberOrRaw(el.rtol);
+    }
+    if (m.num_classes) {
+      if (el.cls.value !== "") p.class = parseInt(el.cls.value, 10);
+      if (m.guidance_input) p.guidance = parseFloat(el.guidance.value);
     }
     return p;
   }
@@ -711,6 +735,8 @@
       apiKey: $("api-key"), reloadModels: $("reload-models"), model: $("model"), modelInfo: $("model-info"),
       steps: $("steps"), stepsValue: $("steps-value"), stepsHint: $("steps-hint"), n: $("n"), seed: $("seed"), randomSeed: $("random-seed"),
       solverField: $("solver-field"), solver: $("solver"), rtolField: $("rtol-field"), rtol: $("rtol"),
+      classField: $("class-field"), cls: $("class"), guidanceField: $("guidance-field"), guidance: $("guidance"),
+      guidanceValue: $("guidance-value"),
       baselineField: $("baseline-field"), baseline: $("baseline"), baselineSolver: $("baseline-solver"),
       form: $("generate-form"), generate: $("generate"), compare: $("compare"),
       error: $("error"), status: $("status"), result: $("result"), resultSection: $("result-section"),
@@ -727,6 +753,7 @@
     });
     el.reloadModels.addEventListener("click", onKeyCommit);
     el.model.addEventListener("change", function () { clearError(); onModelChange(); drawChart(); });
+    el.guidance.addEventListener("input", function () { el.guidanceValue.textContent = el.guidance.value; });
     STEPS_HINT = el.stepsHint.textContent;
     el.steps.addEventListener("input", updateStepsOutput);
     el.n.addEventListener("input", function () { state.nTouched = true; });
