@@ -7,6 +7,7 @@ and ``anystep bench latency --help`` shows that module's options:
 
 * ``anystep bench checkerboard`` -> :mod:`anystep.benchmarks.checkerboard` (paper Table 3, every objective)
 * ``anystep bench digits``       -> :mod:`anystep.benchmarks.digits` (digits-FD vs steps)
+* ``anystep bench digits-cond``  -> :mod:`anystep.benchmarks.digits_cond` (class-conditional, guidance)
 * ``anystep bench latency``      -> :mod:`anystep.benchmarks.latency` (flow map vs ODE solvers, engines)
 * ``anystep bench load``         -> :mod:`anystep.benchmarks.load` (serving under load, loopback only)
 * ``anystep bench load-ray``     -> :mod:`anystep.benchmarks.load_ray` (replicas on Ray Serve, loopback only)
@@ -24,6 +25,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "checkerboard": ("anystep.benchmarks.checkerboard",
                      "The paper's 2D checkerboard experiment (Table 3) for every objective; bundles models."),
     "digits": ("anystep.benchmarks.digits", "8x8 digits: digits-FD / Teacher-FD of every sampler and step count."),
+    "digits-cond": ("anystep.benchmarks.digits_cond",
+                    "Class-conditional digits: accuracy per class, digits-FD vs the guided teacher; restoration."),
     "latency": ("anystep.benchmarks.latency",
                 "Sampler latency vs ODE solvers and across engines (torch, ONNX Runtime, TensorRT), with quality."),
     "load": ("anystep.benchmarks.load",

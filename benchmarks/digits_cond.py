@@ -34,8 +34,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,8 +122,9 @@ class BenchConfig:
     restore_steps: tuple[int, ...] = (1, 2, 4)
     per_class: int = 100
     seed: int = 0
-    rtol: float = 1e-5
+    rtol: float = 1e-4
     out: str = str(RESULTS_DIR)
+    cache: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,14 +143,27 @@ def _scores(metric: DigitsMetric, x: Tensor, y: Tensor, teacher_x: Tensor | None
     }
 
 
+def _cache_path(cfg: BenchConfig, teacher_sha: str | None, w: float) -> Path | None:
+    """Where the guided teacher's dopri5 samples of one setting are cached (``--cache DIR``)."""
+    if cfg.cache is None or teacher_sha is None:
+        return None
+    key = f"{teacher_sha[:16]}_w{w:g}_n{cfg.per_class}_seed{cfg.seed}_rtol{cfg.rtol:g}"
+    return Path(cfg.cache) / f"digits_cond_teacher_{key}.npz"
+
+
 def evaluate_conditional(
     cond_map: torch.nn.Module,
     teacher: torch.nn.Module,
     null_class: int,
     metric: DigitsMetric,
     cfg: BenchConfig,
+    teacher_sha: str | None = None,
 ) -> tuple[list[CondRow], dict[str, Tensor]]:
     """Score the guided teacher (dopri5) and the map (K steps) at every guidance scale.
+
+    With ``cfg.cache`` the teacher's dopri5 samples are read from / written to that folder
+    (keyed by the teacher's sha256, w, samples per class, seed and rtol; the recorded time
+    is that of the run that drew them).
 
     Returns:
         (rows, samples) where ``samples["w=<w> K=<K>"]`` are ``[n, 1, 8, 8]`` (class-sorted).
@@ -162,10 +178,19 @@ def evaluate_conditional(
     samples: dict[str, Tensor] = {}
     for w in cfg.guidance:
         wt = torch.full((n,), float(w))
-        t0 = time.perf_counter()
         guided = GuidedVelocity(teacher, y, wt, null_class)
-        ref = sample_ode(guided, x0, solver="dopri5", rtol=cfg.rtol, max_nfe=None)
-        sec = time.perf_counter() - t0
+        cached = _cache_path(cfg, teacher_sha, w)
+        if cached is not None and cached.is_file():
+            with np.load(cached, allow_pickle=False) as z:
+                ref_x, nfe, sec = torch.from_numpy(z["x"]), int(z["nfe"]), float(z["seconds"])
+        else:
+            t0 = time.perf_counter()
+            ref = sample_ode(guided, x0, solver="dopri5", rtol=cfg.rtol, max_nfe=None)
+            ref_x, nfe, sec = ref.x, ref.nfe, time.perf_counter() - t0
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cached, x=ref_x.numpy(), nfe=nfe, seconds=sec)
+        ref = SimpleNamespace(x=ref_x, nfe=nfe)
         samples[f"w={w} dopri5"] = ref.x
         rows.append(CondRow("teacher dopri5", float(w), None, float(ref.nfe * guided.nfe_per_call),
                             seconds=sec, **_scores(metric, ref.x, y, ref.x)))
@@ -363,6 +388,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--rtol", type=float, default=d.rtol, help="dopri5 tolerance (atol = rtol)")
     p.add_argument("--out", default=d.out, help="results folder")
+    p.add_argument("--cache", default=None, help="folder caching the guided teacher's dopri5 samples between runs")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quick", action="store_true", help="10 per class, w in {1, 2}, steps 1,2: a smoke run")
     p.add_argument("--bundle", metavar="RUNS", default=None,
@@ -378,7 +404,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
         p.error("--per-class must be >= 2 and every step count >= 1")
     torch.set_num_threads(max(1, a.threads))
     cfg = BenchConfig(cond_map=a.cond_map, teacher=a.teacher, restore_map=a.restore_map or None, guidance=guidance,
-                      steps=steps, per_class=a.per_class, seed=a.seed, rtol=a.rtol, out=a.out)
+                      steps=steps, per_class=a.per_class, seed=a.seed, rtol=a.rtol, out=a.out, cache=a.cache)
     if a.quick:
         cfg.per_class, cfg.guidance, cfg.steps, cfg.restore_steps = 10, (1.0, 2.0), (1, 2), (1,)
         cfg.rtol = 1e-3
@@ -414,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metric = DigitsMetric.create()
     out = Path(cfg.out)
-    rows, samples = evaluate_conditional(cmap.model, teacher.model, teacher.config.num_classes, metric, cfg)
+    from anystep.core.modeldir import model_dir_sha256
+
+    rows, samples = evaluate_conditional(
+        cmap.model, teacher.model, teacher.config.num_classes, metric, cfg, model_dir_sha256(cfg.teacher)
+    )
     grids = []
     for w in cfg.guidance:  # one column per class: the first sample of each class, 8 seeds per row
         pick = torch.arange(10)[:, None] * cfg.per_class + torch.arange(min(8, cfg.per_class))[None, :]
@@ -431,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": {"cond_map": _rel(cfg.cond_map), "teacher": _rel(cfg.teacher), "restore_map": _rel(cfg.restore_map)},
         "per_class": cfg.per_class,
         "n": 10 * cfg.per_class,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cond_map", "teacher", "restore_map")},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cond_map", "teacher", "restore_map", "cache")},
         "rows": [asdict(r) for r in rows],
         "goal": _goal(rows),
         "grids": grids,
