@@ -154,9 +154,12 @@ METHODS: dict[str, MethodSpec] = {
         # issue 14: the rest of the few-step family (training/meanflow.py, shortcut.py, consistency.py,
         # pd.py, operator.py); what each cannot do that a two-time map can is in the results notes
         MethodSpec("meanflow", "MeanFlow", "checkerboard-meanflow", init_from="si",
-                   note="MeanFlow identity: Eulerian eq. with a stop-grad one-sample target, adaptive weight"),
-        MethodSpec("shortcut", "Shortcut", "checkerboard-shortcut", init_from="si",
-                   note="shortcut model: flow matching + dyadic self-consistency; trained for K = 1, 2, ..., 64"),
+                   hparams={"time_kind": "uniform", "adaptive_p": 0.0},
+                   note="MeanFlow identity: Eulerian eq. with a stop-grad one-sample target; uniform times and "
+                        "unit weight (the published p = 1 and logit-normal times: 152x at 1 step, results/family.md)"),
+        MethodSpec("shortcut", "Shortcut", "checkerboard-shortcut", init_from="si", hparams={"fm_frac": 0.25},
+                   note="shortcut model: flow matching + dyadic self-consistency (75% of rows: the warm start "
+                        "already fits the diagonal); trained for K = 1, 2, ..., 64 only"),
         MethodSpec("cd", "CD", "checkerboard-cd", teacher="si", init_from="si",
                    note="consistency distillation (eq. C.9): X_{s,1} only, so K > 1 composes untrained pairs"),
         MethodSpec("ct", "CT", "checkerboard-ct", init_from="si",
@@ -168,7 +171,7 @@ METHODS: dict[str, MethodSpec] = {
                    config=RESIDUAL,
                    note="progressive distillation round 2 (eq. C.18): 2 -> 1 step; only K = 1 is trained"),
         MethodSpec("operator", "Operator (C.17)", "checkerboard-operator", teacher="si", init_from="si",
-                   note="trajectory regression on 50k dopri5 teacher trajectories: X_{0,t} only"),
+                   note="trajectory regression on 20k dopri5 teacher trajectories (C.17): X_{0,t} only"),
         MethodSpec("ee_naive", "EE naive (control)", "checkerboard-ee", objective="ee_naive", control=True,
                    note="negative control: biased Eulerian estimator without stop-gradient (eq. B.6)"),
         MethodSpec("denoiser", "Denoiser (control)", "checkerboard-ee", objective="denoiser", control=True,
