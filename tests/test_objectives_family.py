@@ -374,3 +374,29 @@ def test_training_recovers_exact_one_step_map(name, case, steps, hparams, thresh
 @pytest.mark.parametrize("name,case,steps,hparams,threshold", SLOW_RUNS, ids=lambda v: str(v)[:12])
 def test_training_recovers_exact_one_step_map_slow(name, case, steps, hparams, threshold) -> None:
     _check(name, case, steps, hparams, threshold)
+
+
+# ------------------------------------------------------------------------------------------
+# through the trainer
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["checkerboard-shortcut", "checkerboard-ct", "checkerboard-meanflow"])
+def test_family_presets_train_into_forward_only_model_dirs(preset: str, tmp_path) -> None:
+    """A few trainer steps of each teacher-free preset (tiny net) give a model directory that
+    records the forward-only region and the objective, from which the step support follows."""
+    from anystep.core.modeldir import load_model_dir
+    from anystep.training.config import apply_overrides
+    from anystep.training.objectives import supported_steps
+    from anystep.training.trainer import Trainer
+
+    cfg = apply_overrides(
+        get_preset(preset),
+        ["model.backbone.width=16", "model.backbone.depth=1", "max_steps=4", "batch_size=16",
+         "log_every=1", "ckpt_every=2", "eval_every=-1", "device=cpu"],
+    )  # fmt: skip
+    res = Trainer(cfg, tmp_path / "run", progress=False, eval_fn=None).fit()
+    assert res.completed and math.isfinite(res.final_loss)
+    loaded = load_model_dir(tmp_path / "run")
+    assert loaded.config.time_region == "forward"
+    prov = loaded.config.provenance
+    want = {"checkerboard-shortcut": (1, 2, 4, 8, 16, 32, 64), "checkerboard-ct": (1,), "checkerboard-meanflow": None}
+    assert supported_steps(prov["objective"], prov["objective_hparams"]) == want[preset]
