@@ -6,8 +6,8 @@ decay, gradient clip 1, no EMA), and scores the raw weights every quarter of the
 
     python -m anystep.benchmarks.checkerboard_ayf_check --teacher runs/checkerboard/si --steps 400
 
-Each variant is ``objective`` or ``objective:{json hparams}`` (``"lr"`` in the JSON sets the
-learning rate). Columns: one-step KL, one-step coupling error to the teacher's dopri5
+Each variant is ``objective`` or ``objective:{json hparams}`` on top of the objective's own
+defaults, not the presets' (``"lr"`` in the JSON sets the learning rate). Columns: one-step KL, one-step coupling error to the teacher's dopri5
 samples on the same ``x0``, four-step KL (``n`` points, the benchmark's estimator). Writes
 ``OUT/checkerboard_ayf_check.{json,md}``.
 """
@@ -28,13 +28,12 @@ from anystep.benchmarks.common import command_line, machine_info, markdown_table
 __all__ = ["DEFAULT_VARIANTS", "main", "run_variant"]
 
 MODULE = "anystep.benchmarks.checkerboard_ayf_check"
-DEFAULT_VARIANTS = (
+DEFAULT_VARIANTS = (  # objective class defaults: tangent_norm on, adaptive off (the presets turn it on)
     "lmd",
     'ayf_lmd:{"adaptive": false}',
-    'ayf_lmd:{"adaptive": false, "lr": 1e-5}',
-    "ayf_lmd",
+    'ayf_lmd:{"adaptive": true}',
     'ayf_emd:{"adaptive": false}',
-    "ayf_emd",
+    'ayf_emd:{"adaptive": true}',
 )
 
 

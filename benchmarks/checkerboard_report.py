@@ -31,7 +31,8 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         f"- Machine: {res['machine_description']}",
         (f"- Date: {res['finished']}; wall time {res['timing']['total_s'] / 60:.1f} min "
          f"(training {res['timing']['train_s'] / 60:.1f} min, evaluation {res['timing']['eval_s'] / 60:.1f} min)"),
-        (f"- Budget (identical for every model): MLP {s['width']} wide x {s['depth']} hidden layers, "
+        (f"- Budget (every map, unless its row in the Methods list says otherwise: the teacher has its own "
+         f"two-stage schedule, PSD 3x the steps, 'LMD, both directions, +3000 steps' continues a row): MLP {s['width']} wide x {s['depth']} hidden layers, "
          f"{s['steps']} Adam steps, batch {s['batch_size']}, lr {s['lr']:g} (warm-up {s['lr_warmup_steps']}, "
          f"cosine to {s['lr_min']:g}), EMA {s['ema_decay']}, grad clip {s['grad_clip']}, seed {s['seed']}, "
          f"{s['threads']} torch thread(s). Paper: 512 x 6, 5e4 steps."),
