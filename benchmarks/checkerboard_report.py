@@ -186,9 +186,9 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
 
 
 def _blur(sigma: float | None) -> str:
-    """A blur equivalent for a table cell."""
+    """A blur equivalent for a table cell (JSON writes inf, beyond the largest blur, as null)."""
     if sigma is None:
-        return "-"
+        return "> 0.3"
     if sigma == 0:
         return "<= floor"
     if sigma == float("inf"):
