@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from test_trainer import assert_same_weights, losses, save_random_model, tiny_config, tiny_model, weights
+from test_trainer import (
+    assert_same_weights,
+    losses,
+    save_random_model,
+    tiny_config,
+    tiny_model,
+    weights,
+)
 
 from anystep.training.trainer import Trainer
 
