@@ -244,6 +244,7 @@ class ServedModel:
             "max_nfe": self.limits.max_nfe if self.kind == "velocity" else None,
             "solvers": self.solvers,
             "default_solver": DEFAULT_SOLVER if self.kind == "velocity" else None,
+            "invertible": (self.config.time_region or "both") == "both",
             **self._conditioning_info(),
             "ready": self.ready,
         }

@@ -195,6 +195,9 @@ class ModelInfo(BaseModel):
     max_nfe: int | None
     solvers: list[str]
     default_solver: str | None
+    invertible: bool = Field(
+        True, description="POST /encode is served: the map was trained on both time directions (time_region)."
+    )
     num_classes: int | None = None
     guidance_input: bool | None = None
     guidance_range: list[float] | None = None

@@ -108,6 +108,8 @@ def test_encode_route_refuses_forward_only_maps(tmp_path):
             assert "forward times only" in json.dumps(body) and "forward_only=false" in json.dumps(body)
         ok = c.post("/generate", json={"model": "fwd", "n": 2, "steps": 1})
         assert ok.status_code == 200
+        info = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert all(info[spec.name]["invertible"] is False for spec in specs)
 
 
 def test_bundled_digits_map_is_declared_forward_only():
