@@ -5,7 +5,8 @@ without pickle) plus an engine that evaluates it. Without explicit ``--model``
 specs, ``anystep serve`` serves the bundled models that exist under the models
 folder (``$ANYSTEP_MODELS_DIR`` or ``<repo>/models``): ``checkerboard`` (flow map),
 ``checkerboard-teacher`` (velocity), ``digits``, ``digits-teacher``, ``digits-cond``
-(class-conditional flow map with a guidance input).
+(class-conditional flow map with a guidance input), ``digits-restore`` (noisy -> clean digits:
+``/generate`` restores a noisy digit drawn from the seed, ``/encode`` maps clean -> noisy).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .engines import (
 
 log = logging.getLogger("anystep.server")
 
-BUNDLED_MODELS = ("checkerboard", "checkerboard-teacher", "digits", "digits-teacher", "digits-cond")
+BUNDLED_MODELS = ("checkerboard", "checkerboard-teacher", "digits", "digits-teacher", "digits-cond", "digits-restore")
 """Model names served by default, in this order, when their directories exist."""
 
 
