@@ -5,6 +5,7 @@ map instead of answering wrongly; a teacher of another interpolant is rejected."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,9 @@ def test_encode_route_refuses_forward_only_maps(tmp_path):
     if (REPO / "models" / "digits" / "config.json").is_file():
         specs.append(ModelSpec("digits", REPO / "models" / "digits"))
     with TestClient(create_app(ServerConfig(models=specs))) as c:
+        deadline = time.monotonic() + 120  # the auto engine exports each model once before it is ready
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         for spec in specs:
             r = c.post("/encode", json={"model": spec.name, "x": [[0.0, 0.0]] if spec.name == "fwd"
                                          else np.full((1, 8, 8), 8.0).tolist(), "steps": 1})
