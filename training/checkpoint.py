@@ -442,8 +442,13 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(out_dir: str | os.PathLike, *, clean: bool = True) -> Checkpoint:
     """Read ``out_dir/checkpoint/`` (safetensors + JSON only).
+
+    Args:
+        out_dir: the run directory.
+        clean: remove stale temp entries first. Under DDP only the main rank may (another
+            rank's clean would delete the main rank's in-progress temp files).
 
     Raises:
         CheckpointError: no checkpoint, or a damaged one.
@@ -451,7 +456,8 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     path = find_checkpoint(out_dir)
     if path is None:
         raise CheckpointError(f"{out_dir} has no checkpoint to resume from; start a new run without --resume")
-    clean_stale_temps(out_dir)
+    if clean:
+        clean_stale_temps(out_dir)
     state = _check_state(_load_json(path / "state.json"), path / "state.json")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

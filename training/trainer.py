@@ -567,7 +567,7 @@ class Trainer:
         last_loss: float | None = None
         resumed_round: int | None = None
         if self.resume and not self._resume_from_start:
-            ck = load_checkpoint(self.out_dir)
+            ck = load_checkpoint(self.out_dir, clean=main)
             st = ck.state
             for key, want in (("world_size", W), ("micro_batches", cfg.micro_batches), ("ddp_batch", cfg.ddp_batch)):
                 if st.get(key) != want:
