@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from anystep.core.config import BackboneConfig
+
 __all__ = [
     "FLOWMAP_LABEL_GAIN",
     "GUIDANCE_EMBED_SCALE",
@@ -363,3 +365,29 @@ class ConditionEmbedding(nn.Module):
         if self.guidance is not None and w is not None:
             e = e + self.guidance(w / GUIDANCE_EMBED_SCALE).to(e.dtype)
         return e
+
+
+def build_condition_embedding(
+    cfg: BackboneConfig, num_classes: int, guidance_input: bool, dim: int
+) -> ConditionEmbedding | None:
+    """The backbones' conditioning embedding, or None for an unconditional network.
+
+    Args:
+        cfg: the backbone config (``fourier_features``, ``time_inputs``).
+        num_classes: K real classes (0: unconditional); one more row is the null class.
+        guidance_input: whether the guidance scale ``w`` is an input (needs ``num_classes >= 1``).
+        dim: width of the time embedding the condition is added to.
+    """
+    from anystep.core.config import ConfigError
+
+    if guidance_input and num_classes < 1:
+        raise ConfigError("a guidance input w needs a class-conditional network (num_classes >= 1)")
+    if num_classes <= 0:
+        return None
+    return ConditionEmbedding(
+        num_classes,
+        guidance_input,
+        cfg.fourier_features,
+        dim,
+        label_gain=FLOWMAP_LABEL_GAIN if cfg.time_inputs == 2 else 1.0,
+    )

@@ -14,9 +14,8 @@ from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
 from anystep.core.networks.embeddings import (
-    FLOWMAP_LABEL_GAIN,
-    ConditionEmbedding,
     FourierFeatures,
+    build_condition_embedding,
     prepare_condition,
     prepare_times,
 )
@@ -82,17 +81,7 @@ class MLPBackbone(nn.Module):
         self.net = nn.Sequential(*layers)
         self.num_classes = int(num_classes)
         self.guidance_input = bool(guidance_input)
-        if self.guidance_input and self.num_classes < 1:
-            raise ConfigError("a guidance input w needs a class-conditional network (num_classes >= 1)")
-        self.cond: ConditionEmbedding | None = None
-        if self.num_classes > 0:
-            self.cond = ConditionEmbedding(
-                self.num_classes,
-                self.guidance_input,
-                cfg.fourier_features,
-                cfg.width,
-                label_gain=FLOWMAP_LABEL_GAIN if cfg.time_inputs == 2 else 1.0,
-            )
+        self.cond = build_condition_embedding(cfg, self.num_classes, self.guidance_input, cfg.width)
 
     def forward(
         self, x: Tensor, *times: Tensor, y: Tensor | None = None, w: Tensor | None = None

@@ -30,9 +30,8 @@ from torch import Tensor, nn
 
 from anystep.core.config import BackboneConfig, ConfigError
 from anystep.core.networks.embeddings import (
-    FLOWMAP_LABEL_GAIN,
-    ConditionEmbedding,
     MultiTimeEmbedding,
+    build_condition_embedding,
     prepare_condition,
     prepare_times,
 )
@@ -238,17 +237,7 @@ class UNetBackbone(nn.Module):
         self.time_embed = MultiTimeEmbedding(cfg.time_inputs, cfg.fourier_features, emb_dim)
         self.num_classes = int(num_classes)
         self.guidance_input = bool(guidance_input)
-        if self.guidance_input and self.num_classes < 1:
-            raise ConfigError("a guidance input w needs a class-conditional network (num_classes >= 1)")
-        self.cond: ConditionEmbedding | None = None
-        if self.num_classes > 0:
-            self.cond = ConditionEmbedding(
-                self.num_classes,
-                self.guidance_input,
-                cfg.fourier_features,
-                emb_dim,
-                label_gain=FLOWMAP_LABEL_GAIN if cfg.time_inputs == 2 else 1.0,
-            )
+        self.cond = build_condition_embedding(cfg, self.num_classes, self.guidance_input, emb_dim)
         attn_levels = set(cfg.attention_levels)
 
         self.conv_in = nn.Conv2d(in_ch, ch, 3, padding=1)
