@@ -490,6 +490,7 @@ def serve_with_pytriton(
     python: str | None = None,
     startup_timeout_s: float = 120.0,
     log_path: str | os.PathLike | None = None,
+    threads: int = 2,
 ) -> Iterator[TritonServer]:
     """Serve a repository's ONNX models with the Triton server bundled in nvidia-pytriton.
 
@@ -504,6 +505,7 @@ def serve_with_pytriton(
         python: interpreter with pytriton (default :func:`find_triton_python`).
         startup_timeout_s: how long to wait for the server to report ready.
         log_path: where the server's log goes (default: a temp file).
+        threads: ONNX Runtime intra-op threads of each model's session.
 
     Yields:
         TritonServer with the HTTP and gRPC endpoints on 127.0.0.1.
@@ -515,6 +517,8 @@ def serve_with_pytriton(
     repo = Path(repository).absolute()
     if not repo.is_dir():
         raise ExportError(f"model repository {repo} does not exist")
+    if int(threads) < 1:
+        raise ExportError(f"threads must be >= 1 (ONNX Runtime intra-op threads), got {threads}")
     if models is None:
         models = []
         for cfg_path in sorted(repo.glob(f"*/{CONFIG_NAME}")):
@@ -542,6 +546,8 @@ def serve_with_pytriton(
         str(ports["grpc"]),
         "--metrics-port",
         str(ports["metrics"]),
+        "--threads",
+        str(int(threads)),
     ]
     for m in models:
         cmd += ["--model", m]
