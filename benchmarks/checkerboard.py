@@ -124,7 +124,8 @@ MODULE = "anystep.benchmarks.checkerboard"
 
 def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path | None,
         fresh: bool | Sequence[str] = False,
-        progress: bool = False, figures: bool = True, command: str | None = None, log=print) -> dict[str, Any]:
+        progress: bool = False, figures: bool = True, command: str | None = None, log=print,
+        train_only: bool = False) -> dict[str, Any]:
     """Train every method, evaluate, plot, write the results, bundle the best map.
 
     Args:
@@ -138,9 +139,12 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         figures: write the figures.
         command: command line recorded in the results.
         log: status printer.
+        train_only: stop after training (finished runs reused, interrupted ones resumed);
+            nothing is evaluated or written outside ``work_dir``.
 
     Returns:
-        The results dictionary written to ``checkerboard.json``.
+        The results dictionary written to ``checkerboard.json`` (with ``train_only``: only
+        ``{"training": ..., "failed": ...}``).
     """
     from anystep.core.data import get_dataset
     from anystep.core.modeldir import load_model_dir
@@ -165,7 +169,8 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         with sw("train (parallel)"):
             training, failed = train_parallel(train_order([sp.key for sp in specs]), settings, work_dir, jobs=settings.jobs,
                                               fresh=fresh_keys, log=log)
-    for spec in specs if settings.jobs < 2 else ():
+    by_key = {sp.key: sp for sp in specs}
+    for spec in [by_key[k] for k in train_order(list(by_key))] if settings.jobs < 2 else ():
         deps = [d for d in (spec.teacher, spec.init_from) if d is not None and d in failed]
         if deps:
             failed[spec.key] = f"skipped: its teacher/warm start {deps[0]!r} failed"
@@ -193,6 +198,9 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
             size_records.append((w, d, train_one(key, cfg, work_dir / key, fresh=_fresh(key), progress=progress,
                                                  log=log)))
     train_s = sw.total
+    if train_only:
+        log(f"[done] training only: {len(training)} runs finished, {len(failed)} failed ({train_s / 60:.1f} min)")
+        return {"training": {k: asdict(v) for k, v in training.items()}, "failed": failed}
 
     # ---- evaluation ----------------------------------------------------------------
     t_eval = time.perf_counter()
@@ -467,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain only these runs (comma-separated keys, e.g. ayf_lmd,si_512x6); needed when a "
                         "method's settings changed since its run was trained")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--train-only", action="store_true",
+                   help="only train (reuse finished runs, resume interrupted ones), evaluate nothing: e.g. "
+                        "--jobs 1 --train-only in the background, then the evaluation once they are done")
     p.add_argument("--progress", action="store_true", help="show tqdm progress bars while training")
     return p
 
@@ -508,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fresh: bool | list[str] = True if args.fresh else [k.strip() for k in (args.retrain or "").split(",") if k.strip()]
         run(settings, out_dir=Path(args.out), work_dir=work_dir, bundle_dir=bundle_dir, fresh=fresh,
-            progress=args.progress, figures=not args.no_figures,
+            progress=args.progress, figures=not args.no_figures, train_only=args.train_only,
             command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
             log=lambda msg: print(msg, flush=True))
     except (BenchmarkError, AnystepError) as e:

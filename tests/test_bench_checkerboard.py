@@ -170,6 +170,34 @@ def test_train_configs_share_one_budget(tmp_path):
     assert cb.build_train_config(cb.METHODS["lmd"], full, tmp_path).max_steps == 50
 
 
+def test_longer_budget_rows_continue_the_shared_budget_rows(tmp_path):
+    full = cb.Settings(width=32, depth=2, steps=50, batch_size=64, lr=3e-3)
+    cfg = {k: cb.build_train_config(cb.METHODS[k], full, tmp_path) for k in ("lmd_both_xl", "lmd_xl", "fmm4_xl", "pfmm_xl")}
+    # each continues its shared-budget row (its checkpoint is the warm start), checkpoints every 500 steps
+    assert cfg["lmd_both_xl"].init_from == str(tmp_path / "lmd_both_long")
+    assert cfg["lmd_both_xl"].objective_hparams["forward_only"] is False  # still invertible (bundle candidate)
+    assert cfg["lmd_xl"].init_from == str(tmp_path / "lmd") and cfg["fmm4_xl"].init_from == str(tmp_path / "fmm4")
+    assert cfg["pfmm_xl"].teacher == cfg["pfmm_xl"].init_from == str(tmp_path / "fmm4_xl")
+    assert [c.max_steps for c in cfg.values()] == [8000, 6000, 4000, 5000]
+    assert all(c.ckpt_every == 500 and c.batch_size == 64 for c in cfg.values())
+    # an interrupted full run trains the shared-budget rows before the long ones
+    order = cb.train_order([s.key for s in cb.resolve_methods(None)])
+    assert order.index("lmd_both_long") < order.index("lmd_both_xl") < order.index("fmm1") < order.index("lmd_xl")
+    assert order.index("fmm4") < order.index("fmm4_xl") < order.index("pfmm_xl")
+
+
+def test_train_only_trains_and_writes_no_results(tmp_path, capsys):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    argv = ["--quick", "--steps", "3", "--methods", "lmd", "--jobs", "1", "--threads", "1", "--train-only",
+            "--out", str(out), "--work-dir", str(runs)]
+    assert cb.main(argv) == 0
+    assert not out.exists()
+    assert all((runs / k / "model.safetensors").is_file() for k in ("si_pre", "si", "lmd"))
+    capsys.readouterr()
+    assert cb.main(argv) == 0  # a second call reuses every finished run
+    assert capsys.readouterr().out.count("reusing the finished run") == 3
+
+
 def test_register_method_adds_a_row(monkeypatch):
     from anystep.benchmarks import checkerboard_methods as cm
 
@@ -293,7 +321,7 @@ def test_quick_run_writes_results_figures_and_sane_numbers(tmp_path):
     for key, b in res["bounds"].items():
         assert b["lmd_holds"] and b["emd_holds"], (key, b)
     # the quick run trains forward-only and both-direction LMD; the round trip is measured for the latter
-    assert res["goal"]["bundled_key"] in ("lmd_both", "lmd_both_long")
+    assert res["goal"]["bundled_key"] in ("lmd_both", "lmd_both_long", "lmd_both_xl")
     assert res["goal"]["round_trip"]["encode_decode"] < 1.0
     # even 300 steps of a small net put most one-step samples of the teacher-distilled maps on the board
     assert res["methods"]["lmd"]["steps"]["1"]["outside"] < 0.5
