@@ -246,9 +246,16 @@ class ServedModel:
             "solvers": self.solvers,
             "default_solver": DEFAULT_SOLVER if self.kind == "velocity" else None,
             "invertible": (self.config.time_region or "both") == "both",
+            "supported_steps": _supported_steps(self.config),
             **self._conditioning_info(),
             "ready": self.ready,
         }
+
+
+def _supported_steps(config: Any) -> list[int] | None:
+    """The step counts a flow map supports (``config.supported_steps``), None for any."""
+    steps = getattr(config, "supported_steps", None)
+    return None if steps is None else [int(k) for k in steps]
 
 
 def _check_base(name: str, config: Any) -> None:

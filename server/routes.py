@@ -71,7 +71,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def choose_steps(m: ServedModel, p: GenerateParams) -> int:
-    """The most steps in ``{1, 2, 4, ..., cap}`` whose estimated compute fits ``latency_ms`` (at least 1).
+    """The most steps in ``{1, 2, 4, ..., cap}`` (or the model's ``supported_steps``) whose compute fits ``latency_ms``.
 
     The estimate uses the scheduler's online cost model ``cost(B) ~ a + b B`` per engine call.
     """
@@ -82,7 +82,10 @@ def choose_steps(m: ServedModel, p: GenerateParams) -> int:
         candidates.append(k)
         k *= 2
     candidates.append(limit)
-    best = 1
+    supported = getattr(m.config, "supported_steps", None)
+    if supported is not None:  # a model trained for some K only (issue 14): choose among those
+        candidates = [K for K in supported if K <= limit] or [min(supported)]
+    best = candidates[0]
     sched = m.scheduler
     for K in candidates:
         if 1000.0 * sched.cost.request_seconds(p.n, K * per_step, sched.max_batch) <= p.latency_ms:

@@ -198,6 +198,11 @@ class ModelInfo(BaseModel):
     invertible: bool = Field(
         True, description="POST /encode is served: the map was trained on both time directions (time_region)."
     )
+    supported_steps: list[int] | None = Field(
+        None,
+        description="Flow maps trained for some step counts only (shortcut, consistency, progressive "
+        "distillation): the only steps accepted, on the uniform grid; null: any steps and any grid.",
+    )
     num_classes: int | None = None
     guidance_input: bool | None = None
     guidance_range: list[float] | None = None

@@ -18,7 +18,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from anystep.core.grid import GridError
-from anystep.core.params import ParamError, SamplingSpec, check_budget, resolve_sampling
+from anystep.core.params import (
+    ParamError,
+    SamplingSpec,
+    UnsupportedStepsError,
+    check_budget,
+    resolve_sampling,
+)
 from anystep.core.units import UnitsError
 
 from .registry import ServedModel
@@ -94,10 +100,13 @@ def sampling_spec(m: ServedModel, n: int = 1, **kw: Any) -> SamplingSpec:
         return resolve_sampling(
             m.kind,
             max_steps=m.limits.max_steps,
+            supported_steps=getattr(m.config, "supported_steps", None),
             default_rtol=DEFAULT_RTOL,
             default_max_nfe=default_max_nfe,
             **kw,
         )
+    except UnsupportedStepsError as e:  # e.g. steps=4 on a consistency model (trained for X_{s,1} only)
+        raise ApiError.from_param(e, "unsupported_steps") from None
     except (ParamError, GridError) as e:
         raise ApiError.from_param(e, "invalid_grid" if getattr(e, "field", None) == "grid" else "invalid_parameter") from None
 

@@ -205,6 +205,8 @@ def test_bundled_models_state_every_required_field(name):
 
 def test_optional_fields_have_documented_defaults_that_keep_the_output():
     """Only fields whose absence leaves the unconditional model unchanged may be omitted."""
-    assert set(ModelConfig.OPTIONAL) <= {"provenance", "num_classes", "guidance_input"}
+    # supported_steps (issue 14) restricts which requests are served, never an answer: absent = any K
+    assert set(ModelConfig.OPTIONAL) <= {"provenance", "num_classes", "guidance_input", "supported_steps"}
+    assert ModelConfig.OPTIONAL["supported_steps"] is None
     assert ModelConfig.optional_fields({"kind": "velocity"})["time_region"] == "both"
     assert "time_region" not in ModelConfig.optional_fields({"kind": "flowmap"})

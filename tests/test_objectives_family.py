@@ -400,3 +400,4 @@ def test_family_presets_train_into_forward_only_model_dirs(preset: str, tmp_path
     prov = loaded.config.provenance
     want = {"checkerboard-shortcut": (1, 2, 4, 8, 16, 32, 64), "checkerboard-ct": (1,), "checkerboard-meanflow": None}
     assert supported_steps(prov["objective"], prov["objective_hparams"]) == want[preset]
+    assert loaded.config.supported_steps == want[preset]  # recorded in config.json (served and refused)

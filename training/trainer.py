@@ -824,7 +824,14 @@ class Trainer:
         # the (s, t) region every round sampled decides whether X_{1,0} may be used
         regions = {trained_time_region(self._build_objective(r)) for r in self.rounds}
         time_region = "both" if regions == {"both"} else "forward"
-        model_cfg = ModelConfig.from_dict({**cfg.model.to_dict(), "provenance": provenance, "time_region": time_region})
+        # the step counts the final objective trained (shortcut: dyadic; cd/ct/operator: 1; pd: N)
+        final = self._build_objective(self.rounds[-1])
+        steps_fn = getattr(final, "supported_steps", None) if cfg.model.kind == "flowmap" else None
+        supported = None if steps_fn is None else steps_fn()
+        model_cfg = ModelConfig.from_dict({
+            **cfg.model.to_dict(), "provenance": provenance, "time_region": time_region,
+            "supported_steps": None if supported is None else list(supported),
+        })
         tmp = self.out_dir / ".model.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)

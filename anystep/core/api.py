@@ -82,7 +82,10 @@ def generate(
     if cfg.kind == "velocity" and solver not in (None, "dopri5") and steps is None and grid is None:
         steps = None if nfe is not None else 100  # the documented fixed-step default
     # The one sampling contract (anystep.core.params): conflicts are errors, never dropped.
-    spec = resolve_sampling(cfg.kind, steps=steps, grid=grid, solver=solver, rtol=rtol, default_solver="dopri5")
+    spec = resolve_sampling(
+        cfg.kind, steps=steps, grid=grid, solver=solver, rtol=rtol, default_solver="dopri5",
+        supported_steps=cfg.supported_steps,  # shortcut / consistency / PD maps: their trained K only
+    )
     if nfe is not None and spec.adaptive:
         raise AnystepError("dopri5 bounds its own work: drop --nfe, or keep it with --solver euler/heun/rk4")
     t0 = time.perf_counter()

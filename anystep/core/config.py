@@ -27,6 +27,7 @@ MAX_CHANNELS = 8_192
 MAX_DIM = 65_536
 MAX_SAMPLE_NUMEL = 1 << 24
 MAX_CLASSES = 100_000
+MAX_STEP_COUNT = 1 << 20
 
 TIME_REGIONS = ("forward", "both")
 
@@ -192,6 +193,11 @@ class ModelConfig:
         guidance_input: optional; flow maps only: the network also takes the guidance
             scale ``w`` (distilled from the guided teacher ``b(x,∅) + w (b(x,y) - b(x,∅))``).
             False or absent: no ``w`` input.
+        supported_steps: optional; flow maps only: the step counts K whose uniform K-step
+            composition ``X_{t_k,t_{k+1}}`` stays on the time pairs the objective trained
+            (issue 14: shortcut ``[1, 2, ..., 2^(L-1)]``, consistency / trajectory regression
+            ``[1]``, progressive distillation ``[N]``); sampling refuses other K and custom
+            grids. Written by the trainer from the objective; null or absent: any K, any grid.
     """
 
     kind: str = "flowmap"
@@ -206,6 +212,7 @@ class ModelConfig:
     num_classes: int = 0
     guidance_input: bool = False
     time_region: str | None = None
+    supported_steps: tuple[int, ...] | None = None
 
     # Fields a model directory's config.json may omit, with the documented value an absent
     # key means. Only fields whose default leaves the (unconditional) output unchanged
@@ -214,6 +221,7 @@ class ModelConfig:
         "provenance": {},  # a free-form record; never read by sampling
         "num_classes": 0,  # 0: unconditional
         "guidance_input": False,  # False: no guidance-scale input
+        "supported_steps": None,  # None: any step count, any grid
     }
 
     @classmethod
@@ -271,6 +279,11 @@ class ModelConfig:
                 "guidance_input=true needs a class-conditional flow map (kind 'flowmap', num_classes > 0); "
                 "a velocity model is guided at sampling time instead"
             )
+        if self.supported_steps is not None:
+            if self.kind != "flowmap":
+                raise ConfigError("supported_steps applies to flow maps; drop it from a velocity model's config")
+            steps = _ints(self.supported_steps, "supported_steps (null = any step count)", 1, MAX_STEP_COUNT, 1, 64)
+            self.supported_steps = tuple(sorted(set(steps)))
 
     @property
     def conditional(self) -> bool:
@@ -280,7 +293,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # optional fields: absent means unconditional, so unconditional configs are unchanged
-        for key, default in (("num_classes", 0), ("guidance_input", False)):
+        for key, default in (("num_classes", 0), ("guidance_input", False), ("supported_steps", None)):
             if out.get(key) == default:
                 out.pop(key)
         return out

@@ -107,6 +107,7 @@ def resolve_sampling(
     rtol: float | None = None,
     max_nfe: int | None = None,
     max_steps: int | None = None,
+    supported_steps: Sequence[int] | None = None,
     default_solver: str = DEFAULT_SOLVER,
     default_rtol: float = 1e-5,
     default_max_nfe: int = DEFAULT_MAX_NFE,
@@ -125,13 +126,18 @@ def resolve_sampling(
         rtol: dopri5 tolerance.
         max_nfe: dopri5 bound on evaluations per sample.
         max_steps: most steps K allowed.
+        supported_steps: flow maps: the only K the model was trained for (its config's
+            ``supported_steps``: shortcut ``1, 2, 4, ...``, consistency ``1``, PD ``N``), on
+            the uniform grid; None: any K and any grid. Absent ``steps`` then means the
+            smallest supported K when 1 is not supported (a PD model's own N).
         default_solver / default_rtol / default_max_nfe: what an absent parameter means.
 
     Returns:
         The :class:`SamplingSpec`.
 
     Raises:
-        ParamError / GridError: a malformed value or a conflict, naming the field to drop.
+        ParamError / GridError: a malformed value or a conflict, naming the field to drop;
+        :class:`UnsupportedStepsError` for a step count or grid outside ``supported_steps``.
     """
     from .grid import parse_grid
 
@@ -173,21 +179,68 @@ def resolve_sampling(
     for name, value in (("rtol", rtol), ("max_nfe", max_nfe)):
         if value is not None:
             raise ParamError(f"{name} applies to solver=dopri5 only; drop {name} or set solver=dopri5", name)
+    supported = None if method != "flowmap" or supported_steps is None else tuple(sorted(supported_steps))
     if grid is not None:
         try:
             g = np.asarray(check_grid(parse_grid(grid), max_steps), dtype=np.float64)
         except GridError as e:
             raise ParamError(str(e), "grid") from None
         custom = True
+        if supported is not None:
+            _check_supported_grid(g, supported)
     else:
+        if steps is None:
+            steps = 1 if supported is None or 1 in supported else supported[0]
         try:
-            g = uniform_grid(check_steps(1 if steps is None else steps, max_steps))
+            g = uniform_grid(check_steps(steps, max_steps))
         except GridError as e:
             raise ParamError(str(e), "steps") from None
         custom = False
+        if supported is not None and int(steps) not in supported:
+            raise UnsupportedStepsError(
+                f"steps={int(steps)} is not supported by this model: it was trained for the uniform "
+                f"K-step grid with K in {_list(supported)} only (other K compose pairs (s, t) it never fitted); "
+                f"use steps={_nearest(int(steps), supported)} or another of {_list(supported)}",
+                "steps",
+                supported,
+            )
     stages = 1 if method == "flowmap" else TABLEAUX[method].stages
     K = int(g.size - 1)
     return SamplingSpec(method, g, K, stages, K * stages, custom_grid=custom)
+
+
+class UnsupportedStepsError(ParamError):
+    """A step count or grid outside the model's ``supported_steps`` (issue 14).
+
+    Attributes:
+        supported: the step counts the model supports (uniform grids).
+    """
+
+    def __init__(self, message: str, field: str, supported: Sequence[int]) -> None:
+        super().__init__(message, field)
+        self.supported = [int(k) for k in supported]
+
+
+def _list(values: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+def _nearest(k: int, supported: Sequence[int]) -> int:
+    return min(supported, key=lambda s: (abs(s - k), s))
+
+
+def _check_supported_grid(g: np.ndarray, supported: Sequence[int]) -> None:
+    """Accept a custom grid only if it is the uniform grid of a supported K."""
+    K = int(g.size - 1)
+    if K in supported and np.allclose(g, uniform_grid(K), rtol=0.0, atol=1e-9):
+        return
+    raise UnsupportedStepsError(
+        f"this model supports only uniform grids with K in {_list(supported)} steps (t_k = k/K), "
+        f"not the custom grid of {K} step{'s' if K != 1 else ''}; drop grid and use steps={_nearest(K, supported)} "
+        f"or another of {_list(supported)}",
+        "grid",
+        supported,
+    )
 
 
 def check_budget(n: int, spec: SamplingSpec, max_compute: int) -> int:
