@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from anystep.benchmarks.checkerboard_bundle import bundle_models, rel_path
+from anystep.benchmarks.checkerboard_cache import EvalCache, metrics_from_json, metrics_to_json
 from anystep.benchmarks.checkerboard_eval import (
     EvalContext,
     StepMetrics,
@@ -212,9 +213,15 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
     ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
 
     teacher = load_model_dir(work_dir / "si").model
+    cache = EvalCache(work_dir / "eval_cache", work_dir / "si", settings)
     log(f"[eval] teacher dopri5 on {settings.n_samples:,} points (rtol {settings.rtol:g})")
     with ev("teacher dopri5"):
-        x_si, nfe_si = sample_ode(teacher, x0, "dopri5", None, settings.rtol)
+        hit = cache.load(key_si := cache.key("teacher"))
+        if hit is not None:
+            x_si, nfe_si = torch.from_numpy(hit[0]["x"]), int(hit[1]["nfe"])
+        else:
+            x_si, nfe_si = sample_ode(teacher, x0, "dopri5", None, settings.rtol)
+            cache.save(key_si, {"x": x_si.numpy()}, {"nfe": nfe_si})
     ctx.x_si = x_si
     with ev("metrics"):
         m_si = score_samples(x_si, ctx, nfe=nfe_si)
@@ -256,6 +263,15 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         if spec.kind != "flowmap":
             continue
         model = load_model_dir(work_dir / spec.key).model
+        hit = cache.load(key_row := cache.key("row", work_dir / spec.key))
+        if hit is not None:
+            samples[spec.key] = {k: hit[0][f"k{k}"] for k in EVAL_STEPS}
+            metrics[spec.key] = metrics_from_json(hit[1]["metrics"])
+            if hit[1].get("bounds") is not None:
+                bounds[spec.key] = hit[1]["bounds"]
+            log(f"[eval] {spec.label}: cached (same weights, teacher and settings), KL "
+                + ", ".join(f"K={k} {metrics[spec.key][k].kl:.4f}" for k in EVAL_STEPS))
+            continue
         samples[spec.key], metrics[spec.key] = {}, {}
         for k in EVAL_STEPS:
             with ev("flow-map sampling"):
@@ -268,6 +284,8 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
             with ev("bounds (Props. 3.7/3.8)"):
                 bounds[spec.key] = map_bounds(model, teacher, bctx, metrics[spec.key][1])
             log(f"[eval] {spec.label}: bounds {bounds[spec.key]}")
+        cache.save(key_row, {f"k{k}": samples[spec.key][k] for k in EVAL_STEPS},
+                   {"key": spec.key, "metrics": metrics_to_json(metrics[spec.key]), "bounds": bounds.get(spec.key)})
 
     size_rows = []
     if size_records:
@@ -372,6 +390,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
             "total_s": time.perf_counter() - t_start,
             "train_sections": sw.seconds,
             "eval_sections": ev.seconds,
+            "eval_cached": len(cache.hits),
         },
     }
     md_path = out_dir / "checkerboard.md"

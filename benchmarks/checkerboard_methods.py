@@ -205,8 +205,8 @@ DEFAULT_METHODS: list[str] = ["si", "lmd", "lmd_both", "lmd_both_long", "lmd_bot
 # Training priority when runs compete for the two worker slots (the rest follow in METHODS order):
 # the issue's order of importance, so that an interrupted full run has the rows that matter.
 TRAIN_ORDER: list[str] = ["si_pre", "si", "lmd", "fmm4", "lmd_both", "pfmm", "ayf_lmd", "ee", "lmd_both_long",
-                          "ayf_emd", "emd", "psd", "lmd_both_xl", "fmm1", "lsd", "esd", "lmd_xl", "fmm4_xl",
-                          "pfmm_xl"]
+                          "ayf_emd", "emd", "psd", "lmd_both_xl", "fmm1", "lsd", "esd", "fmm4_xl", "pfmm_xl",
+                          "lmd_xl"]
 
 
 def train_order(keys: Sequence[str]) -> list[str]:

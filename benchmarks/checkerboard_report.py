@@ -32,7 +32,8 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
         (f"- Date: {res['finished']}; wall time {res['timing']['total_s'] / 60:.1f} min "
          f"(training {res['timing']['train_s'] / 60:.1f} min, evaluation {res['timing']['eval_s'] / 60:.1f} min)"),
         (f"- Budget (every map, unless its row in the Methods list says otherwise: the teacher has its own "
-         f"two-stage schedule, PSD 3x the steps, 'LMD, both directions, +3000 steps' continues a row): MLP {s['width']} wide x {s['depth']} hidden layers, "
+         f"two-stage schedule, PSD 3x the steps, rows named '+N steps' continue another row for N more steps and "
+         f"'PFMM, N=1, from FMM N=4 +4000' distils the longer FMM row): MLP {s['width']} wide x {s['depth']} hidden layers, "
          f"{s['steps']} Adam steps, batch {s['batch_size']}, lr {s['lr']:g} (warm-up {s['lr_warmup_steps']}, "
          f"cosine to {s['lr_min']:g}), EMA {s['ema_decay']}, grad clip {s['grad_clip']}, seed {s['seed']}, "
          f"{s['threads']} torch thread(s). Paper: 512 x 6, 5e4 steps."),
@@ -159,7 +160,10 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
                      "reused" if tr["reused"] else ("resumed" if tr["resumed_from"] else "trained")])
     lines += [markdown_table(["Run", "Objective", "Steps", "Seconds", "ms/step", "load avg (1 min)", ""], body), ""]
     ev = res["timing"]["eval_sections"]
-    lines += ["Evaluation: " + ", ".join(f"{k} {v:.0f} s" for k, v in ev.items()) + ".", ""]
+    cached = res["timing"].get("eval_cached", 0)
+    lines += ["Evaluation: " + ", ".join(f"{k} {v:.0f} s" for k, v in ev.items())
+              + (f" ({cached} of the scored rows and teacher samples read from the evaluation cache in the work "
+                 "directory: same weights, teacher and settings)" if cached else "") + ".", ""]
 
     if res.get("bundled"):
         b = res["bundled"]

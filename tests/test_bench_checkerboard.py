@@ -198,6 +198,31 @@ def test_train_only_trains_and_writes_no_results(tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing the finished run") == 3
 
 
+def test_eval_cache_keys_on_weights_teacher_and_settings(tmp_path):
+    from anystep.benchmarks.checkerboard_cache import EvalCache, metrics_from_json, metrics_to_json
+    from anystep.benchmarks.checkerboard_eval import StepMetrics
+
+    for name, data in (("si", b"teacher"), ("a", b"weights a"), ("b", b"weights b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(data)
+    s = cb.Settings()
+    cache = EvalCache(tmp_path / "cache", tmp_path / "si", s)
+    ka = cache.key("row", tmp_path / "a")
+    assert ka != cache.key("row", tmp_path / "b") and ka != cache.key("teacher")
+    assert ka != EvalCache(tmp_path / "cache", tmp_path / "a", s).key("row", tmp_path / "a")  # another teacher
+    assert ka != EvalCache(tmp_path / "cache", tmp_path / "si", cb.Settings(n_samples=50_000)).key("row", tmp_path / "a")
+    assert ka == EvalCache(tmp_path / "cache", tmp_path / "si", cb.Settings(steps=7)).key("row", tmp_path / "a")
+    assert cache.load(ka) is None
+    m = {1: StepMetrics(kl=0.5, kl_ratio=10.0, w2_target=0.1, w2_teacher=float("inf"), coupling_l2=None, outside=0.1)}
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    cache.save(ka, {"k1": x}, {"metrics": metrics_to_json(m), "bounds": None})
+    arrays, info = cache.load(ka)
+    np.testing.assert_array_equal(arrays["k1"], x)
+    assert metrics_from_json(info["metrics"]) == m and cache.hits == [ka]
+    (tmp_path / "cache" / f"{ka}.npz").write_bytes(b"broken")
+    assert cache.load(ka) is None  # an unreadable entry is a miss, never an error
+
+
 def test_register_method_adds_a_row(monkeypatch):
     from anystep.benchmarks import checkerboard_methods as cm
 
@@ -335,4 +360,5 @@ def test_quick_run_writes_results_figures_and_sane_numbers(tmp_path):
     assert rc == 0
     res2 = json.loads((out / "checkerboard.json").read_text())
     assert all(tr["reused"] for tr in res2["training"].values())
+    assert res2["timing"]["eval_cached"] == 2  # the teacher's dopri5 samples and the lmd row
     assert res2["methods"]["lmd"]["steps"]["1"]["kl"] == pytest.approx(res["methods"]["lmd"]["steps"]["1"]["kl"])
