@@ -401,3 +401,63 @@ def test_family_presets_train_into_forward_only_model_dirs(preset: str, tmp_path
     want = {"checkerboard-shortcut": (1, 2, 4, 8, 16, 32, 64), "checkerboard-ct": (1,), "checkerboard-meanflow": None}
     assert supported_steps(prov["objective"], prov["objective_hparams"]) == want[preset]
     assert loaded.config.supported_steps == want[preset]  # recorded in config.json (served and refused)
+
+
+# ------------------------------------------------------------------------------------------
+# CD's EMA target network is part of the checkpoint
+# ------------------------------------------------------------------------------------------
+def test_cd_resume_restores_the_ema_target_and_equals_an_uninterrupted_run(tmp_path) -> None:
+    """A CD run stopped at step 3 and resumed to 6 ends bit-identical to one trained 0 -> 6:
+    the target network X⁻ (EMA 0.5 here, so a restart from the online weights would differ)
+    is saved in ``objective.safetensors`` and restored exactly."""
+    from safetensors.torch import load_file
+
+    from anystep.core.config import BackboneConfig, InterpolantConfig, ModelConfig
+    from anystep.core.flowmap import build_model
+    from anystep.core.modeldir import save_model_dir
+    from anystep.training.config import TrainConfig
+    from anystep.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    vb = BackboneConfig(name="mlp", data_shape=(2,), time_inputs=1, width=16, depth=1, fourier_features=4)
+    vcfg = ModelConfig(kind="velocity", backbone=vb, data_shape=(2,), interpolant=InterpolantConfig())
+    teacher = save_model_dir(tmp_path / "teacher", build_model(vcfg), vcfg)
+    fb = BackboneConfig(name="mlp", data_shape=(2,), time_inputs=2, width=16, depth=1, fourier_features=4)
+    cfg = TrainConfig(
+        model=ModelConfig(kind="flowmap", backbone=fb, data_shape=(2,)), objective="cd",
+        objective_hparams={"N": 4, "target_ema": 0.5}, dataset="checkerboard", batch_size=16, max_steps=6,
+        log_every=1, ckpt_every=0, eval_every=-1, teacher=str(teacher), lr=1e-2,
+    )  # fmt: skip
+    Trainer(cfg, tmp_path / "full", progress=False, eval_fn=None).fit()
+    stopped = Trainer(cfg, tmp_path / "cut", progress=False, eval_fn=None)
+    stopped.fit(until=3)
+    saved = load_file(str(tmp_path / "cut" / "checkpoint" / "objective.safetensors"))
+    assert saved and all(k.startswith("target.") for k in saved)
+    # the saved target is the EMA after the update of step 3 (index 2), not the online weights
+    online = load_file(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"))
+    assert any(not torch.equal(saved[f"target.{k}"], v) for k, v in online.items())
+    Trainer(cfg, tmp_path / "cut", resume=True, progress=False, eval_fn=None).fit()
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cd_state_dict_round_trip_restores_the_target_exactly() -> None:
+    model = mlp_model("flowmap")
+    obj = build_objective("cd", LINEAR, target_ema=0.9, N=4)
+    obj.target_network(model, 0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    target = obj.target_network(model, 1)  # one EMA update
+    state = obj.state_dict()
+    assert state["ema_step"] == 1 and set(state["tensors"]) == {f"target.{k}" for k in target.state_dict()}
+    fresh = build_objective("cd", LINEAR, target_ema=0.9, N=4)
+    fresh.load_state_dict(state)
+    restored = fresh.target_network(model, 1)  # same step: restored, not updated again
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in target.state_dict().items())
+    nxt_a, nxt_b = obj.target_network(model, 2), fresh.target_network(model, 2)
+    assert all(torch.equal(nxt_a.state_dict()[k], v) for k, v in nxt_b.state_dict().items())
+    assert build_objective("ct", LINEAR).state_dict() == {}  # target_ema = 0: nothing to save
+    with pytest.raises(ObjectiveError, match="restart"):
+        build_objective("cd", LINEAR, N=4).load_state_dict({"ema_step": 1})

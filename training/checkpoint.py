@@ -9,6 +9,8 @@ A checkpoint is the folder ``DIR/checkpoint/`` holding
   non-tensor per-parameter values (:func:`flatten_optimizer_state`);
 * ``rng.safetensors``: ``torch.Generator`` states as ``uint8`` tensors;
 * ``teacher.safetensors`` (optional): a teacher replaced during training (progressive PFMM);
+* ``objective.safetensors`` (optional): tensors of an objective's learned state, e.g. the
+  EMA target network of consistency distillation (the JSON rest is in ``state.json``);
 * ``state.json``: step, round and other scalars.
 
 Writes are atomic: everything is written into a temporary sibling folder that is then
@@ -75,6 +77,7 @@ class Checkpoint:
         state: scalars (``step``, ``round``, ``world_size``, ...).
         teacher: weights of a teacher that replaced the original one, or None.
         path: the folder it was read from.
+        objective_tensors: tensors of the objective's state (``objective.safetensors``), or None.
     """
 
     model: dict[str, Tensor]
@@ -85,6 +88,7 @@ class Checkpoint:
     teacher: dict[str, Tensor] | None = None
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    objective_tensors: dict[str, Tensor] | None = None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -224,6 +228,7 @@ def save_checkpoint(
     rng: dict[str, Tensor],
     state: dict[str, Any],
     teacher: dict[str, Tensor] | None = None,
+    objective_tensors: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write ``out_dir/checkpoint/`` atomically (temporary folder + rename).
 
@@ -235,6 +240,7 @@ def save_checkpoint(
         rng: generator states as ``uint8`` tensors.
         state: JSON scalars (must include ``step``).
         teacher: optional replaced-teacher weights.
+        objective_tensors: optional tensors of the objective's state.
 
     Returns:
         The checkpoint folder.
@@ -254,6 +260,8 @@ def save_checkpoint(
         _save_tensors(tmp / "rng.safetensors", {k: v.to(torch.uint8) for k, v in rng.items()})
         if teacher is not None:
             _save_tensors(tmp / "teacher.safetensors", teacher)
+        if objective_tensors:
+            _save_tensors(tmp / "objective.safetensors", objective_tensors)
         full_state = {"format_version": FORMAT_VERSION, **state}
         (tmp / "state.json").write_text(json.dumps(full_state, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
@@ -466,6 +474,7 @@ def load_checkpoint(out_dir: str | os.PathLike, *, clean: bool = True) -> Checkp
     opt_meta = _check_optimizer_meta(_load_json(path / "optimizer.json"), path / "optimizer.json")
     optimizer = unflatten_optimizer_state(_load_tensors(path / "optimizer.safetensors"), opt_meta)
     teacher_path = path / "teacher.safetensors"
+    objective_path = path / "objective.safetensors"
     return Checkpoint(
         model=_load_tensors(path / "model.safetensors"),
         ema=_load_tensors(path / "ema.safetensors"),
@@ -474,4 +483,5 @@ def load_checkpoint(out_dir: str | os.PathLike, *, clean: bool = True) -> Checkp
         state=state,
         teacher=_load_tensors(teacher_path) if teacher_path.exists() else None,
         path=path,
+        objective_tensors=_load_tensors(objective_path) if objective_path.exists() else None,
     )

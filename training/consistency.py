@@ -20,9 +20,9 @@ In App. C.1 (diffusion time, data at 0) it is ``f_t(x) = X_{t_max - t, t_max}(x)
 ``X⁻`` is the **target network**: an EMA of the online weights with decay ``target_ema``
 (updated once per optimisation step, before the step's loss; Song et al. 2023 use 0.95
 for CD; 0 -- the online weights under stop-gradient -- is iCT's choice and the ``ct``
-default). The target EMA lives in the objective: it is not part of the trainer's
-checkpoint, so a resumed run restarts it from the current weights (with decay 0.95 it
-forgets its past within ~100 steps; with ``target_ema = 0`` resuming is exact).
+default). The target EMA lives in the objective and is saved with the trainer's
+checkpoint (:meth:`_Consistency.state_dict`: its weights in ``objective.safetensors``, its
+last update step in ``state.json``), so a resumed run continues with the same target.
 
 What such a model can and cannot do (the cost of a one-time map):
 
@@ -97,6 +97,7 @@ class _Consistency(FlowObjective):
         self.grid = consistency_grid(self.hparams["N"], self.hparams["grid_rho"])
         self._ema: EMA | None = None
         self._ema_step: int | None = None
+        self._pending: dict[str, Any] | None = None  # a checkpointed target, restored on first use
 
     def _check(self) -> None:
         h = self.hparams
@@ -124,11 +125,56 @@ class _Consistency(FlowObjective):
             return model
         if self._ema is None:
             self._ema = EMA(model, mu, warmup=False)
-            self._ema_step = step
-        elif step != self._ema_step:
+            if self._pending is None:
+                self._ema_step = step  # the target starts as the current weights
+                return self._ema.module
+            self._restore(self._pending)
+            self._pending = None
+        if step != self._ema_step:
             self._ema.update(model)
             self._ema_step = step
         return self._ema.module
+
+    def state_dict(self) -> dict[str, Any]:
+        """The target network for checkpoints: ``{"ema_step", "ema_updates", "tensors"}``; ``{}`` if none yet.
+
+        ``tensors`` holds the EMA weights (``target.<name>``); the trainer writes them to
+        ``objective.safetensors`` and the rest to ``state.json``.
+        """
+        if self._ema is None:
+            return dict(self._pending) if self._pending else {}
+        return {
+            "ema_step": self._ema_step,
+            "ema_updates": self._ema.num_updates,
+            "tensors": {f"target.{k}": v for k, v in self._ema.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``{}``: no target yet, it starts from the weights at first use)."""
+        if not state:
+            return
+        if self.hparams["target_ema"] == 0.0:
+            return  # the target is the online network: nothing to restore
+        if not isinstance(state.get("tensors"), dict) or not isinstance(state.get("ema_step"), int):
+            raise ObjectiveError(
+                f"{self.name}: the checkpoint's target network is incomplete (objective.safetensors or "
+                "ema_step missing); restart with --restart"
+            )
+        self._pending = dict(state)
+        if self._ema is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        weights = {k.removeprefix("target."): v for k, v in state["tensors"].items()}
+        try:
+            self._ema.load_state_dict(weights, int(state.get("ema_updates", 0)))
+        except (RuntimeError, KeyError) as e:
+            raise ObjectiveError(
+                f"{self.name}: the checkpoint's target network does not fit this model "
+                f"({' '.join(str(e).split())[:160]}); restart with --restart"
+            ) from None
+        self._ema_step = int(state["ema_step"])
 
     def _pair(self, batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         B = batch.x0.shape[0]

@@ -148,9 +148,19 @@ def read_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def objective_state(objective: Any) -> dict[str, Any] | None:
-    """JSON state of an objective with learned parts (``state_dict()``), else None."""
-    return objective.state_dict() if hasattr(objective, "state_dict") else None
+def objective_state(objective: Any) -> tuple[dict[str, Any] | None, dict[str, Tensor] | None]:
+    """State of an objective with learned parts (``state_dict()``), else ``(None, None)``.
+
+    Returns:
+        ``(json_state, tensors)``: the ``"tensors"`` entry of the state (``{name: Tensor}``,
+        e.g. consistency distillation's EMA target network) is split off for
+        ``objective.safetensors``; the rest is JSON for ``state.json``.
+    """
+    if not hasattr(objective, "state_dict"):
+        return None, None
+    state = dict(objective.state_dict())
+    tensors = state.pop("tensors", None)
+    return state, ({k: v.detach().cpu().contiguous() for k, v in tensors.items()} if tensors else None)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -608,8 +618,11 @@ class Trainer:
 
         rnd = self.rounds[resumed_round] if resumed_round is not None else self._round_at(step)
         objective = self._build_objective(rnd)
-        if self.resume and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(st.get("objective_state") or {})
+        if resumed_from is not None and hasattr(objective, "load_state_dict"):  # (not on a resume from step 0)
+            obj_state = dict(st.get("objective_state") or {})
+            if ck.objective_tensors:
+                obj_state["tensors"] = ck.objective_tensors
+            objective.load_state_dict(obj_state)
         replaced_teacher = teacher is not teacher_orig
 
         eval_fn: EvalFn | None
@@ -635,6 +648,7 @@ class Trainer:
         def checkpoint(at: int) -> None:
             rng = self._gathered_rng()
             if main:
+                obj_json, obj_tensors = objective_state(objective)
                 save_checkpoint(
                     self.out_dir,
                     model=model.state_dict(),
@@ -653,9 +667,10 @@ class Trainer:
                         "elapsed_s": elapsed_before + time.perf_counter() - t0,
                         "amp": self._amp.state_dict(),
                         # learned loss weights of the objective (e.g. AYF's adaptive u(s, t)), JSON
-                        "objective_state": objective_state(objective),
+                        "objective_state": obj_json,
                     },
                     teacher=teacher.state_dict() if (replaced_teacher and teacher is not None) else None,
+                    objective_tensors=obj_tensors,  # e.g. CD's EMA target network
                 )
             ddp.barrier(info)
 
