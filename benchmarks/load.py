@@ -406,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="issue 16's overhead goals instead: served - empty round trip - bare engine at K=1..16, "
                         "n=1/256; 64-client fraction of the ceiling; steps=1 p50 with a dopri5 solve in flight "
                         "(checkerboard + checkerboard-teacher, ONNX Runtime); writes load_overhead.{json,md}")
+    p.add_argument("--nfe-ratio", action="store_true",
+                   help="issue 16's digits goal instead: served flow map (n=64, K=1,2,4,8) against served dopri5 "
+                        "(rtol 1e-5) of digits-teacher, latency ratio vs the NFE-ratio limit; the same as "
+                        "python -m anystep.benchmarks.load_nfe (--quick, --models-dir, --out pass through); "
+                        "writes load_nfe.{json,md}")
     p.add_argument("--quick", action="store_true", help="about a minute: checkerboard only, fewer requests")
     p.add_argument("--models", type=_names, default=None, help="flow-map model names (default checkerboard,digits)")
     p.add_argument("--models-dir", type=Path, default=None,
@@ -469,6 +474,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work_dir or REPO_ROOT / "runs" / "load"
     from anystep.errors import USER_ERRORS
 
+    if args.nfe_ratio:
+        from anystep.benchmarks import load_nfe
+
+        fwd = ["--quick"] if args.quick else []
+        for flag, val in (("--models-dir", args.models_dir), ("--out", args.out), ("--work-dir", args.work_dir),
+                          ("--threads", args.threads)):
+            if val is not None:
+                fwd += [flag, str(val)]
+        if args.engine is not None:
+            fwd += ["--engine", args.engine]
+        return load_nfe.main(fwd)
     if args.overhead:
         from anystep.benchmarks.load_overhead import render_overhead, run_overhead
 

@@ -308,9 +308,13 @@ def server_timing(headers: dict[str, str]) -> dict[str, float] | None:
         return None
 
 
-def generate_body(model: str, steps: int, n: int, seed: int, fmt_: str, **extra: Any) -> bytes:
-    """The JSON body of ``POST /generate`` (``extra``: e.g. ``solver="dopri5", rtol=1e-5``)."""
-    return json.dumps({"model": model, "steps": steps, "n": n, "seed": seed, "format": fmt_, **extra}).encode()
+def generate_body(model: str, steps: int | None, n: int, seed: int, fmt_: str, **extra: Any) -> bytes:
+    """The JSON body of ``POST /generate`` (``steps=None`` is left out, e.g. for ``solver="dopri5"``).
+
+    ``extra``: more fields, e.g. ``solver="dopri5", rtol=1e-5``.
+    """
+    body = {"model": model, "steps": steps, "n": n, "seed": seed, "format": fmt_, **extra}
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
 
 
 OneRequest = Callable[["LoopbackClient", int], Awaitable[RequestRecord]]
