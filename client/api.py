@@ -180,6 +180,7 @@ class Client(_Base):
         latency_ms: float | None = None,
         classes: int | Sequence[int] | None = None,
         guidance: float | Sequence[float] | None = None,
+        source: Any = None,
     ) -> GenerateResult:
         """Draw ``n`` samples with ``steps`` steps (``POST /generate``).
 
@@ -197,11 +198,16 @@ class Client(_Base):
             classes: class-conditional models: the class of every sample or one per sample
                 (default: any class, drawn by the server from each sample's seed).
             guidance: class-conditional models: guidance scale w, or one per sample.
+            source: translation models (e.g. ``digits-restore``): the source samples
+                ``[n, *source_shape]`` in the base data set's units, mapped by ``X_{0,1}``
+                (``n`` is their number); default: drawn by the server from the seed.
 
         Returns:
             GenerateResult (samples in the data set's units; image for png).
         """
-        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance)
+        body = _generate_payload(
+            model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance, source
+        )
         return _parse_generate(self._request("POST", "/generate", json=body), format)
 
     def encode(
@@ -312,9 +318,12 @@ class AsyncClient(_Base):
         latency_ms: float | None = None,
         classes: int | Sequence[int] | None = None,
         guidance: float | Sequence[float] | None = None,
+        source: Any = None,
     ) -> GenerateResult:
         """See :meth:`Client.generate`."""
-        body = _generate_payload(model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance)
+        body = _generate_payload(
+            model, steps, n, seed, format, grid, solver, rtol, latency_ms, classes, guidance, source
+        )
         return _parse_generate(await self._request("POST", "/generate", json=body), format)
 
     async def encode(

@@ -32,6 +32,22 @@ def _number_list(text, kind, hint):
     return vals[0] if len(vals) == 1 else vals
 
 
+def _load_source(path):
+    """``--source FILE``: samples ``[n, ...]`` from a .npy (no pickles) or .json file; bad files are exit 2."""
+    import numpy as np
+
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text())
+            return doc["samples"] if isinstance(doc, dict) and "samples" in doc else doc
+    except (OSError, ValueError, KeyError) as e:
+        raise click.BadParameter(f"{path}: cannot read samples ({' '.join(str(e).split())[:160]})",
+                                 param_hint="--source") from None
+    raise click.BadParameter(f"{path}: use a .npy file (numpy.save) or a .json list [n, ...]", param_hint="--source")
+
+
 @click.command("generate")
 @click.option(
     "--url",
@@ -84,13 +100,20 @@ def _number_list(text, kind, hint):
               help="Class-conditional models: class of every sample, or one per sample (default: any, from the seed).")
 @click.option("--guidance", default=None, metavar="W[,W...]",
               help="Class-conditional models: guidance scale w (default 1), or one per sample.")
+@click.option("--source", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="FILE",
+              help="Translation models (e.g. digits-restore): source samples [n, ...] to map, in the base data set's "
+                   "units, as .npy or .json (a list, or the 'samples' of a generate --out .json); -n is their "
+                   "number. Default: the server draws them from the seed.")
 def generate(
-    url, api_key, model, steps, n, seed, grid, solver, rtol, latency_ms, out, timeout, retries, classes, guidance
+    url, api_key, model, steps, n, seed, grid, solver, rtol, latency_ms, out, timeout, retries, classes, guidance,
+    source,
 ) -> None:
     """Ask a running anystep server for samples, e.g.
 
     anystep generate --model digits --steps 1 -n 16 --seed 0 --out grid.png
     anystep generate --model digits-cond --class 7 --guidance 2 -n 16 --out sevens.png
+    anystep generate --model digits-restore --source noisy.npy --out restored.npy
     """
     from .api import AnystepClientError, AnystepHTTPError, Client
 
@@ -109,6 +132,7 @@ def generate(
             ) from None
     class_list = _number_list(classes, int, "--class")
     guidance_list = _number_list(guidance, float, "--guidance")
+    source_arr = _load_source(source) if source is not None else None
     try:
         with Client(url, api_key=api_key, timeout=timeout, retries=retries) as c:
             r = c.generate(
@@ -123,6 +147,7 @@ def generate(
                 solver=solver,
                 rtol=rtol,
                 latency_ms=latency_ms,
+                source=source_arr,
             )
     except AnystepHTTPError as e:
         raise _RequestFailed(str(e)) from None
@@ -148,6 +173,8 @@ def generate(
             "timing_ms": r.timing_ms,
             "chosen_by_budget": r.chosen_by_budget,
         }
+        if r.source is not None:
+            doc["source"] = r.source.tolist()
         text = json.dumps(doc) + "\n"
         if out is None:
             sys.stdout.write(text)

@@ -34,6 +34,8 @@ class GenerateResult:
         grid: times traversed (json only; None for dopri5).
         timing_ms: server-side ``{"total", "queue", "compute"}`` milliseconds.
         chosen_by_budget: True when ``latency_ms`` chose ``steps``.
+        source: translation models (json only): the source samples that were mapped
+            (the client's, or those the server drew from the seed), in the base data set's units.
     """
 
     model: str
@@ -50,6 +52,7 @@ class GenerateResult:
     grid: list[float] | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
     chosen_by_budget: bool = False
+    source: np.ndarray | None = None
 
 
 @dataclass
@@ -88,10 +91,16 @@ def _generate_payload(
     latency_ms: float | None,
     classes: int | Sequence[int] | None = None,
     guidance: float | Sequence[float] | None = None,
+    source: Any = None,
 ) -> dict[str, Any]:
     if format not in FORMATS:
         raise AnystepInputError(f"format={format!r}: use one of {list(FORMATS)}")
     body: dict[str, Any] = {"n": n, "format": format}
+    if source is not None:  # translation models: n is the number of sources
+        arr = _finite_samples(source, "source", "generate")
+        if n not in (1, arr.shape[0]):
+            raise AnystepInputError(f"n={n} but source has {arr.shape[0]} rows; leave n out (it is the number of sources)")
+        body = {"source": arr.tolist(), "format": format}
     if latency_ms is not None:
         body["latency_ms"] = latency_ms
         if steps is not None and steps != 1:  # an explicit cap on the steps the budget may pick
@@ -156,6 +165,7 @@ def _parse_generate_unchecked(resp: httpx.Response, fmt: str) -> GenerateResult:
             grid=d.get("grid"),
             timing_ms={k: float(v) for k, v in d.get("timing_ms", {}).items()},
             chosen_by_budget=bool(d.get("chosen_by_budget", False)),
+            source=None if d.get("source") is None else _float_array(d["source"]),
         )
     h = resp.headers
     common: dict[str, Any] = dict(  # noqa: C408 - keyword form reads like the headers
@@ -209,25 +219,31 @@ def _json_of(resp: httpx.Response, key: str | None = None) -> Any:
         raise _not_anystep(resp, "a body", e) from None
 
 
-def _encode_payload(
-    x: Any, model: str | None, steps: int | None, grid: Sequence[float] | None
-) -> dict[str, Any]:
+def _finite_samples(x: Any, name: str, what: str) -> np.ndarray:
+    """Samples ``[n, ...]`` (a list or array) as finite float32, or :class:`AnystepInputError` saying what to fix."""
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise AnystepInputError(
-            f"encode needs x as numbers of shape [n, *data_shape] (a list or array), got {type(x).__name__}: "
+            f"{what} needs {name} as numbers of shape [n, *data_shape] (a list or array), got {type(x).__name__}: "
             f"{' '.join(str(e).split())[:120]}"
         ) from None
     if arr.ndim < 2 or arr.shape[0] < 1:
-        raise AnystepInputError(f"encode needs x of shape [n, *data_shape] with n >= 1, got shape {list(arr.shape)}")
+        raise AnystepInputError(f"{what} needs {name} of shape [n, *data_shape] with n >= 1, got shape {list(arr.shape)}")
     bad = ~np.isfinite(arr)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise AnystepInputError(
-            f"encode needs finite data: x holds {int(bad.sum())} NaN/Inf value(s) (first at index {list(first)}); "
+            f"{what} needs finite data: {name} holds {int(bad.sum())} NaN/Inf value(s) (first at index {list(first)}); "
             "remove or replace them"
         )
+    return arr
+
+
+def _encode_payload(
+    x: Any, model: str | None, steps: int | None, grid: Sequence[float] | None
+) -> dict[str, Any]:
+    arr = _finite_samples(x, "x", "encode")
     body: dict[str, Any] = {"x": arr.tolist()}
     if model is not None:
         body["model"] = model

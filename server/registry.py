@@ -191,6 +191,16 @@ class ServedModel:
         return tuple(self.config.data_shape)
 
     @property
+    def translation(self) -> bool:
+        """A translation map: its base is a data set (e.g. degraded digits), so ``/generate`` takes ``source``."""
+        return self._base_ds is not None
+
+    @property
+    def source_units(self) -> Units | None:
+        """Units of a translation model's source samples (the base data set's own units), else None."""
+        return units_for(self.base, self.data_shape) if self._base_ds is not None else None
+
+    @property
     def solvers(self) -> list[str]:
         return list(SOLVERS) if self.kind == "velocity" else []
 
@@ -205,10 +215,9 @@ class ServedModel:
         """
         if self._base_ds is None:
             return base_noise_np(seed, n, self.data_shape)
-        import torch
+        from anystep.core.data import seeded_base_samples
 
-        rows = [self._base_ds.sample(1, torch.Generator().manual_seed(seed + i))[0] for i in range(n)]
-        return torch.stack(rows).to(torch.float32).numpy()
+        return seeded_base_samples(self._base_ds, seed, n, self.data_shape).numpy()
 
     def _conditioning_info(self) -> dict[str, Any]:
         """``num_classes`` / guidance range and default of class-conditional models (nothing otherwise)."""
@@ -246,6 +255,10 @@ class ServedModel:
             "solvers": self.solvers,
             "default_solver": DEFAULT_SOLVER if self.kind == "velocity" else None,
             "invertible": (self.config.time_region or "both") == "both",
+            "base": self.base,
+            "translation": self.translation,
+            "source_shape": list(self.source_units.units_shape) if self.translation else None,
+            "source_units": self.source_units.name if self.translation else None,
             "supported_steps": _supported_steps(self.config),
             **self._conditioning_info(),
             "ready": self.ready,

@@ -29,6 +29,7 @@ from .scheduler import QueueFullError, SchedulerClosedError, StepScheduler
 from .schemas import (
     ENCODE_FIELDS,
     GENERATE_FIELDS,
+    GENERATE_QUERY_FIELDS,
     ApiError,
     drop_nulls,
     parse_json_body,
@@ -170,12 +171,22 @@ def _timing(t0: float, r: JobResult) -> dict[str, float]:
 
 
 async def generate(request: Request, state: Any) -> Response:
-    """``POST /generate``: draw ``n`` samples with ``K`` steps (or an ODE solver)."""
+    """``POST /generate``: draw ``n`` samples with ``K`` steps (or an ODE solver).
+
+    A translation model (data-set base) maps the ``source`` samples of the JSON body, or of a
+    binary ``.npy`` body (parameters in the query), as ``/encode`` takes ``x``; without them it
+    draws its sources from the base by seed.
+    """
     t0 = time.perf_counter()
     config = state.config
-    query = parse_query(request.query_params.multi_items(), GENERATE_FIELDS)
-    body = parse_json_body(await read_body(request, config.max_body_bytes))
-    p = validate_generate({**query, **drop_nulls(body, GENERATE_FIELDS)}, state.models)
+    raw = await read_body(request, config.max_body_bytes)
+    query = parse_query(request.query_params.multi_items(), GENERATE_QUERY_FIELDS)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() in NPY_TYPES:
+        body, source = {}, parse_npy(raw)
+    else:
+        body = parse_json_body(raw)
+        source = body.pop("source", None)
+    p = validate_generate({**query, **drop_nulls(body, GENERATE_FIELDS)}, state.models, source=source)
     m = p.model
     adaptive = p.spec.adaptive
     request.scope["anystep.labels"] = (m.name, "adaptive" if adaptive else p.spec.steps)
@@ -184,7 +195,7 @@ async def generate(request: Request, state: Any) -> Response:
     if chosen:
         p.spec = sampling_spec(m, p.n, steps=choose_steps(m, p), solver=p.solver)
         request.scope["anystep.labels"] = (m.name, p.spec.steps)
-    x0 = m.base_samples(p.seed, p.n)
+    x0 = p.x0 if p.x0 is not None else m.base_samples(p.seed, p.n)
     spec = p.spec
     cond = p.cond
     job_cond = {}
@@ -238,6 +249,8 @@ async def generate(request: Request, state: Any) -> Response:
         "timing_ms": timing,
         "chosen_by_budget": chosen,
     }
+    if m.translation:  # what was mapped: the client's sources, or those drawn from the seed
+        body_out["source"] = np.ascontiguousarray(m.source_units.to_units(x0), dtype=np.float32)
     if job_cond:
         body_out["class"] = job_cond["y"].tolist()
         body_out["guidance"] = cond.w.tolist() if cond.w is not None else None

@@ -130,6 +130,16 @@ class GenerateRequest(BaseModel):
             "accepts the range it was distilled on (see /v1/models)."
         ),
     )
+    source: list[Any] | None = Field(
+        None,
+        description=(
+            "Translation models only (a data-set base, `translation: true` in /v1/models, e.g. digits-restore): "
+            "the source samples [n, ...] (`source_shape`) in the base data set's own units (the shape /encode "
+            "takes), each mapped by X_{0,1}; n is their number. JSON body only, or a binary .npy body "
+            "(Content-Type application/x-npy) with the other parameters in the query. Absent: the sources are "
+            "drawn from the base data set, source i from seed + i, and returned as `source`."
+        ),
+    )
 
 
 class EncodeRequest(BaseModel):
@@ -168,6 +178,9 @@ class GenerateResponse(BaseModel):
     grid: list[float] | None = Field(None, description="Times traversed (null for dopri5).")
     timing_ms: Timing
     chosen_by_budget: bool
+    source: list[Any] | None = Field(
+        None, description="Translation models (json): the source samples that were mapped, in the base data set's units."
+    )
 
 
 class EncodeResponse(BaseModel):
@@ -203,6 +216,12 @@ class ModelInfo(BaseModel):
         description="Flow maps trained for some step counts only (shortcut, consistency, progressive "
         "distillation): the only steps accepted, on the uniform grid; null: any steps and any grid.",
     )
+    base: str = Field("gaussian", description="The base distribution rho_0: gaussian, or a data set (translation).")
+    translation: bool = Field(
+        False, description="The base is a data set: POST /generate takes `source` samples of shape [n, *source_shape]."
+    )
+    source_shape: list[int] | None = None
+    source_units: str | None = None
     num_classes: int | None = None
     guidance_input: bool | None = None
     guidance_range: list[float] | None = None
@@ -224,6 +243,8 @@ class HealthResponse(BaseModel):
 
 GENERATE_FIELDS = tuple(f.alias or name for name, f in GenerateRequest.model_fields.items())
 ENCODE_FIELDS = tuple(EncodeRequest.model_fields)
+GENERATE_QUERY_FIELDS = tuple(f for f in GENERATE_FIELDS if f != "source")
+"""Fields of the /generate query string (``source`` comes in the body only)."""
 INT_FIELDS = frozenset({"steps", "n", "seed", "max_nfe"})
 FLOAT_FIELDS = frozenset({"rtol", "latency_ms"})
 LIST_FIELDS = frozenset({"class", "guidance"})

@@ -58,6 +58,8 @@ class GenerateParams:
         latency_ms: latency budget, if any (then ``steps`` caps the chosen steps).
         steps_cap: the client's ``steps`` with a latency budget.
         cond: per-sample class labels / guidance scales of a class-conditional model.
+        x0: translation models: the client's source samples ``[n, *data_shape]`` in model
+            units (None: the sources are drawn from the base by seed).
     """
 
     model: ServedModel
@@ -69,6 +71,7 @@ class GenerateParams:
     latency_ms: float | None = None
     steps_cap: int | None = None
     cond: Any = None
+    x0: np.ndarray | None = None
 
 
 def resolve_model(models: dict[str, ServedModel], name: Any, want_kind: str | None = None) -> ServedModel:
@@ -111,13 +114,18 @@ def sampling_spec(m: ServedModel, n: int = 1, **kw: Any) -> SamplingSpec:
         raise ApiError.from_param(e, "invalid_grid" if getattr(e, "field", None) == "grid" else "invalid_parameter") from None
 
 
-def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel]) -> GenerateParams:
-    """Merged query + body parameters -> :class:`GenerateParams`, or a 4xx :class:`ApiError`."""
+def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel], source: Any = None) -> GenerateParams:
+    """Merged query + body parameters (without ``source``) and the source samples -> :class:`GenerateParams`.
+
+    Raises:
+        ApiError: a 4xx naming the field (``source`` on a Gaussian-base model, of the wrong shape, ...).
+    """
     try:
         req = GenerateRequest.model_validate(raw)
     except ValidationError as e:
         raise validation_error(e, GENERATE_FIELDS) from None
     m = resolve_model(models, req.model)
+    x0 = None if source is None else parse_source(source, m, req.n)
     fmt = req.format or "json"
     if fmt == "png" and not _png_renderable(m):
         raise ApiError(
@@ -140,7 +148,10 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel]) -> Ge
         steps_cap, steps = steps, None
         if steps_cap is not None and steps_cap > m.limits.max_steps:
             raise ApiError(422, "out_of_range", f"steps={steps_cap} is out of range; use 1..{m.limits.max_steps}", "steps")
-    n = check_range("n", req.n if req.n is not None else 1, 1, m.max_n, f"for {m.name}")
+    if x0 is not None:
+        n = check_range("n", x0.shape[0], 1, m.max_n, f"(rows of source) for {m.name}")
+    else:
+        n = check_range("n", req.n if req.n is not None else 1, 1, m.max_n, f"for {m.name}")
     spec = sampling_spec(m, n, steps=steps, grid=req.grid, solver=req.solver, rtol=req.rtol, max_nfe=req.max_nfe)
     try:
         check_budget(n, spec, m.limits.max_compute)  # with a latency budget: at least one step
@@ -171,7 +182,36 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel]) -> Ge
         solver=None if m.kind == "flowmap" else spec.method,
         latency_ms=req.latency_ms,
         steps_cap=steps_cap,
+        x0=x0,
     )
+
+
+def parse_source(source: Any, m: ServedModel, n: int | None) -> np.ndarray:
+    """A translation model's source samples (base data units) -> ``[n, *data_shape]`` model units, or a 422.
+
+    Args:
+        source: nested lists or an array ``[n, *source_shape]`` in the base data set's units.
+        m: the served model; its base must be a data set (``m.translation``).
+        n: the request's ``n``, if given: it must equal the number of sources.
+    """
+    if not m.translation:
+        raise ApiError(
+            422,
+            "not_translation",
+            f"{m.name} maps Gaussian noise (base gaussian), it takes no source samples: drop source (the seed "
+            "draws the noise) or pick a translation model (translation: true in GET /v1/models)",
+            "source",
+        )
+    units = m.source_units
+    arr = parse_samples(source, m, field="source", units=units)
+    if n is not None and n != arr.shape[0]:
+        raise ApiError(
+            422, "conflict", f"n={n} but source has {arr.shape[0]} rows; drop n (it is the number of sources)", "n"
+        )
+    try:
+        return units.from_units(arr)
+    except UnitsError as e:
+        raise ApiError(422, "invalid_samples", f"source cannot be converted to model units: {e}", "source") from None
 
 
 @dataclass
@@ -222,9 +262,16 @@ def validate_encode(params: dict[str, Any], x: Any, models: dict[str, ServedMode
     return EncodeParams(model=m, spec=spec, x1=x1)
 
 
-def parse_samples(x: Any, m: ServedModel) -> np.ndarray:
-    """Nested lists (or an array) -> ``[n, *units_shape]`` finite float32, or a 4xx naming the expected shape."""
-    want = list(m.units.units_shape)
+def parse_samples(x: Any, m: ServedModel, field: str = "x", units: Any = None) -> np.ndarray:
+    """Nested lists (or an array) -> ``[n, *units_shape]`` finite float32, or a 4xx naming the expected shape.
+
+    Args:
+        x: the samples.
+        m: the served model.
+        field: the request field named by errors (``x`` of /encode, ``source`` of /generate).
+        units: the units whose shape is expected (default: the model's data units).
+    """
+    want = list((units or m.units).units_shape)
     hint = f"[n, {', '.join(map(str, want))}]"
     if isinstance(x, np.ndarray):
         arr = x
@@ -232,17 +279,17 @@ def parse_samples(x: Any, m: ServedModel) -> np.ndarray:
         try:
             arr = np.asarray(x)
         except (ValueError, TypeError, RecursionError):
-            raise ApiError(422, "invalid_samples", f"x must be a rectangular nested list of shape {hint}", "x") from None
+            raise ApiError(422, "invalid_samples", f"{field} must be a rectangular nested list of shape {hint}", field) from None
     else:
-        raise ApiError(422, "invalid_type", f"x must be a nested list of numbers of shape {hint}", "x")
+        raise ApiError(422, "invalid_type", f"{field} must be a nested list of numbers of shape {hint}", field)
     if arr.dtype.kind not in "iuf":
-        raise ApiError(422, "invalid_type", f"x must hold only numbers, as a nested list of shape {hint}", "x")
+        raise ApiError(422, "invalid_type", f"{field} must hold only numbers, as a nested list of shape {hint}", field)
     if list(arr.shape[1:]) != want or arr.ndim != len(want) + 1:
-        raise ApiError(422, "invalid_shape", f"x has shape {list(arr.shape)}; {m.name} needs {hint}", "x")
+        raise ApiError(422, "invalid_shape", f"{field} has shape {list(arr.shape)}; {m.name} needs {hint}", field)
     with np.errstate(over="ignore", invalid="ignore"):
         arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
-        raise ApiError(422, "invalid_samples", "x values must be finite float32 numbers", "x")
+        raise ApiError(422, "invalid_samples", f"{field} values must be finite float32 numbers", field)
     return arr
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from torch import Tensor
 
+from .data import seeded_base_samples
 from .modeldir import LoadedModel, load_model_dir
-from .samplers import base_noise, sample_flowmap, sample_ode, sample_seeds
+from .samplers import sample_flowmap, sample_ode, sample_seeds
 
 
 @dataclass
@@ -64,7 +65,7 @@ def generate(
     if x0 is None:
         if reverse:
             raise AnystepError("--reverse encodes data into base samples: pass the data with --x0 FILE.npy")
-        x0 = base_noise(sample_seeds(seed, n), cfg.data_shape)
+        x0 = seeded_base_samples(cfg.base or "gaussian", seed, n, cfg.data_shape)  # a translation map: its data base
     elif tuple(x0.shape[1:]) != tuple(cfg.data_shape):
         raise AnystepError(f"--x0 has sample shape {tuple(x0.shape[1:])}, the model expects {cfg.data_shape}")
     if reverse:

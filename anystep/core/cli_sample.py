@@ -46,6 +46,9 @@ def _check_out(out: str) -> str:
 @click.option("--reverse", is_flag=True, help="Encode: run X_{1,0} (data -> base); needs --x0 with data.")
 @click.option("--x0", "x0_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start points (.npy, model units) instead of fresh base noise.")
+@click.option("--source", "source_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Translation maps (a data-set base, e.g. models/digits-restore): the source samples to map, .npy in "
+                   "the base data set's units (noisy digits: grey levels), instead of sources drawn from the seed.")
 @click.option("-n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses seed+i: the same sample in any batch, to within 1e-5 in model "
                    "units (CPU kernels differ by batch size).")
@@ -62,13 +65,15 @@ def _check_out(out: str) -> str:
 @click.option("--guidance", default=None, metavar="W[,W...]",
               help="Class-conditional models: classifier-free guidance scale w (1 = no extra guidance, the default), "
                    "or one per sample. A map takes w as an input; a velocity model is run twice per evaluation.")
-def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol, units, out, classes, guidance):
+def sample(model_dir, steps, grid, reverse, x0_path, source_path, n, seed, solver, nfe, rtol, units, out, classes,
+           guidance):
     """Sample MODEL_DIR: K flow-map steps, or an ODE solver for a velocity model.
 
     \b
     Examples:
       anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png
       anystep sample models/digits-cond --class 7 --guidance 2 -n 16 --out sevens.png
+      anystep sample models/digits-restore --source noisy.npy --out restored.npy
       anystep sample models/checkerboard --grid 0,0.5,1 --out cb.npy
       anystep sample models/checkerboard-teacher --solver dopri5 --out ode.png
     """
@@ -80,6 +85,8 @@ def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol,
     x0 = None
     if x0_path is not None:
         x0 = torch.from_numpy(np.load(x0_path, allow_pickle=False).astype(np.float32))
+    if source_path is not None:
+        model_dir, x0 = _source(model_dir, source_path, x0_path is not None or reverse)
     res = generate(
         model_dir, n=n, seed=seed, steps=steps, grid=_parse_grid(grid), reverse=reverse, x0=x0,
         solver=solver, nfe=nfe, rtol=rtol, classes=_parse_list(classes, int, "--class"),
@@ -87,6 +94,30 @@ def sample(model_dir, steps, grid, reverse, x0_path, n, seed, solver, nfe, rtol,
     )
     _write(out, suffix, res.x.numpy(), res.dataset, units)
     click.echo(f"wrote {out}: {tuple(res.x.shape)} samples, {res.method}, nfe={res.nfe}, {res.seconds * 1e3:.1f} ms")
+
+
+def _source(model_dir, source_path, conflict):
+    """``--source``: the model (loaded once) and its sources in model units, or exit 2 saying what to fix."""
+    import torch
+
+    from anystep.core.modeldir import load_model_dir
+    from anystep.core.units import UnitsError, units_for
+
+    if conflict:
+        raise click.BadParameter("give --source (translation sources) or --x0 / --reverse, not both", param_hint="--source")
+    lm = load_model_dir(model_dir)
+    base = lm.config.base or "gaussian"
+    if base == "gaussian":
+        raise click.BadParameter(f"{model_dir} maps Gaussian noise (base gaussian); --source is for translation maps "
+                                 "(a data-set base); use --x0 for start points in model units", param_hint="--source")
+    try:
+        arr = np.load(source_path, allow_pickle=False)
+        x0 = units_for(base, lm.config.data_shape).from_units(arr)
+    except (OSError, ValueError, UnitsError) as e:
+        raise click.BadParameter(f"{source_path}: {' '.join(str(e).split())[:200]}", param_hint="--source") from None
+    if not np.isfinite(x0).all():
+        raise click.BadParameter(f"{source_path}: the sources must be finite numbers", param_hint="--source")
+    return lm, torch.from_numpy(x0)
 
 
 def _write(out, suffix, x, dataset_name, units):

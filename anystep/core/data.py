@@ -70,6 +70,7 @@ __all__ = [
     "checkerboard_density",
     "get_dataset",
     "list_datasets",
+    "seeded_base_samples",
 ]
 
 
@@ -1123,5 +1124,27 @@ def base_sample(
             f"{shape_t}; use 'gaussian' or a base with samples of shape {shape_t}"
         )
     return ds.sample(n, g)
+
+
+def seeded_base_samples(name_or_dataset: str | Dataset, seed: int, n: int, shape: Sequence[int]) -> Tensor:
+    """Base samples ``x0 ~ rho_0`` of a request whose row ``i`` depends on seed ``seed + i`` only.
+
+    A sample then does not depend on the batch it is drawn in (``anystep sample`` and the
+    server draw the same sources). ``"gaussian"``: the counter-based noise of
+    :func:`anystep.core.noise.base_noise`; a data set (e.g. ``digits-noisy``, the base of a
+    translation map): ``sample(1, Generator().manual_seed(seed + i))`` for each row.
+
+    Returns:
+        ``[n, *shape]`` float32.
+    """
+    shape_t = _check_shape(shape, "seeded_base_samples")
+    n = _check_n(n, "seeded_base_samples")
+    if isinstance(name_or_dataset, str) and name_or_dataset.strip().lower() == "gaussian":
+        from .noise import base_noise, sample_seeds
+
+        return base_noise(sample_seeds(int(seed), n), shape_t)
+    ds = get_dataset(name_or_dataset) if isinstance(name_or_dataset, str) else name_or_dataset
+    rows = [base_sample(ds, shape_t, 1, torch.Generator().manual_seed(int(seed) + i))[0] for i in range(n)]
+    return torch.stack(rows).to(torch.float32)
 
 
