@@ -63,7 +63,7 @@ class Engine:
         self.num_classes = 0
 
     # -- the interface ---------------------------------------------------------------
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         """One flow-map jump ``X_st = X_{s,t}(x)`` per row (Definition 3.2).
 
         Args:
@@ -74,11 +74,13 @@ class Engine:
         Returns:
             ``[B, *shape]`` float32 states at times ``t``.
         """
-        raise EngineError(
-            f"the {self.name} engine serves a {self.kind} model; step() needs a flow map"
-        )
+        if self.kind != "flowmap":
+            raise EngineError(
+                f"the {self.name} engine serves a {self.kind} model; step() needs a flow map"
+            )
+        return self._run(*self._check(x, s, t), **cond)
 
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def velocity(self, x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         """Velocity ``b_t(x)`` per row (eq. 3.1).
 
         Args:
@@ -88,9 +90,11 @@ class Engine:
         Returns:
             ``[B, *shape]`` float32.
         """
-        raise EngineError(
-            f"the {self.name} engine serves a {self.kind} model; velocity() needs a velocity model"
-        )
+        if self.kind != "velocity":
+            raise EngineError(
+                f"the {self.name} engine serves a {self.kind} model; velocity() needs a velocity model"
+            )
+        return self._run(*self._check(x, t), **cond)
 
     def evaluate(self, x: np.ndarray, s: np.ndarray | None, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
         """Dispatch to :meth:`step` (flow maps, ``s`` given) or :meth:`velocity`.
@@ -149,6 +153,27 @@ class Engine:
 
     def close(self) -> None:
         """Release resources (sessions, connections)."""
+
+    # -- what an artifact adapter implements --------------------------------------------
+    def _run(self, x: np.ndarray, *times: np.ndarray, **cond: np.ndarray) -> np.ndarray:
+        """Run the artifact on checked inputs: ``times`` is ``(s, t)`` for a flow map, ``(t,)``
+        for a velocity model; ``cond`` the per-row conditioning the artifact takes.
+
+        Engines over one exported artifact (ONNX, TensorRT, Triton, CUDA graphs) implement
+        only this; :meth:`step` and :meth:`velocity` check the kind and the shapes once, here.
+        """
+        raise EngineError(f"the {self.name} engine does not implement _run()")
+
+    @staticmethod
+    def _in_chunks(run, max_batch: int, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
+        """``run(x, *times)`` on consecutive slices of at most ``max_batch`` rows (an artifact
+        built for a bounded batch), concatenated."""
+        if x.shape[0] <= max_batch:
+            return run(x, *times)
+        return np.concatenate([
+            run(x[i : i + max_batch], *(tt[i : i + max_batch] for tt in times))
+            for i in range(0, x.shape[0], max_batch)
+        ])
 
     # -- helpers ---------------------------------------------------------------------
     def _check(self, x: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, ...]:

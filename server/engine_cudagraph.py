@@ -261,7 +261,8 @@ class CudaGraphEngine(Engine):
             torch.cuda.synchronize(self.device)
 
     # -- calls --------------------------------------------------------------------------
-    def _run(self, x: np.ndarray, s: np.ndarray | None, t: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
+        s, t = times if len(times) == 2 else (None, times[0])
         torch = self._torch
         out = np.empty_like(x)
         with self._lock:
@@ -274,18 +275,6 @@ class CudaGraphEngine(Engine):
                 )
                 out[c.start : c.stop] = y.detach().to("cpu", torch.float32).numpy()
         return out
-
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "flowmap":
-            return super().step(x, s, t)
-        x, s, t = self._check(x, s, t)
-        return self._run(x, s, t)
-
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "velocity":  # only X_st is captured for a flow map, as in the onnx engine
-            return super().velocity(x, t)
-        x, t = self._check(x, t)
-        return self._run(x, None, t)
 
     def verify(self, batches: Sequence[int] = (1, 3), seed: int = 0) -> float:
         """Largest ``|graph - eager|`` over random inputs at the given batch sizes.

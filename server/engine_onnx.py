@@ -274,16 +274,6 @@ class OnnxEngine(Engine):
         (y,) = self.session.run([self.output_name], feeds)
         return np.asarray(y, dtype=np.float32)
 
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
-        if self.kind != "flowmap":
-            return super().step(x, s, t)
-        return self._run(*self._check(x, s, t), **cond)
-
-    def velocity(self, x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
-        if self.kind != "velocity":
-            return super().velocity(x, t)
-        return self._run(*self._check(x, t), **cond)
-
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),

@@ -86,27 +86,14 @@ class TensorRTEngine(Engine):
         return cls(out, data_shape, max_batch=max_batch, device=device)
 
     def _run(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
-        if x.shape[0] > self.max_batch:
-            parts = [
-                self._run(x[i : i + self.max_batch], *(tt[i : i + self.max_batch] for tt in times))
-                for i in range(0, x.shape[0], self.max_batch)
-            ]
-            return np.concatenate(parts)
+        return self._in_chunks(self._run_one, self.max_batch, x, *times)
+
+    def _run_one(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
         feeds = {self.input_names[0]: x}
         for name, tt in zip(self.input_names[1:], times):
             feeds[name] = tt.reshape(-1, 1) if self._time_rank[name] == 2 else tt
         out = self._runner.run(feeds)[self.output_name]
         return np.asarray(out, dtype=np.float32).reshape(x.shape)
-
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "flowmap":
-            return super().step(x, s, t)
-        return self._run(*self._check(x, s, t))
-
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "velocity":
-            return super().velocity(x, t)
-        return self._run(*self._check(x, t))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "plan": self.plan_path.name, "max_batch": self.max_batch}

@@ -107,12 +107,9 @@ class TritonEngine(Engine):
         return arr
 
     def _run(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
-        if x.shape[0] > self.max_batch:
-            parts = [
-                self._run(x[i : i + self.max_batch], *(tt[i : i + self.max_batch] for tt in times))
-                for i in range(0, x.shape[0], self.max_batch)
-            ]
-            return np.concatenate(parts)
+        return self._in_chunks(self._run_one, self.max_batch, x, *times)
+
+    def _run_one(self, x: np.ndarray, *times: np.ndarray) -> np.ndarray:
         infer_inputs = []
         for name, arr in zip(self.input_names, (x, *times)):
             a = np.ascontiguousarray(self._shape_of(name, arr), dtype=np.float32)
@@ -126,16 +123,6 @@ class TritonEngine(Engine):
             raise EngineError(f"Triton request to {self.model_name!r} failed: {e}") from None
         y = res.as_numpy(self.output_name)
         return np.asarray(y, dtype=np.float32).reshape(x.shape)
-
-    def step(self, x: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "flowmap":
-            return super().step(x, s, t)
-        return self._run(*self._check(x, s, t))
-
-    def velocity(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        if self.kind != "velocity":
-            return super().velocity(x, t)
-        return self._run(*self._check(x, t))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "url": self.url, "model_name": self.model_name}
