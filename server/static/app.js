@@ -200,9 +200,14 @@
     document.body.setAttribute("data-state", "ready");
   }
 
-  /** Step counts offered for a model: powers of two up to its max_steps (and max_steps itself). */
+  /** Step counts offered for a model: powers of two up to its max_steps (and max_steps itself),
+   *  or only its supported_steps (shortcut / consistency / PD maps, from /v1/models). */
   function stepChoices(m) {
     var maxSteps = Math.max(1, parseInt(m && m.max_steps, 10) || 1);
+    if (m && Array.isArray(m.supported_steps) && m.supported_steps.length) {
+      var sup = m.supported_steps.filter(function (s) { return s <= maxSteps; });
+      if (sup.length) return sup;
+    }
     var out = STEP_CHOICES.filter(function (s) { return s <= maxSteps; });
     if (out[out.length - 1] !== maxSteps) out.push(maxSteps);
     return out;
@@ -688,6 +693,10 @@
     var m = currentModel();
     var maxSteps = parseInt(m.max_steps, 10) || 1;
     var steps = COMPARE_STEPS.filter(function (s) { return s <= maxSteps; });
+    if (Array.isArray(m.supported_steps)) {  // a model trained for some step counts only
+      steps = steps.filter(function (s) { return m.supported_steps.indexOf(s) >= 0; });
+      if (!steps.length) steps = stepChoices(m).slice(0, 4);
+    }
     begin("Comparing " + steps.join(", ") + " steps…");
     clearResults();
     el.result.classList.add("compare");
