@@ -29,10 +29,14 @@ __all__ = [
     "Stopwatch",
     "command_line",
     "existing_notes",
+    "float_list",
     "fmt",
+    "int_list",
     "load_average",
     "machine_info",
     "markdown_table",
+    "name_list",
+    "portable_path",
     "pyplot",
     "versions",
     "write_results",
@@ -358,3 +362,52 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# --------------------------------------------------------------------------------------
+# command-line values (argparse ``type=`` of every benchmark's comma lists)
+# --------------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"1,8,64"`` -> ``(1, 8, 64)``; integers >= 1 (argparse type: errors exit 2 with one line)."""
+    import argparse
+
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,8,64; got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"values must be integers >= 1, got {text!r}")
+    return vals
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """``"1e-3,1e-5"`` -> ``(0.001, 1e-05)`` (argparse type)."""
+    import argparse
+
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use comma-separated numbers, e.g. 1e-3,1e-5; got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return vals
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"checkerboard,digits"`` -> ``("checkerboard", "digits")`` (argparse type)."""
+    import argparse
+
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not vals:
+        raise argparse.ArgumentTypeError("give at least one name")
+    return vals
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` (the checkout) when inside it, else its last part: no machine paths in results."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return Path(path).name

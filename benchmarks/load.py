@@ -49,8 +49,10 @@ from anystep.benchmarks.common import (
     command_line,
     existing_notes,
     fmt,
+    int_list,
     load_average,
     machine_info,
+    name_list,
     versions,
     write_results,
 )
@@ -194,8 +196,6 @@ QUICK: dict[str, Any] = {
     "profile": False,
 }
 """Overrides of ``--quick``."""
-
-
 
 
 async def _serve_and_load(model: str, model_dir: Path, settings: LoadSettings, batching: bool, engine: Any,
@@ -377,23 +377,6 @@ def run(settings: LoadSettings, *, out_dir: Path, work_dir: Path, command: str,
 # --------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,8,64; got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"values must be integers >= 1, got {text!r}")
-    return vals
-
-
-def _names(text: str) -> tuple[str, ...]:
-    vals = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not vals:
-        raise argparse.ArgumentTypeError("give at least one name")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m anystep.benchmarks.load``."""
     d = LoadSettings()
@@ -412,19 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "python -m anystep.benchmarks.load_nfe (--quick, --models-dir, --out pass through); "
                         "writes load_nfe.{json,md}")
     p.add_argument("--quick", action="store_true", help="about a minute: checkerboard only, fewer requests")
-    p.add_argument("--models", type=_names, default=None, help="flow-map model names (default checkerboard,digits)")
+    p.add_argument("--models", type=name_list, default=None, help="flow-map model names (default checkerboard,digits)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder of model directories (default $ANYSTEP_MODELS_DIR or <repo>/models)")
     p.add_argument("--engine", default=None, choices=("torch", "onnx"), help="server engine (default torch)")
-    p.add_argument("--concurrency", type=_ints, default=None, help="default 1,8,64")
-    p.add_argument("--steps-mix", type=_ints, default=None, help="steps values drawn uniformly (default 1,2,4,8)")
-    p.add_argument("-n", "--n", type=_ints, default=None,
+    p.add_argument("--concurrency", type=int_list, default=None, help="default 1,8,64")
+    p.add_argument("--steps-mix", type=int_list, default=None, help="steps values drawn uniformly (default 1,2,4,8)")
+    p.add_argument("-n", "--n", type=int_list, default=None,
                    help=f"samples per request, comma list: each runs every concurrency (default {d.n_values})")
     p.add_argument("--requests", type=int, default=None,
                    help=f"requests per phase, all concurrencies (default {d.requests})")
     p.add_argument("--time-limit", type=float, default=None, help=f"seconds per phase (default {d.time_limit_s:g})")
     p.add_argument("--probe-pairs", type=int, default=None, help=f"latency-probe pairs (default {d.probe_pairs})")
-    p.add_argument("--batching", type=_names, default=None, help="on, off or on,off (default)")
+    p.add_argument("--batching", type=name_list, default=None, help="on, off or on,off (default)")
     p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default 1)")
     p.add_argument("--format", default=None, choices=("json", "npy"), help="response format (default json)")
     p.add_argument("--seed", type=int, default=0)

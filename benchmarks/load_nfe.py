@@ -43,9 +43,11 @@ from anystep.benchmarks.common import (
     command_line,
     existing_notes,
     fmt,
+    int_list,
     load_average,
     machine_info,
     markdown_table,
+    portable_path,
     versions,
     write_results,
 )
@@ -209,7 +211,7 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
         "duration_s": time.perf_counter() - t0, "machine": machine, "machine_description": machine.describe(),
         "load_average_start": load_start, "load_average": load_average(),
         "versions": versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn")),
-        "settings": {**asdict(settings), "models_dir": _portable(settings.models_dir)},
+        "settings": {**asdict(settings), "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
         "engines": engines, "cases": cases, "goals": evaluate_goals(cases, settings),
     }
     if write:
@@ -217,13 +219,6 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
         paths = write_results(out_dir, "load_nfe", data, render_markdown(data, existing_notes(md)))
         log(f"[done] {paths.json}, {paths.markdown}")
     return data
-
-
-def _portable(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
 
 
 def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
@@ -265,16 +260,6 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,2,4; got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m anystep.benchmarks.load_nfe``."""
     d = NfeSettings()
@@ -290,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder of model directories (default $ANYSTEP_MODELS_DIR or <repo>/models)")
     p.add_argument("-n", "--n", type=int, default=None, help=f"samples per request (default {d.n})")
-    p.add_argument("--steps", type=_ints, default=None, help="flow-map K compared (default 1,2,4,8)")
+    p.add_argument("--steps", type=int_list, default=None, help="flow-map K compared (default 1,2,4,8)")
     p.add_argument("--rtol", type=float, default=None, help=f"dopri5 tolerance (default {d.rtol:g})")
     p.add_argument("--engine", default=None, choices=("torch", "onnx", "auto"), help=f"default {d.engine}")
     p.add_argument("--threads", type=int, default=None, help="engine intra-op threads (default 1)")

@@ -9,7 +9,7 @@ every row alike::
     python -m anystep.benchmarks.load_ray            # 3 rounds per replica count
     python -m anystep.benchmarks.load_ray --quick    # 1 round, fewer requests
 
-Each round is a closed-loop phase of :func:`anystep.benchmarks.load.run_phase` (the same
+Each round is a closed-loop phase of :func:`anystep.benchmarks.loadgen.run_phase` (the same
 keep-alive loopback client as the single-process load benchmark): ``concurrency``
 connections, ``n`` samples per request, ``steps`` drawn from the mix. A row per replica
 count reports the median over its rounds of requests/s and evaluations/s
@@ -39,13 +39,15 @@ from anystep.benchmarks.common import (
     command_line,
     existing_notes,
     fmt,
+    int_list,
     load_average,
     machine_info,
     markdown_table,
+    portable_path,
     versions,
     write_results,
 )
-from anystep.benchmarks.load import (
+from anystep.benchmarks.loadgen import (  # the shared closed-loop harness
     LoadBenchError,
     histogram_delta,
     make_requests,
@@ -53,6 +55,7 @@ from anystep.benchmarks.load import (
     run_phase,
     summarize_phase,
 )
+from anystep.benchmarks.timing import calls_per_second
 
 MODULE = "anystep.benchmarks.load_ray"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +129,7 @@ def _engine_worker(
     t = np.minimum(1.0, s + 0.25).astype(np.float32)
     eng.step(x, s, t)  # warm
     start.wait(timeout=300)  # every process loaded and warm: all start together
-    calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        eng.step(x, s, t)
-        calls += 1
-    out.put(calls * batch / (time.perf_counter() - t0))
+    out.put(batch * calls_per_second(lambda: eng.step(x, s, t), seconds, warmup=0))
 
 
 def bare_engine_parallel(
@@ -365,7 +364,7 @@ def run(
         "machine_description": machine.describe(),
         "load_average": load_average(),
         "versions": versions(("torch", "numpy", "ray", "fastapi", "uvicorn")),
-        "settings": {**asdict(settings), "models_dir": _portable(settings.models_dir)},
+        "settings": {**asdict(settings), "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
         "rows": rows,
         "goals": goals,
     }
@@ -407,14 +406,6 @@ def evaluate_goals(rows: list[dict[str, Any]], first: int) -> list[dict[str, Any
                 "met": bool(r["ratio_vs_first"] and r["ratio_vs_first"] >= GOAL_RATIO and failed == 0),
             })  # fmt: skip
     return goals
-
-
-def _portable(path: Path) -> str:
-    """``path`` relative to the repository when inside it (no machine paths in results)."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
 
 
 def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
@@ -507,15 +498,6 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use comma-separated integers, e.g. 1,2"
-        ) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m anystep.benchmarks.load_ray``."""
     d = RaySettings()
@@ -536,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder of model directories (default <repo>/models)",
     )
-    p.add_argument("--replicas", type=_ints, default=None, help="replica counts (default 1,2)")
+    p.add_argument("--replicas", type=int_list, default=None, help="replica counts (default 1,2)")
     p.add_argument(
         "--rounds", type=int, default=None, help=f"rounds per replica count (default {d.rounds})"
     )

@@ -48,8 +48,10 @@ import numpy as np
 from anystep.benchmarks.common import (
     command_line,
     existing_notes,
+    int_list,
     load_average,
     machine_info,
+    portable_path,
     versions,
     write_results,
 )
@@ -432,7 +434,7 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
         "load_average": load_average(),
         "versions": {**versions(("torch", "numpy", "onnxruntime", "tritonclient", "fastapi", "uvicorn")),
                      **tri_versions},
-        "settings": {**settings.__dict__, "models_dir": _portable(settings.models_dir)},
+        "settings": {**settings.__dict__, "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
         "anystep_engine": engine_desc,
         "parity_max_abs_diff": diffs,
         "cells": cells,
@@ -445,26 +447,9 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
     return data
 
 
-def _portable(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
-
-
 # --------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,64; got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"values must be integers >= 1, got {text!r}")
-    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=f"flow-map model name (default {d.model})")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder of model directories (default $ANYSTEP_MODELS_DIR or <repo>/models)")
-    p.add_argument("--concurrency", type=_ints, default=None, help="closed-loop concurrency (default 1,64)")
-    p.add_argument("-n", "--n", type=_ints, default=None, help="samples per request, comma list (default 1,64)")
-    p.add_argument("--steps-mix", type=_ints, default=None, help="steps drawn uniformly per request (default 1,2,4,8)")
+    p.add_argument("--concurrency", type=int_list, default=None, help="closed-loop concurrency (default 1,64)")
+    p.add_argument("-n", "--n", type=int_list, default=None, help="samples per request, comma list (default 1,64)")
+    p.add_argument("--steps-mix", type=int_list, default=None, help="steps drawn uniformly per request (default 1,2,4,8)")
     p.add_argument("--requests", type=int, default=None, help=f"requests per phase (default {d.requests})")
     p.add_argument("--rounds", type=int, default=None, help=f"alternating rounds per cell (default {d.rounds})")
     p.add_argument("--time-limit", type=float, default=None, help=f"seconds per phase (default {d.time_limit_s:g})")

@@ -1,8 +1,11 @@
 """The one timing harness of the benchmarks: percentiles, summaries, interleaved timing.
 
-:mod:`anystep.benchmarks.latency` and :mod:`anystep.benchmarks.load` both time with
-these (medians side by side, interleaved rounds so drift and contention hit every
-case alike).
+:mod:`anystep.benchmarks.latency`, :mod:`~anystep.benchmarks.load` (and its
+``load_*`` siblings) time in-process calls with these (medians side by side,
+interleaved rounds so drift and contention hit every case alike);
+:func:`calls_per_second` is the sustained rate of one call for a fixed wall time (for
+processes that must run at the same time). Closed-loop HTTP load is
+:mod:`anystep.benchmarks.loadgen`; where the time goes, :func:`profile_call`.
 """
 
 from __future__ import annotations
@@ -236,3 +239,84 @@ def interleaved_timing(
             gc.enable()
     return TimingResult(seconds=seconds, outputs=outputs, rounds=n_rounds, calls_per_round=calls,
                         wall_s=clock() - start, single_shot=single)
+
+
+def calls_per_second(fn: Callable[[], Any], seconds: float, *, warmup: int = 1,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Back-to-back calls of ``fn`` for ``seconds`` of wall time: calls per second.
+
+    For measurements that must overlap in time (several processes started together),
+    where :func:`interleaved_timing`'s rounds do not apply.
+
+    Args:
+        fn: zero-argument call.
+        seconds: wall time to keep calling (> 0); the last call may run past it.
+        warmup: untimed calls first.
+        clock: monotonic clock in seconds (injectable for tests).
+
+    Returns:
+        Completed calls divided by the elapsed time.
+
+    Raises:
+        ValueError: ``seconds <= 0`` or ``warmup < 0``.
+    """
+    if not seconds > 0 or warmup < 0:
+        raise ValueError(f"seconds must be > 0 and warmup >= 0, got {seconds}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    calls, t0 = 0, clock()
+    while clock() - t0 < seconds:
+        fn()
+        calls += 1
+    return calls / (clock() - t0)
+
+
+def profile_call(fn: Callable[[], Any], *, calls: int = 200, top: int = 12) -> dict[str, Any]:
+    """Where the time of ``fn`` goes: torch profiler operator table and cProfile functions.
+
+    Args:
+        fn: zero-argument call to profile (run once untimed first).
+        calls: calls profiled.
+        top: rows kept per table.
+
+    Returns:
+        ``{"wall_ms_per_call", "torch_ops": [{"name", "self_cpu_us_per_call", "calls_per_call"}],
+        "python": [{"function", "tottime_us_per_call", "cumtime_us_per_call"}]}``.
+    """
+    import cProfile
+    import pstats
+    from pathlib import Path
+
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    wall = (time.perf_counter() - t0) / calls
+    out: dict[str, Any] = {"wall_ms_per_call": wall * 1000.0, "calls": calls}
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                fn()
+        rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        out["torch_ops"] = [
+            {"name": e.key, "self_cpu_us_per_call": e.self_cpu_time_total / calls, "calls_per_call": e.count / calls}
+            for e in rows
+        ]
+        out["torch_self_cpu_us_per_call"] = sum(e.self_cpu_time_total for e in prof.key_averages()) / calls
+    except (ImportError, RuntimeError) as exc:  # pragma: no cover - profiler unavailable
+        out["torch_ops_error"] = str(exc)
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    pr.disable()
+    st = pstats.Stats(pr)
+    items = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # by tottime
+    out["python"] = [
+        {"function": f"{Path(k[0]).name}:{k[1]}({k[2]})", "tottime_us_per_call": v[2] / calls * 1e6,
+         "cumtime_us_per_call": v[3] / calls * 1e6}
+        for k, v in items
+    ]
+    return out
