@@ -39,13 +39,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +53,45 @@ from torch import Tensor
 from anystep.benchmarks.common import (
     command_line,
     existing_notes,
+    float_list,
+    int_list,
     load_average,
     machine_info,
+    name_list,
     versions,
     write_results,
 )
-from anystep.errors import AnystepError
+from anystep.benchmarks.latency_engines import (  # noqa: F401 - re-exported
+    EngineCase,
+    FusedOnnx,
+    build_engine_cases,
+    ensure_export,
+    tensorrt_unavailable_reason,
+)
+from anystep.benchmarks.latency_methods import (  # noqa: F401 - re-exported
+    QUICK,
+    STAGES,
+    BenchSettings,
+    EngineRow,
+    LatencyBenchError,
+    MethodSpec,
+    SamplerRow,
+    make_sampler,
+    sample_for_quality,
+    solver_methods,
+)
+from anystep.benchmarks.latency_models import ModelPair, QualityScorer, load_pair
+from anystep.benchmarks.latency_report import make_plot, render_markdown
+from anystep.benchmarks.timing import (
+    LatencyStats,
+    TimingResult,
+    interleaved_timing,
+    pareto_front,
+    percentile,
+    profile_call,
+    summarize,
+)
+from anystep.errors import AnystepError  # noqa: F401 - re-exported
 
 __all__ = [
     "QUICK",
@@ -87,680 +117,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GOAL_SPEEDUP = 20.0
 GOAL_KL_RATIO = 1.5
 GOAL_ONNX_SPEEDUP = 1.5
-
-
-class LatencyBenchError(AnystepError):
-    """Invalid benchmark options or model directories; the message says how to fix it."""
-
-
-from anystep.benchmarks.latency_report import make_plot, render_markdown
-from anystep.benchmarks.timing import (
-    LatencyStats,
-    TimingResult,
-    interleaved_timing,
-    pareto_front,
-    percentile,
-    summarize,
-)
-from anystep.core.tableaux import FIXED_SOLVERS, TABLEAUX
-
-# --------------------------------------------------------------------------------------
-# methods
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One sampler of the solver table.
-
-    Attributes:
-        key: unique key, e.g. ``"flowmap-1"``, ``"rk4-8"``, ``"dopri5-1e-05"``.
-        family: ``"flow map"``, ``"euler"``, ``"heun"``, ``"rk4"`` or ``"dopri5"``.
-        steps: flow-map steps K, or solver steps (None for dopri5).
-        nfe: nominal network evaluations per sample (None for dopri5: measured).
-        rtol: dopri5 tolerance (``atol = rtol``), else None.
-    """
-
-    key: str
-    family: str
-    steps: int | None = None
-    nfe: int | None = None
-    rtol: float | None = None
-
-    @property
-    def label(self) -> str:
-        """Row label, e.g. ``"flow map, K=1"``, ``"RK4, 8 NFE"``, ``"dopri5, rtol 1e-05"``."""
-        if self.family == "flow map":
-            return f"flow map, K={self.steps}"
-        if self.family == "dopri5":
-            return f"dopri5, rtol {self.rtol:g}"
-        return f"{self.family.capitalize() if self.family != 'rk4' else 'RK4'}, {self.nfe} NFE"
-
-    @property
-    def is_flowmap(self) -> bool:
-        return self.family == "flow map"
-
-
-STAGES = {name: TABLEAUX[name].stages for name in FIXED_SOLVERS}  # evaluations per step, from the core tableaux
-
-
-def solver_methods(
-    steps: Sequence[int] = (1, 2, 4, 8),
-    solver_nfe: Sequence[int] = (1, 2, 4, 8),
-    rtols: Sequence[float] = (1e-3, 1e-5),
-    solvers: Sequence[str] = ("euler", "heun", "rk4"),
-) -> list[MethodSpec]:
-    """The rows of the solver table.
-
-    Args:
-        steps: flow-map step counts K (``nfe = K``).
-        solver_nfe: NFE budgets of the fixed-step solvers; a solver takes a budget when
-            it is a multiple of its stages (Euler 1, Heun 2, RK4 4 evaluations per step).
-        rtols: dopri5 tolerances.
-        solvers: fixed-step solvers to include.
-
-    Returns:
-        Flow-map rows first, then each solver by increasing NFE, then dopri5 by
-        decreasing tolerance.
-
-    Raises:
-        LatencyBenchError: an unknown solver, or a step count / NFE / tolerance out of range.
-    """
-    out: list[MethodSpec] = []
-    for k in steps:
-        if int(k) < 1:
-            raise LatencyBenchError(f"flow-map steps must be >= 1, got {k}")
-        out.append(MethodSpec(key=f"flowmap-{int(k)}", family="flow map", steps=int(k), nfe=int(k)))
-    for s in solvers:
-        if s not in STAGES:
-            raise LatencyBenchError(f"unknown solver {s!r}; choose from euler, heun, rk4")
-        for n in sorted({int(v) for v in solver_nfe}):
-            if n < 1:
-                raise LatencyBenchError(f"solver NFE must be >= 1, got {n}")
-            if n % STAGES[s] == 0:
-                out.append(MethodSpec(key=f"{s}-{n}", family=s, steps=n // STAGES[s], nfe=n))
-    for r in sorted({float(v) for v in rtols}, reverse=True):
-        if not (0 < r < 1):
-            raise LatencyBenchError(f"dopri5 rtol must lie in (0, 1), got {r}")
-        out.append(MethodSpec(key=f"dopri5-{r:g}", family="dopri5", rtol=r))
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# settings
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class BenchSettings:
-    """Everything that determines a run (written to the results JSON).
-
-    Attributes:
-        models: bundled pair names; ``<models_dir>/<name>`` is the flow map and
-            ``<models_dir>/<name>-teacher`` the velocity teacher (either may be missing).
-        models_dir: folder holding the model directories.
-        batch_sizes: batch sizes timed.
-        steps: flow-map step counts K.
-        solver_nfe: NFE budgets of Euler / Heun / RK4.
-        rtols: dopri5 tolerances.
-        engines: engines of the engine table (``torch``, ``onnx``, ``onnx-fused``, ``tensorrt``).
-        engine_steps: flow-map K of the engine table.
-        engine_teacher: also time the teacher (RK4 at 8 NFE, dopri5 at the tightest rtol) per engine.
-        n_quality: base points scored per method (2D data sets).
-        n_quality_images: base points scored per method (image data sets).
-        w2_samples: subsample of the exact-OT ``W_2^2``.
-        kl_bins: cells per axis of the KL histogram.
-        kl_range: ``(lo, hi)`` of the KL grid on both axes.
-        rounds: interleaved timing rounds.
-        block_s: target wall time of one block of calls.
-        budget_s: wall-time budget of one timing run (one table, one batch size).
-        max_call_s: a sampling call slower than this is timed once, not repeated.
-        warmup: untimed calls per method first.
-        threads: intra-op threads of torch and ONNX Runtime while timing (1: robust on a
-            shared CPU, as the server runs).
-        quality_threads: torch threads while drawing the (untimed) quality samples.
-        exporter: ONNX exporter (``auto``, ``dynamo`` or ``torchscript``).
-        seed: base-noise seed.
-        quick: a smoke run.
-        profile: profile the calls behind a missed goal (torch profiler / cProfile).
-    """
-
-    models: tuple[str, ...] = ("checkerboard", "digits")
-    models_dir: Path = REPO_ROOT / "models"
-    batch_sizes: tuple[int, ...] = (1, 16, 256)
-    steps: tuple[int, ...] = (1, 2, 4, 8)
-    solver_nfe: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    rtols: tuple[float, ...] = (1e-3, 1e-5)
-    engines: tuple[str, ...] = ("torch", "onnx", "onnx-fused", "tensorrt")
-    engine_steps: tuple[int, ...] = (1, 2, 4, 8)
-    engine_teacher: bool = True
-    n_quality: int = 20_000
-    n_quality_images: int = 1_000
-    w2_samples: int = 2_000
-    kl_bins: int = 100
-    kl_range: tuple[float, float] = (-4.5, 4.5)
-    rounds: int = 15
-    block_s: float = 0.05
-    budget_s: float = 60.0
-    max_call_s: float = 5.0
-    warmup: int = 2
-    threads: int = 1
-    quality_threads: int = 2
-    exporter: str = "auto"
-    seed: int = 0
-    quick: bool = False
-    profile: bool = True
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise LatencyBenchError(msg)
-
-        need(len(self.models) > 0, "--models needs at least one name, e.g. checkerboard,digits")
-        need(all(b >= 1 for b in self.batch_sizes) and len(self.batch_sizes) > 0,
-             f"--batch-sizes must be integers >= 1, got {self.batch_sizes}")
-        need(all(k >= 1 for k in self.steps) and len(self.steps) > 0, f"--steps must be integers >= 1, got {self.steps}")
-        need(all(k >= 1 for k in self.engine_steps), f"engine steps must be >= 1, got {self.engine_steps}")
-        bad = [e for e in self.engines if e not in ("torch", "onnx", "onnx-fused", "tensorrt")]
-        need(not bad, f"unknown engine(s) {bad}; choose from torch,onnx,onnx-fused,tensorrt")
-        need(self.n_quality >= 100 and self.n_quality_images >= 16,
-             "--n-quality must be >= 100 (2D) and the image count >= 16")
-        need(self.rounds >= 1 and self.warmup >= 1, "--rounds and warm-up must be >= 1")
-        need(self.threads >= 1 and self.quality_threads >= 1, f"--threads must be >= 1, got {self.threads}")
-        need(self.exporter in ("auto", "dynamo", "torchscript"), "--exporter: auto, dynamo or torchscript")
-        need(self.block_s > 0 and self.budget_s > 0, "block and budget seconds must be > 0")
-
-
-QUICK = {
-    "batch_sizes": (1, 16),
-    "steps": (1, 2, 4),
-    "solver_nfe": (1, 2, 4, 8),
-    "rtols": (1e-3, 1e-5),
-    "engine_steps": (1, 4),
-    "n_quality": 4_000,
-    "n_quality_images": 256,
-    "w2_samples": 500,
-    "rounds": 4,
-    "block_s": 0.01,
-    "budget_s": 8.0,
-    "warmup": 1,
-    "profile": False,
-}
-"""Overrides of ``--quick`` (about a minute on two shared cores with small models)."""
-
-
-# --------------------------------------------------------------------------------------
-# models and quality
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelPair:
-    """A flow map and its teacher (either may be absent).
-
-    Attributes:
-        name: pair name (``"checkerboard"``).
-        flowmap: loaded flow map or None.
-        teacher: loaded velocity model or None.
-        flowmap_dir, teacher_dir: their directories.
-        dataset: data set name of the models' configs.
-        data_shape: shape of one sample.
-    """
-
-    name: str
-    flowmap: Any
-    teacher: Any
-    flowmap_dir: Path | None
-    teacher_dir: Path | None
-    dataset: str
-    data_shape: tuple[int, ...]
-
-    def describe(self) -> dict[str, Any]:
-        from anystep.core.modeldir import model_dir_sha256
-
-        out: dict[str, Any] = {"dataset": self.dataset, "data_shape": list(self.data_shape)}
-        for role, loaded, d in (("flowmap", self.flowmap, self.flowmap_dir), ("teacher", self.teacher, self.teacher_dir)):
-            if loaded is None:
-                out[role] = None
-                continue
-            cfg = loaded.config
-            prov = dict(cfg.provenance or {})
-            out[role] = {
-                "dir": str(d),
-                "sha256": model_dir_sha256(d),
-                "kind": cfg.kind,
-                "backbone": asdict(cfg.backbone),
-                "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
-                "provenance": {k: prov[k] for k in list(prov)[:12]},
-            }
-        return out
-
-
-def load_pair(name: str, models_dir: Path) -> ModelPair:
-    """Load ``<models_dir>/<name>`` (flow map) and ``<models_dir>/<name>-teacher`` (velocity).
-
-    Raises:
-        LatencyBenchError: neither directory exists, a directory holds the wrong kind of
-            model, the two disagree on data set or shape, or the base is not Gaussian.
-    """
-    from anystep.core.modeldir import load_model_dir
-
-    fm_dir, te_dir = models_dir / name, models_dir / f"{name}-teacher"
-    fm = load_model_dir(fm_dir) if fm_dir.is_dir() else None
-    te = load_model_dir(te_dir) if te_dir.is_dir() else None
-    if fm is None and te is None:
-        hint = f" (python -m anystep.benchmarks.{name} bundles it)" if name in ("checkerboard", "digits") else ""
-        raise LatencyBenchError(
-            f"no model {name!r}: neither {fm_dir} nor {te_dir} exists; train/bundle it first{hint} "
-            "or pass --models-dir"
-        )
-    if fm is not None and fm.config.kind != "flowmap":
-        raise LatencyBenchError(f"{fm_dir} holds a {fm.config.kind} model; <name> must be the flow map")
-    if te is not None and te.config.kind != "velocity":
-        raise LatencyBenchError(f"{te_dir} holds a {te.config.kind} model; <name>-teacher must be a velocity model")
-    cfgs = [m.config for m in (fm, te) if m is not None]
-    datasets = {c.dataset for c in cfgs}
-    shapes = {tuple(c.data_shape) for c in cfgs}
-    if len(datasets) > 1 or len(shapes) > 1:
-        raise LatencyBenchError(f"{fm_dir} and {te_dir} disagree on data set/shape: {datasets}, {shapes}")
-    for c in cfgs:
-        if getattr(c, "base", "gaussian") not in (None, "gaussian"):
-            raise LatencyBenchError(f"{name}: base {c.base!r} is not supported; the benchmark draws x0 ~ N(0, I)")
-    return ModelPair(name=name, flowmap=fm, teacher=te, flowmap_dir=fm_dir if fm else None,
-                     teacher_dir=te_dir if te else None, dataset=str(cfgs[0].dataset),
-                     data_shape=tuple(int(d) for d in cfgs[0].data_shape))
-
-
-class QualityScorer:
-    """Scores samples ``[n, *shape]`` (model units) with the data set's metric.
-
-    * 2D data (``[n, 2]``): ``KL(rho_1 || rho_hat_1)``
-      (:func:`anystep.core.metrics.kl_divergence_2d`; the exact density for the
-      checkerboard, fresh target samples otherwise) and ``W_2^2`` to fresh target samples
-      (:func:`anystep.core.metrics.w2_squared`, exact OT on a fixed subsample).
-    * digits: digits-FD and Teacher-FD (:class:`anystep.benchmarks.digits_classifier.DigitsMetric`).
-    * anything else: no metric (latency only).
-
-    Attributes:
-        primary: name of the headline metric (``"kl"``, ``"digits_fd"`` or None); lower is better.
-        floor: the primary metric of real data scored the same way (the estimator's floor).
-    """
-
-    def __init__(self, dataset: str, data_shape: tuple[int, ...], settings: BenchSettings) -> None:
-        self.dataset = dataset
-        self.data_shape = data_shape
-        self.settings = settings
-        self.primary: str | None = None
-        self.floor: dict[str, float] | None = None
-        self._metric = None
-        self._target_w2: np.ndarray | None = None
-        self._target_kl: np.ndarray | None = None
-        self._density = None
-        if tuple(data_shape) == (2,):
-            from anystep.core.data import get_dataset
-
-            ds = get_dataset(dataset)
-            g = torch.Generator().manual_seed(10_000 + settings.seed)
-            self._target_w2 = ds.sample(settings.w2_samples, g).double().numpy()
-            if dataset == "checkerboard":
-                from anystep.core.data import checkerboard_density
-
-                self._density = checkerboard_density
-            else:
-                self._target_kl = ds.sample(settings.n_quality, g).double().numpy()
-            self.primary = "kl"
-            floor = ds.sample(settings.n_quality, torch.Generator().manual_seed(20_000 + settings.seed))
-            self.floor = self.score(floor)
-        elif dataset == "digits":
-            from anystep.benchmarks.digits_classifier import DigitsMetric
-            from anystep.core.data import DigitsDataset
-
-            self._metric = DigitsMetric.create()
-            self.primary = "digits_fd"
-            self.floor = {"digits_fd": float(self._metric.digits_fd(DigitsDataset(split="test").tensor))}
-
-    def score(self, x: Tensor | np.ndarray, teacher: Tensor | np.ndarray | None = None) -> dict[str, float]:
-        """Quality of samples ``x`` ``[n, *shape]``; ``teacher`` samples enable Teacher-FD."""
-        s = self.settings
-        if self.primary == "kl":
-            from anystep.core.metrics import kl_divergence_2d, w2_squared
-
-            arr = x.detach().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
-            kl = float(kl_divergence_2d(self._target_kl, arr, bins=s.kl_bins, range_=tuple(s.kl_range),
-                                        target_density=self._density))
-            ok = arr[np.all(np.isfinite(arr), axis=1)]
-            w2 = float(w2_squared(ok, self._target_w2, max_samples=s.w2_samples, seed=s.seed)) if len(ok) else math.inf
-            out = {"kl": kl, "w2": w2}
-            if self.floor is not None:  # minus the estimator's finite-sample bias (data scored the same way)
-                out["kl_excess"] = kl - self.floor["kl"]
-            return out
-        if self.primary == "digits_fd":
-            xs = x.detach() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
-            xs = torch.nan_to_num(xs.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
-            sc = self._metric.score(xs, teacher=None if teacher is None else torch.as_tensor(teacher).float().clamp(-1, 1))
-            out = {"digits_fd": float(sc.digits_fd), "entropy": float(sc.coverage.entropy)}
-            if sc.teacher_fd is not None:
-                out["teacher_fd"] = float(sc.teacher_fd)
-            return out
-        return {}
-
-
-# --------------------------------------------------------------------------------------
-# samplers (torch eager, core API)
-# --------------------------------------------------------------------------------------
-
-
-def make_sampler(spec: MethodSpec, pair: ModelPair, x0: Tensor) -> Callable[[], int] | None:
-    """A zero-argument call running ``spec`` on ``x0`` and returning the NFE (None if its model is missing)."""
-    from anystep.core.samplers import sample_flowmap, sample_ode
-
-    if spec.is_flowmap:
-        if pair.flowmap is None:
-            return None
-        model = pair.flowmap.model
-        return lambda: sample_flowmap(model, x0, steps=spec.steps).nfe
-    if pair.teacher is None:
-        return None
-    model = pair.teacher.model
-    if spec.family == "dopri5":
-        return lambda: sample_ode(model, x0, solver="dopri5", rtol=spec.rtol).nfe
-    return lambda: sample_ode(model, x0, solver=spec.family, nfe=spec.nfe).nfe
-
-
-@torch.no_grad()
-def sample_for_quality(spec: MethodSpec, pair: ModelPair, x0: Tensor, chunk: int = 25_000) -> tuple[Tensor, int]:
-    """Samples of ``spec`` from all of ``x0`` (in chunks) and the NFE (max over chunks)."""
-    outs, nfe = [], 0
-    for c in x0.split(chunk):
-        fn_out = _sample_once(spec, pair, c)
-        outs.append(fn_out[0])
-        nfe = max(nfe, fn_out[1])
-    return torch.cat(outs), nfe
-
-
-def _sample_once(spec: MethodSpec, pair: ModelPair, x0: Tensor) -> tuple[Tensor, int]:
-    from anystep.core.samplers import sample_flowmap, sample_ode
-
-    if spec.is_flowmap:
-        r = sample_flowmap(pair.flowmap.model, x0, steps=spec.steps)
-    elif spec.family == "dopri5":
-        r = sample_ode(pair.teacher.model, x0, solver="dopri5", rtol=spec.rtol)
-    else:
-        r = sample_ode(pair.teacher.model, x0, solver=spec.family, nfe=spec.nfe)
-    return r.x, int(r.nfe)
-
-
-@dataclass
-class SamplerRow:
-    """One row of a latency table.
-
-    Attributes:
-        key: method key.
-        label: row label.
-        family: method family (``"flow map"``, ``"euler"``, ... ``"dopri5"``).
-        steps: K or solver steps (None for dopri5).
-        rtol: dopri5 tolerance or None.
-        nfe: ``{batch: NFE of the timed call}`` (dopri5: measured on that batch).
-        nfe_quality: NFE on the quality set.
-        latency: ``{batch: LatencyStats}``.
-        throughput: ``{batch: samples per second at the median latency}``.
-        quality: ``{metric: value}`` on the shared quality set.
-        pareto: ``{batch: on the quality/latency Pareto front}``.
-    """
-
-    key: str
-    label: str
-    family: str
-    steps: int | None
-    rtol: float | None
-    nfe: dict[int, int] = field(default_factory=dict)
-    nfe_quality: int | None = None
-    latency: dict[int, LatencyStats] = field(default_factory=dict)
-    throughput: dict[int, float] = field(default_factory=dict)
-    quality: dict[str, float] = field(default_factory=dict)
-    pareto: dict[int, bool] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------
-# engines
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class EngineRow(SamplerRow):
-    """A row of the engine table.
-
-    Attributes:
-        engine: ``torch``, ``onnx``, ``onnx-fused`` or ``tensorrt``.
-        max_abs_diff: largest ``|x - x_torch|`` against torch eager on the quality set.
-    """
-
-    engine: str = "torch"
-    max_abs_diff: float | None = None
-
-
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT cannot run here, or None when it can (an NVIDIA GPU and the package)."""
-    if not torch.cuda.is_available():
-        return "no NVIDIA GPU on this machine (torch.cuda.is_available() is False)"
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the tensorrt package is not installed (pip install 'anystep[gpu]')"
-    return None
-
-
-def ensure_export(model_dir: Path, work_dir: Path, *, fused_steps: int | None = None, solver: str = "euler",
-                  exporter: str = "auto", log: Callable[[str], None] = print) -> Path:
-    """The ONNX export of ``model_dir`` (single step, or a fused K-step graph), cached.
-
-    Cached under ``work_dir/exports/<dir name>-<sha[:12]>-<graph>``, keyed by the model
-    directory's content hash, so a re-run does not re-export.
-
-    Returns:
-        The folder holding ``model.onnx`` and ``anystep-export.json``.
-    """
-    from anystep.core.modeldir import model_dir_sha256
-    from anystep.export.onnx_export import OnnxOptions, export_onnx
-
-    sha = model_dir_sha256(model_dir)[:12]
-    tag = "step" if fused_steps is None else f"fused{fused_steps}-{solver}"
-    out = work_dir / "exports" / f"{model_dir.name}-{sha}-{tag}-{exporter}"
-    if (out / "model.onnx").is_file() and (out / "anystep-export.json").is_file():
-        return out
-    t0 = time.perf_counter()
-    log(f"[export] {model_dir.name}: {tag} ONNX graph -> {out}")
-    opts = OnnxOptions(fused_steps=fused_steps, solver=solver, exporter=exporter)
-    export_onnx(model_dir, out, opts, overwrite=True)
-    log(f"[export] {model_dir.name}: {tag} done in {time.perf_counter() - t0:.0f} s")
-    return out
-
-
-class FusedOnnx:
-    """A fused K-step sampler graph ``x0 -> x1`` on ONNX Runtime (CPU).
-
-    Args:
-        folder: export folder (``model.onnx`` + manifest).
-        threads: intra-op threads.
-    """
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), sess_options=so,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-
-    def __call__(self, x0: np.ndarray) -> np.ndarray:
-        (y,) = self.session.run([self.output_name], {self.input_name: x0})
-        return y
-
-
-def _engine_flowmap_loop(engine: Any, K: int) -> Callable[[np.ndarray], np.ndarray]:
-    """K-step flow-map sampling (eq. 3.6) through ``engine.step`` with per-sample times."""
-    grid = np.linspace(0.0, 1.0, K + 1).astype(np.float32)
-    cache: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-
-    def run(x: np.ndarray) -> np.ndarray:
-        B = x.shape[0]
-        times = cache.get(B)
-        if times is None:
-            times = [(np.full(B, grid[k], np.float32), np.full(B, grid[k + 1], np.float32)) for k in range(K)]
-            cache[B] = times
-        for s, t in times:
-            x = engine.step(x, s, t)
-        return x
-
-    return run
-
-
-def _engine_ode(engine: Any, solver: str, nfe: int | None, rtol: float | None) -> Callable[[np.ndarray], np.ndarray]:
-    """An ODE solve (eq. 3.1) whose velocity evaluations go through ``engine.velocity``."""
-    from anystep.core.samplers import sample_ode
-
-    def b(x: Tensor, t: Tensor) -> Tensor:
-        return torch.from_numpy(engine.velocity(x.numpy(), t.to(torch.float32).numpy()))
-
-    def run(x: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(x)
-        if solver == "dopri5":
-            return sample_ode(b, xt, solver="dopri5", rtol=rtol).x.numpy()
-        return sample_ode(b, xt, solver=solver, nfe=nfe).x.numpy()
-
-    return run
-
-
-@dataclass
-class EngineCase:
-    """One (engine, method) cell: a numpy sampler ``x0 -> x1`` and its NFE."""
-
-    engine: str
-    spec: MethodSpec
-    run: Callable[[np.ndarray], np.ndarray]
-
-
-def build_engine_cases(pair: ModelPair, settings: BenchSettings, work_dir: Path,
-                       log: Callable[[str], None]) -> tuple[list[EngineCase], list[dict[str, str]]]:
-    """The cells of the engine table and the engines skipped (with the reason)."""
-    from anystep.server.engines import OnnxEngine, TensorRTEngine, TorchEngine, find_onnx_artifact
-
-    cases: list[EngineCase] = []
-    skipped: list[dict[str, str]] = []
-    fm_specs = [MethodSpec(key=f"flowmap-{k}", family="flow map", steps=k, nfe=k) for k in settings.engine_steps]
-    te_specs: list[MethodSpec] = []
-    if settings.engine_teacher and pair.teacher is not None:
-        te_specs = [MethodSpec(key="rk4-8", family="rk4", steps=2, nfe=8),
-                    MethodSpec(key=f"dopri5-{min(settings.rtols):g}", family="dopri5", rtol=min(settings.rtols))]
-    shape = pair.data_shape
-    fm_ok = pair.flowmap is not None
-    for eng in settings.engines:
-        try:
-            if eng == "torch":
-                if fm_ok:
-                    e = TorchEngine(pair.flowmap.model, shape, threads=settings.threads)
-                    cases += [EngineCase("torch", s, _engine_flowmap_loop(e, s.steps)) for s in fm_specs]
-                if te_specs:
-                    e = TorchEngine(pair.teacher.model, shape, threads=settings.threads)
-                    cases += [EngineCase("torch", s, _engine_ode(e, s.family, s.nfe, s.rtol)) for s in te_specs]
-            elif eng == "onnx":
-                if fm_ok:
-                    d = ensure_export(pair.flowmap_dir, work_dir, exporter=settings.exporter, log=log)
-                    e = OnnxEngine(find_onnx_artifact(d), shape, kind="flowmap", providers=["CPUExecutionProvider"],
-                                   intra_op_threads=settings.threads)
-                    cases += [EngineCase("onnx", s, _engine_flowmap_loop(e, s.steps)) for s in fm_specs]
-                if te_specs:
-                    d = ensure_export(pair.teacher_dir, work_dir, exporter=settings.exporter, log=log)
-                    e = OnnxEngine(find_onnx_artifact(d), shape, kind="velocity", providers=["CPUExecutionProvider"],
-                                   intra_op_threads=settings.threads)
-                    cases += [EngineCase("onnx", s, _engine_ode(e, s.family, s.nfe, s.rtol)) for s in te_specs]
-            elif eng == "onnx-fused":
-                if fm_ok:
-                    for s in fm_specs:
-                        d = ensure_export(pair.flowmap_dir, work_dir, fused_steps=s.steps, exporter=settings.exporter,
-                                          log=log)
-                        cases.append(EngineCase("onnx-fused", s, FusedOnnx(d, settings.threads)))
-                for s in te_specs:
-                    if s.family == "dopri5":
-                        skipped.append({"engine": "onnx-fused", "method": s.label,
-                                        "reason": "adaptive dopri5 cannot be unrolled into a fixed graph"})
-                        continue
-                    d = ensure_export(pair.teacher_dir, work_dir, fused_steps=s.steps, solver=s.family,
-                                      exporter=settings.exporter, log=log)
-                    cases.append(EngineCase("onnx-fused", s, FusedOnnx(d, settings.threads)))
-            elif eng == "tensorrt":
-                reason = tensorrt_unavailable_reason()
-                if reason is not None:
-                    skipped.append({"engine": "tensorrt", "method": "all", "reason": reason})
-                    continue
-                if fm_ok:  # pragma: no cover - needs a GPU
-                    d = ensure_export(pair.flowmap_dir, work_dir, exporter=settings.exporter, log=log)
-                    e = TensorRTEngine(find_onnx_artifact(d), shape, max_batch=max(settings.batch_sizes))
-                    cases += [EngineCase("tensorrt", s, _engine_flowmap_loop(e, s.steps)) for s in fm_specs]
-        except ImportError as exc:
-            skipped.append({"engine": eng, "method": "all", "reason": f"missing package: {exc}"})
-        except AnystepError as exc:
-            skipped.append({"engine": eng, "method": "all", "reason": str(exc).splitlines()[0]})
-    return cases, skipped
-
-
-# --------------------------------------------------------------------------------------
-# profiling
-# --------------------------------------------------------------------------------------
-
-
-def profile_call(fn: Callable[[], Any], *, calls: int = 200, top: int = 12) -> dict[str, Any]:
-    """Where the time of ``fn`` goes: torch profiler operator table and cProfile functions.
-
-    Args:
-        fn: zero-argument call to profile (run once untimed first).
-        calls: calls profiled.
-        top: rows kept per table.
-
-    Returns:
-        ``{"wall_ms_per_call", "torch_ops": [{"name", "self_cpu_us_per_call", "calls_per_call"}],
-        "python": [{"function", "tottime_us_per_call", "cumtime_us_per_call"}]}``.
-    """
-    import cProfile
-    import pstats
-
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    wall = (time.perf_counter() - t0) / calls
-    out: dict[str, Any] = {"wall_ms_per_call": wall * 1000.0, "calls": calls}
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(calls):
-                fn()
-        rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-        out["torch_ops"] = [
-            {"name": e.key, "self_cpu_us_per_call": e.self_cpu_time_total / calls, "calls_per_call": e.count / calls}
-            for e in rows
-        ]
-        out["torch_self_cpu_us_per_call"] = sum(e.self_cpu_time_total for e in prof.key_averages()) / calls
-    except (ImportError, RuntimeError) as exc:  # pragma: no cover - profiler unavailable
-        out["torch_ops_error"] = str(exc)
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(calls):
-        fn()
-    pr.disable()
-    st = pstats.Stats(pr)
-    items = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # by tottime
-    out["python"] = [
-        {"function": f"{Path(k[0]).name}:{k[1]}({k[2]})", "tottime_us_per_call": v[2] / calls * 1e6,
-         "cumtime_us_per_call": v[3] / calls * 1e6}
-        for k, v in items
-    ]
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -1056,38 +412,9 @@ def run(settings: BenchSettings, *, out_dir: Path, work_dir: Path, command: str,
     return data
 
 
-
-
 # --------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,16,256; got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"values must be integers >= 1, got {text!r}")
-    return vals
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated numbers, e.g. 1e-3,1e-5; got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return vals
-
-
-def _names(text: str) -> tuple[str, ...]:
-    vals = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not vals:
-        raise argparse.ArgumentTypeError("give at least one name")
-    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1100,16 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="about a minute: fewer batch sizes, methods, rounds and "
                    "quality samples (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
-    p.add_argument("--models", type=_names, default=None, help="pair names (default checkerboard,digits): "
+    p.add_argument("--models", type=name_list, default=None, help="pair names (default checkerboard,digits): "
                    "<models-dir>/<name> is the flow map, <models-dir>/<name>-teacher the velocity teacher")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder of model directories (default $ANYSTEP_MODELS_DIR or <repo>/models)")
-    p.add_argument("--batch-sizes", type=_ints, default=None, help="default 1,16,256")
-    p.add_argument("--steps", type=_ints, default=None, help="flow-map steps K (default 1,2,4,8)")
-    p.add_argument("--solver-nfe", type=_ints, default=None, help="Euler/Heun/RK4 NFE budgets (default 1,...,32)")
-    p.add_argument("--rtols", type=_floats, default=None, help="dopri5 tolerances (default 1e-3,1e-5)")
-    p.add_argument("--engines", type=_names, default=None, help="default torch,onnx,onnx-fused,tensorrt")
-    p.add_argument("--engine-steps", type=_ints, default=None, help="flow-map K of the engine table (default 1,2,4,8)")
+    p.add_argument("--batch-sizes", type=int_list, default=None, help="default 1,16,256")
+    p.add_argument("--steps", type=int_list, default=None, help="flow-map steps K (default 1,2,4,8)")
+    p.add_argument("--solver-nfe", type=int_list, default=None, help="Euler/Heun/RK4 NFE budgets (default 1,...,32)")
+    p.add_argument("--rtols", type=float_list, default=None, help="dopri5 tolerances (default 1e-3,1e-5)")
+    p.add_argument("--engines", type=name_list, default=None, help="default torch,onnx,onnx-fused,tensorrt")
+    p.add_argument("--engine-steps", type=int_list, default=None, help="flow-map K of the engine table (default 1,2,4,8)")
     p.add_argument("--no-engine-teacher", action="store_true", help="engine table: flow map rows only")
     p.add_argument("--n-quality", type=int, default=None, help=f"2D quality points (default {d.n_quality:,})")
     p.add_argument("--n-quality-images", type=int, default=None,
@@ -1167,7 +494,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from anystep.benchmarks.common import NOTES_BEGIN, NOTES_END, fmt, markdown_table, pyplot
 
 if TYPE_CHECKING:
-    from anystep.benchmarks.latency import BenchSettings, SamplerRow
+    from anystep.benchmarks.latency_methods import BenchSettings, SamplerRow
 
 # --------------------------------------------------------------------------------------
 # report
