@@ -37,9 +37,10 @@ What such a model can and cannot do (the cost of a one-time map):
   result is stochastic given ``x_0`` (the coupling ``x_0 -> x̂`` is lost), and errors are
   not corrected along a trajectory as in a two-time map.
 * In the server, ``steps = K`` composes ``X_{t_k, t_{k+1}}`` on a grid; for these models
-  only ``steps = 1`` (the grid ``0, 1``) is within the trained region ``{(s, 1)}``
-  recorded in the model directory, and larger K must be refused (or served by the
-  stochastic re-noising sampler above with a seed per row).
+  only ``steps = 1`` (the grid ``0, 1``) is within the trained region ``{(s, 1)}``, so the
+  model directory records ``supported_steps = [1]`` (:meth:`_Consistency.supported_steps`)
+  and ``anystep sample`` / ``POST /generate`` refuse larger K (exit 2 / HTTP 422
+  ``unsupported_steps``); the re-noising sampler is Python only, not served.
 """
 
 from __future__ import annotations

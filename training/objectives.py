@@ -49,7 +49,9 @@ __all__ = ["OBJECTIVES", "build_objective", "supported_steps"]
 def supported_steps(objective: str, hparams: dict | None = None) -> tuple[int, ...] | None:
     """Uniform-grid step counts a model trained by ``objective`` supports (issue 14).
 
-    Read ``objective`` and ``objective_hparams`` from a model directory's provenance. None
+    The trainer records the final objective's answer in the model directory
+    (``config.json`` ``supported_steps``), which the sampling contract enforces; this
+    function recomputes it from a provenance's ``objective`` / ``objective_hparams``. None
     means any step count on any forward grid (two-time maps trained on the whole triangle);
     a tuple lists the only K for which the K-step composition ``X_{t_k,t_{k+1}}`` on the
     uniform grid stays on pairs the objective trained: shortcut ``(1, 2, ..., 2^(L-1))``,
