@@ -3,6 +3,8 @@
  * show the samples (scatter for 2D models drawn from JSON, the server's PNG grid
  * for image models), the server-reported steps / NFE / latency, and a running
  * chart of latency against steps. "Compare" runs the same seed at 1, 2, 4, 8 steps.
+ * Translation models (a data-set base, e.g. digits-restore): pick a degraded source
+ * (drawn by the server from the seed) and see it restored beside it, at any steps.
  *
  * Plain JS, no dependencies, no build step. Talks only to the same origin, using
  * the HTTP API contract of `anystep serve` (GET /v1/models, POST /generate). The
@@ -17,12 +19,15 @@
   var STEP_CHOICES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
   // 2D models: draw thousands of points as a density (a few hundred do not show the shape).
   var VECTOR_DEFAULT_N = 4096;
+  // Translation models: how many degraded sources the picker offers.
+  var SOURCE_CHOICES = 8;
   var DEFAULT_SOLVERS = ["euler", "heun", "rk4", "dopri5"];
   // Okabe-Ito palette: distinguishable with common colour-vision deficiencies.
   var PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
   // Controls that a server error's `field` can point at.
   var FIELD_CONTROLS = {
     model: "model", steps: "steps", n: "n", seed: "seed", solver: "solver", rtol: "rtol", class: "class", guidance: "guidance",
+    source: "sources",
   };
 
   var state = {
@@ -32,6 +37,9 @@
     blobUrls: [],
     busy: false,
     nTouched: false,
+    sources: [],
+    sourcePick: 0,
+    sourcesKey: "",
   };
 
   function $(id) {
@@ -289,6 +297,11 @@
       el.guidanceValue.textContent = el.guidance.value;
     }
 
+    // translation models: a source picker instead of n (n is the number of sources: one)
+    el.sourceField.hidden = !m.translation;
+    el.nField.hidden = !!m.translation;
+    if (m.translation) loadSources();
+
     var velocity = m.kind === "velocity";
     el.solverField.hidden = !velocity;
     if (velocity) {
@@ -319,7 +332,8 @@
 
     var shape = Array.isArray(m.data_shape) ? "[" + m.data_shape.join(", ") + "]" : "?";
     el.modelInfo.textContent =
-      m.kind + " model of " + m.dataset + " · sample shape " + shape +
+      m.kind + (m.translation ? " translation map " + m.base + " → " + m.dataset : " model of " + m.dataset) +
+      " · sample shape " + shape +
       " · engine " + (m.engine || "?") + " · up to " + maxSteps + " steps, n ≤ " + maxN +
       (m.max_compute ? ", n × NFE ≤ " + m.max_compute : "") + (m.ready === false ? " · warming up" : "");
   }
@@ -400,7 +414,8 @@
   async function generate(params) {
     var m = modelByName(params.model);
     var vector = m ? isVectorModel(m) : true;
-    var body = { model: params.model, format: vector ? "json" : "png" };
+    var asJson = vector || !!params.source || !!params.wantSource;  // sources come back in JSON only
+    var body = { model: params.model, format: asJson ? "json" : "png" };
     // dopri5 is adaptive: sending steps with it is a conflict the server rejects
     if (params.solver !== "dopri5") body.steps = params.steps;
     if (params.n !== undefined) body.n = params.n;
@@ -409,17 +424,21 @@
     if (params.rtol !== undefined && params.solver === "dopri5") body.rtol = params.rtol;
     if (params.class !== undefined && m && m.num_classes) body.class = params.class;
     if (params.guidance !== undefined && m && m.guidance_input) body.guidance = params.guidance;
+    if (params.source !== undefined) {  // translation: the sources are the request; n is their number
+      body.source = params.source;
+      delete body.n;
+    }
 
     var headers = Object.assign({ "Content-Type": "application/json" }, authHeaders());
     var t0 = performance.now();
     var resp = await fetch("/generate", { method: "POST", headers: headers, body: JSON.stringify(body) });
     if (!resp.ok) await readError(resp);
     var out;
-    if (vector) {
+    if (asJson) {
       var j = await resp.json();
       out = {
         model: j.model, kind: j.kind, steps: j.steps, nfe: j.nfe, seed: j.seed, n: j.n,
-        solver: j.solver || null, shape: j.shape, samples: j.samples,
+        solver: j.solver || null, shape: j.shape, samples: j.samples, source: j.source || null,
         latencyMs: j.timing_ms ? Number(j.timing_ms.total) : null,
         chosenByBudget: !!j.chosen_by_budget,
       };
@@ -458,6 +477,11 @@
     if (m.num_classes) {
       if (el.cls.value !== "") p.class = parseInt(el.cls.value, 10);
       if (m.guidance_input) p.guidance = parseFloat(el.guidance.value);
+    }
+    if (m.translation) {
+      delete p.n;
+      if (state.sources.length) p.source = [state.sources[state.sourcePick]];
+      else p.wantSource = true;  // no picker yet: the server draws the source from the seed
     }
     return p;
   }
@@ -509,7 +533,9 @@
     panel.media.textContent = "";
     var what = r.model + " at " + r.steps + (r.steps === 1 ? " step" : " steps") +
       (r.solver ? " (" + r.solver + ")" : "") + ", seed " + r.seed;
-    if (r.blobUrl) {
+    if (r.source) {
+      drawPairs(panel.media, r, what);
+    } else if (r.blobUrl) {
       var img = document.createElement("img");
       img.className = "samples-img";
       img.setAttribute("data-testid", "samples-img");
@@ -533,6 +559,89 @@
     panel.fig.setAttribute("data-status", "done");
     panel.fig.setAttribute("data-steps", String(r.steps));
     panel.fig.setAttribute("data-latency-ms", String(r.latencyMs));
+  }
+
+  /** The largest data value of an image model's units (for display), e.g. 16 for digits grey levels. */
+  function unitsHi(m) {
+    var units = m ? m.source_units || m.units : "";
+    if (units === "digits-grey-levels") return 16;
+    if (units === "uint8-levels") return 255;
+    return 1;
+  }
+
+  function imageCanvas(image, hi, label) {
+    var c = document.createElement("canvas");
+    c.setAttribute("role", "img");
+    c.setAttribute("aria-label", label);
+    window.AnystepPlots.drawImage(c, image, hi);
+    return c;
+  }
+
+  /** Translation: each source beside its restoration. */
+  function drawPairs(media, r, what) {
+    var hi = unitsHi(modelByName(r.model));
+    var box = document.createElement("div");
+    box.className = "pairs";
+    box.setAttribute("data-testid", "pairs");
+    r.source.forEach(function (src, i) {
+      [["source", src], ["restored", r.samples[i]]].forEach(function (pair) {
+        var f = document.createElement("figure");
+        f.className = "pair";
+        f.setAttribute("data-testid", "pair-" + pair[0]);
+        f.appendChild(imageCanvas(pair[1], hi, pair[0] + " " + (i + 1) + " of " + what));
+        var cap = document.createElement("figcaption");
+        cap.textContent = pair[0];
+        f.appendChild(cap);
+        box.appendChild(f);
+      });
+    });
+    media.appendChild(box);
+  }
+
+  function pickSource(i) {
+    state.sourcePick = i;
+    el.sources.querySelectorAll(".source-choice").forEach(function (b, k) {
+      b.setAttribute("aria-checked", k === i ? "true" : "false");
+      b.tabIndex = k === i ? 0 : -1;
+    });
+  }
+
+  /** Ask the server for SOURCE_CHOICES degraded sources of the current seed (its JSON echoes them). */
+  async function loadSources() {
+    var m = currentModel();
+    if (!m || !m.translation) return;
+    var seed = numberOrRaw(el.seed);
+    var key = m.name + "|" + String(seed);
+    if (key === state.sourcesKey && state.sources.length) return;
+    state.sourcesKey = key;
+    el.sourceHint.textContent = "loading sources…";
+    try {
+      var r = await generate({ model: m.name, steps: 1, n: SOURCE_CHOICES, seed: seed, wantSource: true });
+      if (state.sourcesKey !== key) return;  // the model or seed changed meanwhile
+      state.sources = r.source || [];
+      var hi = unitsHi(m);
+      el.sources.textContent = "";
+      state.sources.forEach(function (src, i) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = "source-choice";
+        b.setAttribute("role", "radio");
+        b.setAttribute("data-testid", "source-choice");
+        b.setAttribute("aria-label", "degraded source " + (i + 1) + " (seed " + (r.seed + i) + ")");
+        b.appendChild(imageCanvas(src, hi, "degraded source " + (i + 1)));
+        b.addEventListener("click", function () { pickSource(i); });
+        el.sources.appendChild(b);
+      });
+      pickSource(Math.min(state.sourcePick, Math.max(0, state.sources.length - 1)));
+      el.sourceHint.textContent = "Sources of seeds " + r.seed + "–" + (r.seed + state.sources.length - 1) +
+        " from " + m.base + "; change the seed for others.";
+    } catch (err) {
+      state.sourcesKey = "";
+      state.sources = [];
+      el.sources.textContent = "";
+      el.sourceHint.textContent = "";
+      reportFailure(err);
+    }
   }
 
   function failPanel(panel) {
@@ -745,7 +854,8 @@
       steps: $("steps"), stepsValue: $("steps-value"), stepsHint: $("steps-hint"), n: $("n"), seed: $("seed"), randomSeed: $("random-seed"),
       solverField: $("solver-field"), solver: $("solver"), rtolField: $("rtol-field"), rtol: $("rtol"),
       classField: $("class-field"), cls: $("class"), guidanceField: $("guidance-field"), guidance: $("guidance"),
-      guidanceValue: $("guidance-value"),
+      guidanceValue: $("guidance-value"), nField: $("n-field"),
+      sourceField: $("source-field"), sources: $("sources"), sourceHint: $("source-hint"),
       baselineField: $("baseline-field"), baseline: $("baseline"), baselineSolver: $("baseline-solver"),
       form: $("generate-form"), generate: $("generate"), compare: $("compare"),
       error: $("error"), status: $("status"), result: $("result"), resultSection: $("result-section"),
@@ -772,7 +882,15 @@
       updateDefaultN();
     });
     el.baseline.addEventListener("change", onBaselineChange);
-    el.randomSeed.addEventListener("click", onRandomSeed);
+    el.randomSeed.addEventListener("click", function () { onRandomSeed(); loadSources(); });
+    el.seed.addEventListener("change", loadSources);
+    el.sources.addEventListener("keydown", function (ev) {  // radio group: arrows move the choice
+      var n = state.sources.length;
+      if (!n || (ev.key !== "ArrowRight" && ev.key !== "ArrowLeft")) return;
+      ev.preventDefault();
+      pickSource((state.sourcePick + (ev.key === "ArrowRight" ? 1 : n - 1)) % n);
+      el.sources.querySelectorAll(".source-choice")[state.sourcePick].focus();
+    });
     el.form.addEventListener("submit", onGenerate);
     el.compare.addEventListener("click", onCompare);
 

@@ -1,7 +1,7 @@
 /*
  * anystep playground plots: samples of a 2D model (points, or a density when there are
  * thousands) and the session's latency against steps. Plain JS, no dependencies;
- * exposes window.AnystepPlots = {drawScatter, drawChart}.
+ * exposes window.AnystepPlots = {drawScatter, drawChart, drawImage}.
  */
 (function () {
   "use strict";
@@ -227,5 +227,33 @@
     return keys;
   }
 
-  window.AnystepPlots = { drawScatter: drawScatter, drawChart: drawChart, DENSITY_MIN_POINTS: DENSITY_MIN_POINTS };
+  /**
+   * One image [H][W] (grey) or [H][W][3] (RGB) in data units 0..hi, drawn pixel for pixel
+   * on the canvas (CSS scales it up, pixelated). Values outside 0..hi are clipped for display.
+   */
+  function drawImage(canvas, image, hi) {
+    var h = image.length, w = h ? image[0].length : 0;
+    canvas.width = w;
+    canvas.height = h;
+    var ctx = canvas.getContext("2d");
+    var img = ctx.createImageData(w, h);
+    var scale = 255 / (hi || 1);
+    for (var i = 0; i < h; i++) {
+      for (var j = 0; j < w; j++) {
+        var v = image[i][j];
+        var rgb = Array.isArray(v) ? v : [v, v, v];
+        var o = 4 * (i * w + j);
+        for (var k = 0; k < 3; k++) {
+          // as the server's PNG grids: 0 = black, hi = white
+          img.data[o + k] = Math.max(0, Math.min(255, Math.round(Number(rgb[k]) * scale)));
+        }
+        img.data[o + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+
+  window.AnystepPlots = {
+    drawScatter: drawScatter, drawChart: drawChart, drawImage: drawImage, DENSITY_MIN_POINTS: DENSITY_MIN_POINTS,
+  };
 })();
