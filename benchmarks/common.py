@@ -31,6 +31,7 @@ __all__ = [
     "existing_notes",
     "float_list",
     "fmt",
+    "git_revision",
     "int_list",
     "load_average",
     "machine_info",
@@ -411,3 +412,15 @@ def portable_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))
     except ValueError:
         return Path(path).name
+
+
+def git_revision(root: str | os.PathLike) -> str | None:
+    """``git describe --always --dirty`` of the checkout at ``root`` (what was measured), or None."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                           text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None

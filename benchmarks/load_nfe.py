@@ -43,6 +43,7 @@ from anystep.benchmarks.common import (
     command_line,
     existing_notes,
     fmt,
+    git_revision,
     int_list,
     load_average,
     machine_info,
@@ -207,7 +208,7 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
         engines = {m["name"]: m.get("engine") for m in httpx.get(srv.url + "/v1/models", timeout=10).json()["models"]}
     machine = machine_info()
     data = {
-        "benchmark": "load_nfe", "command": command, "started_at": started.isoformat(timespec="seconds"),
+        "benchmark": "load_nfe", "command": command, "git_revision": git_revision(REPO_ROOT), "started_at": started.isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - t0, "machine": machine, "machine_description": machine.describe(),
         "load_average_start": load_start, "load_average": load_average(),
         "versions": versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn")),
@@ -226,7 +227,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
     s = data["settings"]
     lines = [
         "# Served flow map against served dopri5 (the NFE-ratio limit)", "",
-        f"- Command: `{data['command']}`",
+        f"- Command: `{data['command']}` (checkout {data.get('git_revision')})",
         f"- Machine: {data['machine_description']}",
         f"- Load average (1/5/15 min) at the start {data.get('load_average_start')}, at the end {data['load_average']}.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v),

@@ -48,6 +48,7 @@ import numpy as np
 from anystep.benchmarks.common import (
     command_line,
     existing_notes,
+    git_revision,
     int_list,
     load_average,
     machine_info,
@@ -426,6 +427,7 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
     data = {
         "benchmark": "load_triton",
         "command": command,
+        "git_revision": git_revision(REPO_ROOT),
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - t0,
         "machine": machine,

@@ -30,7 +30,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
     lines = [
         "# anystep against Triton Inference Server (the same exported map, the same closed loop)",
         "",
-        f"- Command: `{data['command']}`",
+        f"- Command: `{data['command']}` (checkout {data.get('git_revision')})",
         f"- Machine: {data['machine_description']}",
         (f"- Load average (1/5/15 min) at the start {data.get('load_average_start')}, at the end "
          f"{data.get('load_average')} (a shared CPU: both servers, the load generator and other jobs compete)."),
