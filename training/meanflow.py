@@ -41,6 +41,16 @@ cancels the JVP term), adaptive weighting ``p = 1``, ``c = 1e-3``, logit-normal 
 (``lognorm(-0.4, 1.0)`` in their time is ``logit_mean = +0.4`` in ours, because
 ``1 - sigmoid(a) = sigmoid(-a)``), pairs ordered forward (``s <= t``).
 
+Variance: ``dI_s`` enters the target twice, as ``b_s`` and through ``(t - s) ∇v·dI_s``; for
+a map with a large Jacobian (the sharp checkerboard) the second term makes the off-diagonal
+target far noisier than flow matching (results/family.md). ``tangent = "model"`` (not the
+published recipe; the form of later MeanFlow variants and of our Eulerian self-distillation)
+replaces ``dI_s`` off the diagonal by the map's own stop-gradient velocity
+``u = sg(v_{s,s}(I_s))``: ``v_tgt = u + (t - s)[∂_s v + ∇v·u]``, a deterministic function of
+``I_s`` that the exact map satisfies exactly (no noise to average out); the diagonal rows
+keep the flow-matching target ``dI_s``, which is what trains ``v_{s,s}``. It costs one more
+(gradient-free) evaluation per step.
+
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
 ``t < s`` (no inversion) unless ``forward_only=False`` -- (MF) holds for every pair, so
@@ -74,6 +84,7 @@ MEANFLOW_DEFAULTS: dict[str, Any] = {
     "diag_frac": 0.75,
     "adaptive_p": 1.0,
     "adaptive_c": 1e-3,
+    "tangent": "sample",  # "sample": dI_s (MeanFlow); "model": sg(v_{s,s}(I_s)) off the diagonal
 }
 
 
@@ -120,7 +131,8 @@ class MeanFlow(FlowObjective):
     ``L = E sg(w) |v_{s,t}(I_s) - sg(dI_s + (t - s)[∂_s v + ∇v·dI_s])|^2 / d``.
 
     Hyper-parameters: ``adaptive_p`` (p >= 0, default 1), ``adaptive_c`` (c > 0, default
-    1e-3), ``diag_frac`` (default 0.75) and the time settings (logit-normal
+    1e-3), ``diag_frac`` (default 0.75), ``tangent`` (``"sample"``: MeanFlow's ``dI_s``;
+    ``"model"``: the map's own velocity off the diagonal) and the time settings (logit-normal
     ``(0.4, 1.0)`` by default; forward only). Metrics: ``loss``, ``meanflow_mse`` (the
     unweighted ``E|Δ|^2/d``), ``meanflow_fm`` (its value on the diagonal rows).
     """
@@ -140,6 +152,10 @@ class MeanFlow(FlowObjective):
             raise ObjectiveError(
                 f"meanflow: adaptive_c={h['adaptive_c']} must be > 0 (MeanFlow uses 1e-3)"
             )
+        if h["tangent"] not in ("sample", "model"):
+            raise ObjectiveError(
+                f"meanflow: tangent={h['tangent']!r} must be 'sample' (MeanFlow: dI_s) or 'model' (sg v_ss)"
+            )
 
     def supported_steps(self) -> tuple[int, ...] | None:
         """Step counts the trained map supports: None = any K on any forward grid."""
@@ -152,11 +168,17 @@ class MeanFlow(FlowObjective):
         pair = self._times(batch, generator)
         sample = self._interp(batch, pair.s)
         I_s, dI_s = sample.I_t, sample.dI_t
-        # one JVP of the slope along (dI_s, 1, 0): value v (with gradient), tangent dv/ds
-        out = jvp_times(slope_fn(model, self.name), I_s, pair.s, pair.t, dx=dI_s, ds=1.0)
+        velocity = dI_s
+        if h["tangent"] == "model":  # the map's own velocity b_s ~ v_{s,s}(I_s), no gradient
+            with torch.no_grad():
+                u = model.velocity(I_s, pair.s).to(dI_s)
+            on_diag = _bcast(pair.t == pair.s, dI_s)
+            velocity = torch.where(on_diag, dI_s, u)  # the diagonal keeps flow matching
+        # one JVP of the slope along (velocity, 1, 0): value v (with gradient), tangent dv/ds
+        out = jvp_times(slope_fn(model, self.name), I_s, pair.s, pair.t, dx=velocity, ds=1.0)
         v = out.value
         with torch.no_grad():
-            target = dI_s.to(v) + _bcast(pair.t - pair.s, v).to(v) * out.tangent.detach()
+            target = velocity.to(v) + _bcast(pair.t - pair.s, v).to(v) * out.tangent.detach()
         delta = v - target
         w = adaptive_weight(delta, h["adaptive_p"], h["adaptive_c"])
         per_row = sq(delta)
