@@ -179,7 +179,7 @@ def test_triton_batch_rows_from_metrics():
     before = {("nv_inference_count", (("model", m),)): 10.0, ("nv_inference_exec_count", (("model", m),)): 5.0}
     after = {("nv_inference_count", (("model", m),)): 110.0, ("nv_inference_exec_count", (("model", m),)): 30.0,
              ("nv_inference_count", (("model", "other"),)): 1e6}
-    assert LT._triton_batches(before, after, m) == {"rows": 100.0, "executions": 25.0, "mean": 4.0}
+    assert LT.triton_batches(before, after, m) == {"rows": 100.0, "executions": 25.0, "mean": 4.0}
 
 
 # --------------------------------------------------------------------------------------
