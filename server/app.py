@@ -10,17 +10,16 @@ Routes (the HTTP contract shared with the client and the playground page):
 Security: with an API key, every route except ``/healthz``, ``/readyz`` and the playground
 shell (``/``, ``/static/*``, no data) needs ``Authorization: Bearer <key>``. No input
 produces a 5xx: validation errors are 4xx JSON ``{"error", "message", "field"}``; only a
-bug reaches the last-resort 500. Auth and request metrics are one plain ASGI middleware
-(no extra task or stream per request).
+bug reaches the last-resort 500. Auth, request metrics and the sampling routes are one plain
+ASGI front door outside FastAPI's own middleware stack (:mod:`.hot`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from anystep.core.noise import base_noise_rows_np
+
 from . import routes
 from .engines import EngineOptions
+from .hot import INTERNAL, AnystepApp, error_response
 from .metrics import ServerMetrics
 from .registry import Limits, ModelSpec, ServedModel, load_models
 from .scheduler import StepScheduler
@@ -49,14 +51,6 @@ from .schemas import (
 log = logging.getLogger("anystep.server")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# Health probes and the playground's static shell carry no data: a browser cannot send a
-# bearer token when it opens a page, so the page loads and asks for the key itself.
-EXEMPT_FROM_AUTH = frozenset({"/healthz", "/readyz", "/"})
-EXEMPT_PREFIXES = ("/static/",)
-KNOWN_ROUTES = frozenset(
-    {"/generate", "/encode", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json"}
-)
-INTERNAL = {"error": "internal", "message": "internal server error; this is a bug, please report it", "field": None}
 
 
 @dataclass
@@ -120,11 +114,6 @@ class AppState:
             raise ApiError(503, "not_ready", f"{m.name} is still warming up; retry shortly", None, routes.retry_after(1))
 
 
-def error_response(err: ApiError) -> JSONResponse:
-    """The JSON body ``{"error", "message", "field"}`` with the error's status and headers."""
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in (
@@ -146,78 +135,6 @@ def _openapi_query_params() -> list[dict[str, Any]]:
         schema = {k: v for k, v in prop.items() if k not in ("title", "description", "default")}
         out.append({"name": name, "in": "query", "required": False, "schema": schema, "description": prop.get("description", "")})
     return out
-
-
-class AuthAndMetrics:
-    """ASGI middleware: bearer auth (when configured), per-request metrics, and the hot path.
-
-    ``POST /generate`` and ``POST /encode`` are answered here directly (the same handlers
-    the FastAPI routes document in ``/docs``), skipping the framework's routing and
-    dependency machinery on every sampling request.
-    """
-
-    def __init__(self, app: Any, state: AppState) -> None:
-        self.app = app
-        self.state = state
-        key = state.config.api_key
-        self._key = key.encode() if key else None
-        self._fast = {("POST", "/generate"): routes.generate, ("POST", "/encode"): routes.encode}
-
-    async def _answer(self, handler: Any, scope: dict, receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await handler(request, self.state)
-        except ApiError as e:
-            response = error_response(e)
-        except Exception:  # last resort: a bug, not bad input
-            log.exception("unhandled error on %s", scope.get("path"))
-            response = JSONResponse(INTERNAL, status_code=500)
-        await response(scope, receive, send)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else ("/static" if path.startswith("/static/") else "other")
-        metrics = self.state.metrics
-        if self._key is not None and path not in EXEMPT_FROM_AUTH and not path.startswith(EXEMPT_PREFIXES):
-            auth = b""
-            for k, v in scope.get("headers", ()):
-                if k == b"authorization":
-                    auth = v
-            scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self._key):
-                resp = error_response(
-                    ApiError(
-                        401,
-                        "unauthorized",
-                        "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                        None,
-                        {"WWW-Authenticate": "Bearer"},
-                    )
-                )
-                metrics.observe_request(route, "-", None, 401, None)
-                await resp(scope, receive, send)
-                return
-        scope["anystep.labels"] = ("-", None)
-        status = [500]
-
-        async def send_wrapper(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        handler = self._fast.get((scope.get("method"), path))
-        try:
-            if handler is not None:
-                await self._answer(handler, scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
-        finally:
-            model, steps = scope.get("anystep.labels", ("-", None))
-            metrics.observe_request(route, model, steps, status[0], time.perf_counter() - t0)
 
 
 def create_app(config: ServerConfig | None = None, models: list[ServedModel] | None = None) -> FastAPI:
@@ -249,6 +166,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 batching=config.batching,
                 pad=config.pad_batches,
                 executor=config.executor,
+                draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()
@@ -286,7 +204,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
             log.exception("warm-up failed")
             state.warm_error = f"{type(e).__name__}: {e}"
 
-    app = FastAPI(
+    app = AnystepApp(
         title="anystep",
         version=_version(),
         description=(
@@ -295,8 +213,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
         ),
         lifespan=lifespan,
     )
-    app.state.anystep = state
-    app.add_middleware(AuthAndMetrics, state=state)
+    app.state.anystep = state  # the front door (.hot) reads it when the first request builds the stack
 
     # ---- errors ---------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -407,6 +324,11 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
         app.mount("/static", StaticFiles(directory=str(config.static_dir)), name="static")
 
     return app
+
+
+def _gaussian_rows(shape: tuple[int, ...]) -> Any:
+    """``seeds -> [m, *shape]`` Gaussian base samples (:func:`anystep.core.noise.base_noise_rows_np`)."""
+    return functools.partial(base_noise_rows_np, shape=tuple(shape))
 
 
 def _version() -> str:

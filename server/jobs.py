@@ -67,6 +67,26 @@ class JobResult:
     ticks: int
 
 
+@dataclass(frozen=True)
+class SeededBase:
+    """Start states not drawn yet: rows ``seed, ..., seed + n - 1`` of the model's base.
+
+    A job given one draws them at its first tick, in ONE vectorised call together with
+    every other job starting then (the scheduler's ``draw_base``, see
+    :func:`.planner.draw_bases`): the same rows as drawing them per request, without a
+    per-request generator call.
+
+    Attributes:
+        seed: seed of the first sample.
+        n: number of samples.
+        shape: shape of one sample.
+    """
+
+    seed: int
+    n: int
+    shape: tuple[int, ...]
+
+
 _ids = itertools.count()
 
 
@@ -75,7 +95,8 @@ class Job:
     """One request: ``n`` samples stepped along a shared grid (or adaptively, dopri5).
 
     Attributes:
-        x: ``[n, *shape]`` float32 current states (start states at submission).
+        x: ``[n, *shape]`` float32 current states: the start states at submission (copied),
+            or a :class:`SeededBase` drawn at the first tick (then ``base`` holds it until drawn).
         grid: ``[K + 1]`` float64 times; decreasing grids run the map backwards. dopri5
             uses ``grid[0]`` and ``grid[-1]`` only.
         method: ``"flowmap"`` or a solver of :data:`~anystep.core.tableaux.TABLEAUX`.
@@ -86,7 +107,7 @@ class Job:
             ``{"y": [n] class labels, "w": [n] guidance weights}``; every array has ``n`` rows.
     """
 
-    x: np.ndarray
+    x: np.ndarray | SeededBase
     grid: np.ndarray
     method: str = "flowmap"
     rtol: float = 1e-3
@@ -110,9 +131,13 @@ class Job:
     compute_s: float = field(init=False, default=0.0)
     ticks: int = field(init=False, default=0)
     cancelled: bool = field(init=False, default=False)
+    base: SeededBase | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32).copy()
+        if isinstance(self.x, SeededBase):
+            self.base, self.x = self.x, np.empty((self.x.n, *self.x.shape), dtype=np.float32)
+        else:
+            self.x = np.array(self.x, dtype=np.float32, order="C", ndmin=1)  # a copy: ticks update it in place
         self.grid = np.asarray(self.grid, dtype=np.float64).reshape(-1)
         n = self.x.shape[0]
         if n < 1:

@@ -9,18 +9,63 @@ selections and the fused engine inputs ``(x, s, t)``, padded up to a fixed batch
 bucket (:func:`bucket_size`) so the engine only ever sees a few batch sizes (bounded
 kernel caches; the padding rows are copies of the first row and are discarded).
 
-No threads and no engine here: the executor (:mod:`.scheduler`) calls :func:`plan_tick`,
-makes one engine call, and hands the outputs back with :func:`apply_outputs`.
+Jobs submitted with a :class:`~.jobs.SeededBase` get their start states from
+:func:`draw_bases`, one vectorised draw for all jobs starting in a tick.
+
+No threads and no engine here: the executor (:mod:`.scheduler`) calls :func:`draw_bases` and
+:func:`plan_tick`, makes one engine call, and hands the outputs back with :func:`apply_outputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .jobs import Job, advance, stage_inputs
+from .jobs import Job, SchedulerError, advance, stage_inputs
+
+
+def draw_bases(jobs: Sequence[Job], draw: Callable[[np.ndarray], np.ndarray] | None) -> int:
+    """Draw the start states of every job whose base is not drawn yet, in ONE call of ``draw``.
+
+    Job ``j`` with :class:`~.jobs.SeededBase` ``(seed_j, n_j)`` gets rows
+    ``draw(seeds)[o_j : o_j + n_j]`` of the concatenated seeds ``seed_j + 0 .. n_j - 1``
+    (built with O(1) numpy calls, whatever the number of jobs), so a sample's start state
+    depends on its seed only. A failing ``draw`` fails those jobs (``job.error``).
+
+    Args:
+        jobs: queued jobs (those without a pending base are skipped).
+        draw: ``[m] int64 seeds -> [m, *shape]`` float32 rows (None: no base sampler).
+
+    Returns:
+        The number of jobs that had a pending base (drawn, or failed).
+    """
+    pending = [j for j in jobs if j.base is not None and j.error is None]
+    if not pending:
+        return 0
+    counts = np.fromiter((j.base.n for j in pending), dtype=np.int64, count=len(pending))
+    starts = np.fromiter((j.base.seed for j in pending), dtype=np.int64, count=len(pending))
+    ends = np.cumsum(counts)
+    seeds = np.repeat(starts - (ends - counts), counts) + np.arange(int(ends[-1]), dtype=np.int64)
+    try:
+        if draw is None:
+            raise SchedulerError("this scheduler has no base sampler: give the job its start states x")
+        rows = draw(seeds)
+        if rows.shape[0] != seeds.size:
+            raise SchedulerError(f"the base sampler returned {rows.shape[0]} rows for {seeds.size} seeds")
+    except Exception as e:  # noqa: BLE001 - the jobs fail, not the tick
+        for j in pending:
+            j.error = e if isinstance(e, SchedulerError) else SchedulerError(f"drawing base samples failed: {e}")
+        return len(pending)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    for j, end, n in zip(pending, ends.tolist(), counts.tolist()):
+        if rows.shape[1:] != j.x.shape[1:]:
+            j.error = SchedulerError(f"base samples have shape {list(rows.shape[1:])}, the job {list(j.x.shape[1:])}")
+        else:
+            j.x = rows[end - n : end]  # disjoint views of one array: each job updates only its own rows
+        j.base = None
+    return len(pending)
 
 
 def share_rows(live: Sequence[int], max_batch: int, batching: bool = True) -> list[int]:

@@ -13,9 +13,11 @@ Per-model checks (kind vs solver, conflicts, the compute budget) follow in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from anystep.core.grid import GridError, parse_grid
@@ -254,10 +256,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_UNPARSED = object()
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Parse a request body: empty -> ``{}``, else a JSON object (NaN/Infinity rejected)."""
     if not raw or not raw.strip():
         return {}
+    data = _UNPARSED
+    if not _LONG_DIGITS.search(raw):  # orjson reads integers beyond 64 bits as floats: those take json's path
+        try:  # fast path; whatever orjson refuses (NaN, 1e400, lone surrogates, ...) gets json's answer below
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    if isinstance(data, dict):
+        return data
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

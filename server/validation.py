@@ -96,9 +96,35 @@ def _png_renderable(m: ServedModel) -> bool:
     return shape == (2,) or (len(shape) == 3 and shape[0] in (1, 3))
 
 
+_SPECS: dict[tuple, tuple[ServedModel, SamplingSpec]] = {}
+"""Resolved specs of grid-free requests, per model and parameters (the grid read-only, shared)."""
+_MAX_SPECS = 4096
+
+
 def sampling_spec(m: ServedModel, n: int = 1, **kw: Any) -> SamplingSpec:
+    """The model's :func:`~anystep.core.params.resolve_sampling` of ``kw``, or a 4xx :class:`ApiError`.
+
+    Requests without a custom grid are resolved once per model and parameters (a cache: the
+    hot path builds no grid per request); their spec is shared, its grid read-only.
+    """
     # dopri5 without max_nfe: the largest bound the compute budget allows for n samples
     default_max_nfe = max(7, min(m.limits.max_nfe, m.limits.max_compute // max(1, n)))
+    key = None
+    if kw.get("grid") is None:
+        key = (id(m), default_max_nfe, *sorted((k, type(v), v) for k, v in kw.items()))
+        hit = _SPECS.get(key)
+        if hit is not None and hit[0] is m:
+            return hit[1]
+    spec = _resolve(m, default_max_nfe, kw)
+    if key is not None:
+        spec.grid.flags.writeable = False
+        if len(_SPECS) >= _MAX_SPECS:
+            _SPECS.clear()
+        _SPECS[key] = (m, spec)
+    return spec
+
+
+def _resolve(m: ServedModel, default_max_nfe: int, kw: dict[str, Any]) -> SamplingSpec:
     try:
         return resolve_sampling(
             m.kind,
@@ -160,10 +186,9 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel], sourc
     seed = req.seed if req.seed is not None else random.randrange(0, 2**31)
     check_range("seed", seed + n - 1, 0, MAX_SEED, "(sample i uses seed + i: seed + n - 1 must stay in range)")
     from anystep.core.conditioning import ConditioningError, resolve_conditioning
-    from anystep.core.noise import sample_seeds
 
-    try:
-        cond = resolve_conditioning(m.config, sample_seeds(int(seed), n), req.class_, req.guidance)
+    try:  # the seeds of sample_seeds(seed, n) as a range: no per-seed objects
+        cond = resolve_conditioning(m.config, range(int(seed), int(seed) + n), req.class_, req.guidance)
     except ConditioningError as e:
         fld = "class" if "class" in str(e) and "guidance" not in str(e) else "guidance"
         raise ApiError(422, "invalid_conditioning", f"{m.name}: {e}", fld) from None

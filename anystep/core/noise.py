@@ -135,10 +135,24 @@ def base_noise_np(seed: int, n: int, shape: Sequence[int], dtype: Any = np.float
 
     O(1) numpy calls in ``n``; the same seed gives the same row in any batch.
     """
-    shape = tuple(int(d) for d in shape)
-    dim = int(np.prod(shape)) if shape else 1
     seeds = np.arange(int(n), dtype=np.int64) + np.int64(check_seed_range(seed, n))
-    return normal_rows_np(seeds, dim).astype(dtype).reshape(int(n), *shape)
+    return base_noise_rows_np(seeds, shape, dtype)
+
+
+def base_noise_rows_np(seeds: np.ndarray, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+    """Base samples of arbitrary per-sample seeds: ``[len(seeds), *shape]``, row i from ``seeds[i]`` only.
+
+    The rows of :func:`base_noise_np` (which calls it with ``seed + arange(n)``); the server
+    draws the rows of every request starting in one tick with one call of it.
+
+    Args:
+        seeds: ``[m]`` int64 seeds in ``0..MAX_SEED`` (not checked here).
+        shape: shape of one sample.
+        dtype: numpy dtype of the result.
+    """
+    shape = tuple(int(d) for d in shape)
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    return normal_rows_np(seeds, math.prod(shape)).astype(dtype).reshape(seeds.size, *shape)
 
 
 def base_noise(

@@ -1,0 +1,185 @@
+"""The serving hot path: one vectorised base draw per tick, cached sampling specs, the fast JSON
+body parser, and the front door outside FastAPI's middleware stack (user middleware still wraps it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_server_planner import CountingEngine
+
+from anystep.core.noise import base_noise_np, base_noise_rows_np
+from anystep.server.app import ServerConfig, create_app
+from anystep.server.jobs import Job, SchedulerError, SeededBase
+from anystep.server.planner import draw_bases, plan_tick
+from anystep.server.registry import Limits, ModelSpec
+from anystep.server.scheduler import StepScheduler
+from anystep.server.schemas import ApiError, parse_json_body
+from anystep.server.testing import make_tiny_models
+
+SHAPE = (2,)
+
+
+class CountingDraw:
+    """``base_noise_rows_np`` that counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, seeds):
+        self.calls += 1
+        return base_noise_rows_np(seeds, SHAPE)
+
+
+def _seeded(seed, n, **kw):
+    return Job(x=SeededBase(seed, n, SHAPE), grid=np.linspace(0, 1, 3), **kw)
+
+
+# ---- draw_bases: pure, no threads -------------------------------------------------------------
+
+
+def test_draw_bases_draws_every_pending_job_in_one_call_with_the_rows_of_its_seeds():
+    jobs = [_seeded(5, 3), Job(x=np.ones((2, 2)), grid=np.linspace(0, 1, 2)), _seeded(100, 1), _seeded(7, 4)]
+    draw = CountingDraw()
+    assert draw_bases(jobs, draw) == 3 and draw.calls == 1
+    np.testing.assert_array_equal(jobs[0].x, base_noise_np(5, 3, SHAPE))
+    np.testing.assert_array_equal(jobs[1].x, np.ones((2, 2)))  # given start states untouched
+    np.testing.assert_array_equal(jobs[2].x, base_noise_np(100, 1, SHAPE))
+    np.testing.assert_array_equal(jobs[3].x, base_noise_np(7, 4, SHAPE))  # overlapping seeds: same rows
+    assert all(j.base is None for j in jobs)
+    assert draw_bases(jobs, draw) == 0 and draw.calls == 1  # nothing pending: no call
+    plan = plan_tick(jobs, 64, flowmap=True)  # the drawn rows are what the first tick feeds the engine
+    np.testing.assert_array_equal(plan.x[:3], base_noise_np(5, 3, SHAPE))
+
+
+def test_a_sample_gets_the_same_start_state_alone_or_drawn_with_others():
+    alone = _seeded(42, 2)
+    draw_bases([alone], CountingDraw())
+    crowd = [_seeded(s, 3) for s in (1, 40, 41, 900)]
+    draw_bases(crowd, CountingDraw())
+    np.testing.assert_array_equal(alone.x[0], crowd[1].x[2])  # seed 42: row 2 of the job of seeds 40..42
+    np.testing.assert_array_equal(alone.x, crowd[2].x[1:])  # seeds 42, 43: rows 1, 2 of seeds 41..43
+
+
+def test_draw_bases_failures_fail_the_pending_jobs_only():
+    jobs = [_seeded(1, 2), Job(x=np.zeros((1, 2)), grid=np.linspace(0, 1, 2))]
+
+    def broken(seeds):
+        raise RuntimeError("boom")
+
+    assert draw_bases(jobs, broken) == 1
+    assert isinstance(jobs[0].error, SchedulerError) and "boom" in str(jobs[0].error) and jobs[1].error is None
+    job = _seeded(1, 2)
+    draw_bases([job], None)
+    assert "no base sampler" in str(job.error)
+    job = _seeded(1, 2)
+    draw_bases([job], lambda seeds: np.zeros((seeds.size, 3), np.float32))
+    assert "shape" in str(job.error)
+
+
+# ---- the scheduler draws per tick ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["loop", "thread"])
+def test_scheduler_draws_the_bases_of_jobs_starting_together_in_one_call(executor):
+    async def go():
+        draw = CountingDraw()
+        sched = StepScheduler(CountingEngine(kind="flowmap"), max_batch=64, executor=executor, draw_base=draw)
+        await sched.start()
+        with sched.hold():
+            futs = [sched.submit(_seeded(10 * i, 2)) for i in range(6)]
+        res = await asyncio.gather(*futs)
+        given = await sched.submit(Job(x=base_noise_np(20, 2, SHAPE), grid=np.linspace(0, 1, 3)))
+        await sched.close()
+        return draw.calls, res, given
+
+    calls, res, given = asyncio.run(go())
+    assert calls == 1  # six requests, one draw
+    np.testing.assert_array_equal(res[2].x, given.x)  # seeded or given start states: the same samples
+
+
+def test_scheduler_without_a_base_sampler_refuses_seeded_jobs():
+    async def go():
+        sched = StepScheduler(CountingEngine(kind="flowmap"), executor="loop")
+        await sched.start()
+        try:
+            with pytest.raises(SchedulerError, match="base samples"):
+                sched.submit(_seeded(0, 1))
+        finally:
+            await sched.close()
+
+    asyncio.run(go())
+
+
+# ---- specs and bodies ---------------------------------------------------------------------------
+
+
+def test_json_body_fast_path_keeps_the_strict_parsers_answers():
+    assert parse_json_body(b'{"steps": 4, "grid": [0, 0.5, 1]}') == {"steps": 4, "grid": [0, 0.5, 1]}
+    assert parse_json_body(b'{"seed": 123456789012345678901234567890}')["seed"] == 123456789012345678901234567890
+    for raw, code in ((b'{"n": NaN}', 400), (b"[1, 2]", 422), (b"\xff\xfe", 400), (b'{"n": 1', 400)):
+        with pytest.raises(ApiError) as e:
+            parse_json_body(raw)
+        assert e.value.status == code
+
+
+# ---- the app: front door, cached specs, user middleware ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    dirs = make_tiny_models(tmp_path_factory.mktemp("models"), seed=3, digits=False)
+    cfg = ServerConfig(
+        models=[ModelSpec(n, p) for n, p in dirs.items()], engine="torch", limits=Limits(max_steps=16, max_n=32)
+    )
+    app = create_app(cfg)
+
+    class Tag:  # added after create_app, like Ray's replica middleware
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            async def tagged(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), (b"x-tag", b"yes")]}
+                await send(message)
+
+            await self.inner(scope, receive, tagged)
+
+    app.add_middleware(Tag)
+    with TestClient(app) as c:
+        for _ in range(600):
+            if c.get("/readyz").status_code == 200:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        yield app, c
+
+
+def test_user_middleware_wraps_the_hot_routes_too(app_client):
+    _, c = app_client
+    r = c.post("/generate", json={"model": "checkerboard", "steps": 2, "n": 3, "seed": 1})
+    assert r.status_code == 200 and r.headers["x-tag"] == "yes" and r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content) and r.headers["x-anystep-steps"] == "2"
+    assert c.get("/healthz").headers["x-tag"] == "yes"
+    bad = c.post("/generate", json={"model": "checkerboard", "steps": 0})
+    assert bad.status_code == 422 and bad.headers["x-tag"] == "yes" and bad.json()["field"] == "steps"
+
+
+def test_grid_free_specs_are_resolved_once_per_model_and_parameters(app_client):
+    from anystep.server.validation import sampling_spec
+
+    app, c = app_client
+    m = app.state.anystep.models["checkerboard"]
+    a, b = sampling_spec(m, 1, steps=4), sampling_spec(m, 7, steps=4)
+    assert a is b and not a.grid.flags.writeable and a.steps == 4
+    assert sampling_spec(m, 1, steps=2) is not a
+    custom = sampling_spec(m, 1, grid=[0, 0.5, 1])
+    assert custom is not sampling_spec(m, 1, grid=[0, 0.5, 1]) and custom.grid.flags.writeable
+    r1 = c.post("/generate", json={"model": "checkerboard", "steps": 4, "n": 2, "seed": 5}).json()
+    r2 = c.post("/generate", json={"model": "checkerboard", "steps": 4, "n": 2, "seed": 5}).json()
+    assert r1["samples"] == r2["samples"] and r1["grid"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    t = app.state.anystep.models["checkerboard-teacher"]
+    d1, d2 = sampling_spec(t, 1, solver="dopri5"), sampling_spec(t, 4, solver="dopri5")
+    assert d1.max_nfe >= d2.max_nfe  # dopri5's default bound depends on n: cached apart
