@@ -5,7 +5,8 @@ Used by :mod:`anystep.benchmarks.load` (and :mod:`~anystep.benchmarks.load_ray`,
 benchmark process, the engine ``anystep serve`` builds (same type, threads, batch
 limit); :func:`raw_throughput` times it on scheduler-like batches with the one timing
 harness (:func:`anystep.benchmarks.timing.interleaved_timing`); :func:`latency_probe`
-interleaves one bare call, one served request and one empty round trip.
+interleaves one bare call, one served request and one empty round trip;
+:func:`bare_engine_parallel` runs engines in parallel processes (the machine's own scaling).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.loadgen import LoadBenchError, LoopbackClient, generate_body, server_timing
-from anystep.benchmarks.timing import interleaved_timing, percentile, summarize
+from anystep.benchmarks.timing import calls_per_second, interleaved_timing, percentile, summarize
 
-__all__ = ["build_bare_engine", "latency_probe", "raw_throughput"]
+__all__ = ["bare_engine_parallel", "build_bare_engine", "latency_probe", "raw_throughput"]
 
 
 def build_bare_engine(model_dir: Path, settings: Any, cache_dir: Path) -> Any:
@@ -133,3 +134,41 @@ async def latency_probe(port: int, model: str, engine: Any, pairs: int, fmt_: st
                 0.0, out["served"].median_ms - sm["total"]),
         }
     return out
+
+
+def _engine_worker(model_dir: str, threads: int, batch: int, start: Any, seconds: float, out: Any) -> None:
+    """One process of :func:`bare_engine_parallel`: engine calls on ``batch`` rows for ``seconds``."""
+    from anystep.benchmarks.load import LoadSettings
+
+    eng = build_bare_engine(Path(model_dir), LoadSettings(threads=threads), Path(model_dir))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *eng.data_shape)).astype(np.float32)
+    s = rng.uniform(0.0, 0.9, batch).astype(np.float32)
+    t = np.minimum(1.0, s + 0.25).astype(np.float32)
+    eng.step(x, s, t)  # warm
+    start.wait(timeout=300)  # every process loaded and warm: all start together
+    out.put(batch * calls_per_second(lambda: eng.step(x, s, t), seconds, warmup=0))
+
+
+def bare_engine_parallel(
+    model_dir: Path, processes: int, threads: int, seconds: float = 6.0, batch: int = 256
+) -> float:
+    """Evaluations/s of ``processes`` bare engines running at once (the machine's own scaling).
+
+    Each process builds the server's torch engine with ``threads`` threads and calls it on
+    ``batch`` rows (the served batch) for ``seconds``, all starting together; returns the
+    sum of their evaluations/s. No HTTP, no Ray: the ceiling a replica count can reach.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start = ctx.Barrier(processes)
+    procs = [ctx.Process(target=_engine_worker, args=(str(model_dir), threads, batch, start, seconds, q))
+             for _ in range(processes)]  # fmt: skip
+    for pr in procs:
+        pr.start()
+    rates = [q.get(timeout=300 + seconds) for _ in procs]
+    for pr in procs:
+        pr.join(timeout=30)
+    return float(sum(rates))

@@ -47,6 +47,7 @@ from anystep.benchmarks.common import (
     versions,
     write_results,
 )
+from anystep.benchmarks.load_probe import bare_engine_parallel
 from anystep.benchmarks.loadgen import (  # the shared closed-loop harness
     LoadBenchError,
     histogram_delta,
@@ -55,7 +56,6 @@ from anystep.benchmarks.loadgen import (  # the shared closed-loop harness
     run_phase,
     summarize_phase,
 )
-from anystep.benchmarks.timing import calls_per_second
 
 MODULE = "anystep.benchmarks.load_ray"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,45 +116,6 @@ class RaySettings:
 QUICK = {"rounds": 1, "requests": 96, "warmup_requests": 32, "plain": False}
 
 
-def _engine_worker(
-    model_dir: str, threads: int, batch: int, start: Any, seconds: float, out: Any
-) -> None:
-    """One process of :func:`bare_engine_parallel`: engine calls on ``batch`` rows for ``seconds``."""
-    from anystep.benchmarks.load import LoadSettings, build_bare_engine
-
-    eng = build_bare_engine(Path(model_dir), LoadSettings(threads=threads), Path(model_dir))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *eng.data_shape)).astype(np.float32)
-    s = rng.uniform(0.0, 0.9, batch).astype(np.float32)
-    t = np.minimum(1.0, s + 0.25).astype(np.float32)
-    eng.step(x, s, t)  # warm
-    start.wait(timeout=300)  # every process loaded and warm: all start together
-    out.put(batch * calls_per_second(lambda: eng.step(x, s, t), seconds, warmup=0))
-
-
-def bare_engine_parallel(
-    model_dir: Path, processes: int, threads: int, seconds: float = 6.0, batch: int = 256
-) -> float:
-    """Evaluations/s of ``processes`` bare engines running at once (the machine's own scaling).
-
-    Each process builds the server's torch engine with ``threads`` threads and calls it on
-    ``batch`` rows (the served batch) for ``seconds``, all starting together; returns the
-    sum of their evaluations/s. No HTTP, no Ray: the ceiling a replica count can reach.
-    """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    start = ctx.Barrier(processes)
-    procs = [ctx.Process(target=_engine_worker, args=(str(model_dir), threads, batch, start, seconds, q))
-             for _ in range(processes)]  # fmt: skip
-    for pr in procs:
-        pr.start()
-    rates = [q.get(timeout=300 + seconds) for _ in procs]
-    for pr in procs:
-        pr.join(timeout=30)
-    return float(sum(rates))
-
 
 def _server_config(settings: RaySettings) -> Any:
     from anystep.server.app import ServerConfig
@@ -165,9 +126,7 @@ def _server_config(settings: RaySettings) -> Any:
         models=[ModelSpec(settings.model, Path(settings.models_dir) / settings.model)],
         engine="torch",
         engine_options=EngineOptions(threads=settings.threads),
-        limits=Limits(
-            max_n=max(256, settings.n), max_compute=max(65536, settings.n * max(settings.steps_mix))
-        ),
+        limits=Limits(max_n=max(256, settings.n), max_compute=max(65536, settings.n * max(settings.steps_mix))),
         max_queue=max(64, 2 * settings.concurrency),
         request_timeout_s=CLIENT_TIMEOUT_S,
         drain_timeout_s=30.0,
@@ -199,9 +158,7 @@ def _answered(samples: dict, model: str) -> float:
     )
 
 
-async def _round(
-    port: int, url: str, settings: RaySettings, replicas: int | None, k: int
-) -> dict[str, Any]:
+async def _round(port: int, url: str, settings: RaySettings, replicas: int | None, k: int) -> dict[str, Any]:
     warm = make_requests(settings.warmup_requests, settings.steps_mix, settings.seed + 999 + k)
     await run_phase(
         port,
@@ -272,12 +229,7 @@ def _row(label: str, replicas: int | None, rounds: list[dict[str, Any]]) -> dict
 
 
 def run(
-    settings: RaySettings,
-    *,
-    out_dir: Path,
-    command: str,
-    log: Callable[[str], None] = print,
-    write: bool = True,
+    settings: RaySettings, *, out_dir: Path, command: str, log: Callable[[str], None] = print, write: bool = True
 ) -> dict[str, Any]:
     """Measure every replica count (alternating rounds) and the plain server; write the report."""
     from anystep.server.ray_serve import RayOptions, deploy, import_serve
@@ -309,20 +261,13 @@ def run(
             str(CLIENT_TIMEOUT_S),
         ]
         log("[plain] anystep serve (no Ray), one process")
-        with ServerProcess(
-            models={settings.model: model_dir}, args=args, ready_timeout=300.0
-        ) as srv:
-            plain = [
-                asyncio.run(_round(srv.port, srv.url, settings, None, k))
-                for k in range(settings.rounds)
-            ]
+        with ServerProcess(models={settings.model: model_dir}, args=args, ready_timeout=300.0) as srv:
+            plain = [asyncio.run(_round(srv.port, srv.url, settings, None, k)) for k in range(settings.rounds)]
         rows.append(_row("anystep serve (no Ray)", None, plain))
         log(f"[plain] {fmt(rows[-1]['requests_per_s'])} req/s")
     port = free_port()
     counts = list(settings.replica_counts)
-    log(
-        f"[ray] local cluster, proxy on 127.0.0.1:{port}; replicas {counts} x {settings.rounds} rounds"
-    )
+    log(f"[ray] local cluster, proxy on 127.0.0.1:{port}; replicas {counts} x {settings.rounds} rounds")
     opts = RayOptions(replicas=counts[0], num_cpus=float(settings.threads))
     dep = deploy(config, opts, "127.0.0.1", port, log_level="warning")
     by_count: dict[int, list[dict[str, Any]]] = {c: [] for c in counts}
@@ -337,9 +282,7 @@ def run(
                     opts = RayOptions(replicas=c, num_cpus=float(settings.threads))
                     serve.run(application(config, opts), name=opts.app_name, route_prefix="/")
                     log(f"[ray] scaled to {c} replica(s) in {time.perf_counter() - t_scale:.1f} s")
-                bare = (
-                    bare_engine_parallel(model_dir, c, settings.threads) if settings.bare else None
-                )
+                bare = bare_engine_parallel(model_dir, c, settings.threads) if settings.bare else None
                 summ = asyncio.run(_round(port, dep.url, settings, c, 100 + k))
                 summ["bare_evals_per_s"] = bare
                 k += 1
@@ -391,11 +334,7 @@ def evaluate_goals(rows: list[dict[str, Any]], first: int) -> list[dict[str, Any
         ba, bb = r.get("bare_evals_per_s"), base.get("bare_evals_per_s")
         r["bare_ratio_vs_first"] = ba / bb if ba and bb else None
         if r["replicas"] == 2 and first == 1:
-            paired = [
-                x / y
-                for x, y in zip(r["requests_per_s_each"], base["requests_per_s_each"])
-                if x and y
-            ]
+            paired = [x / y for x, y in zip(r["requests_per_s_each"], base["requests_per_s_each"]) if x and y]
             failed = r["failed"] + base["failed"]
             goals.append({
                 "goal": f"2 replicas >= {GOAL_RATIO:g}x one replica's throughput, zero failed requests",
@@ -506,41 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Throughput of anystep on Ray Serve per replica count (local "
         "cluster, 127.0.0.1); writes load_ray.{json,md}.",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="one round per replica count, fewer requests, no plain row",
-    )
+    p.add_argument("--quick", action="store_true", help="one round per replica count, fewer requests, no plain row")
     p.add_argument("--model", default=None, help=f"flow-map model name (default {d.model})")
     p.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help="folder of model directories (default <repo>/models)",
+        "--models-dir", type=Path, default=None, help="folder of model directories (default <repo>/models)"
     )
     p.add_argument("--replicas", type=int_list, default=None, help="replica counts (default 1,2)")
-    p.add_argument(
-        "--rounds", type=int, default=None, help=f"rounds per replica count (default {d.rounds})"
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="engine threads per replica (default 1)"
-    )
-    p.add_argument(
-        "--concurrency", type=int, default=None, help=f"connections (default {d.concurrency})"
-    )
+    p.add_argument("--rounds", type=int, default=None, help=f"rounds per replica count (default {d.rounds})")
+    p.add_argument("--threads", type=int, default=None, help="engine threads per replica (default 1)")
+    p.add_argument("--concurrency", type=int, default=None, help=f"connections (default {d.concurrency})")
     p.add_argument("-n", "--n", type=int, default=None, help=f"samples per request (default {d.n})")
-    p.add_argument(
-        "--requests", type=int, default=None, help=f"requests per round (default {d.requests})"
-    )
-    p.add_argument(
-        "--format", choices=("json", "npy"), default=None, help="response format (default json)"
-    )
+    p.add_argument("--requests", type=int, default=None, help=f"requests per round (default {d.requests})")
+    p.add_argument("--format", choices=("json", "npy"), default=None, help="response format (default json)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain anystep serve row")
     p.add_argument("--no-bare", action="store_true", help="skip the parallel bare-engine ceiling")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--out", type=Path, default=None, help="results folder (default benchmarks/results)"
-    )
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     return p
 
 

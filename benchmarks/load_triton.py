@@ -78,7 +78,13 @@ from anystep.benchmarks.triton_peer import (
 
 MODULE = "anystep.benchmarks.load_triton"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVERS = ("anystep", "triton")
+
+
+def servers_of(settings: TritonSettings) -> list[str]:
+    """The rows of a cell: ``anystep`` (answers in ``settings.format``), ``triton``, and
+    ``anystep-json`` (the same server answering JSON) when the primary format is binary and
+    ``settings.json_row`` is set."""
+    return ["anystep", "triton"] + (["anystep-json"] if settings.json_row and settings.format != "json" else [])
 
 
 @dataclass
@@ -98,6 +104,8 @@ class TritonSettings:
         threads: ONNX Runtime intra-op threads of both servers.
         max_batch: anystep's ``--max-batch`` and Triton's ``max_batch_size``.
         max_queue_delay_us: Triton's dynamic-batcher delay.
+        format: anystep's answer format (``npy``: binary, like Triton's tensors; or ``json``).
+        json_row: also time anystep answering JSON (a third row per cell; goals use ``format``).
         seed: seed of the request mix.
         quick: smoke run.
     """
@@ -114,6 +122,8 @@ class TritonSettings:
     threads: int = 1
     max_batch: int = 256
     max_queue_delay_us: int = 100
+    format: str = "npy"
+    json_row: bool = True
     seed: int = 0
     quick: bool = False
 
@@ -135,6 +145,7 @@ class TritonSettings:
         need(0 < self.time_limit_s <= 600, f"--time-limit must lie in (0, 600] s, got {self.time_limit_s}")
         need(self.threads >= 1 and 1 <= self.max_batch <= 4096, "--threads >= 1 and --max-batch in 1..4096")
         need(0 <= self.max_queue_delay_us <= 1_000_000, "--max-queue-delay-us must lie in 0..1,000,000")
+        need(self.format in ("json", "npy"), f"--format must be npy or json, got {self.format!r}")
 
 
 QUICK: dict[str, Any] = {"requests": {1: 30, 64: 192}, "rounds": 1, "time_limit_s": 10.0, "warmup_requests": 1,
@@ -181,18 +192,20 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
     """All rounds of one (n, concurrency) cell, servers alternating; pooled per server."""
     model = settings.model
     lim = settings.time_limit_s
+    servers = servers_of(settings)
     warm = make_requests(max(1, settings.warmup_requests * c), settings.steps_mix, settings.seed + 999)
-    await run_phase(ports["anystep"], model, warm, concurrency=c, n=n, time_limit_s=lim)
+    await run_phase(ports["anystep"], model, warm, concurrency=c, n=n, time_limit_s=lim, fmt_=settings.format)
     await triton_phase(ports["triton"], tc, warm, concurrency=c, n=n, time_limit_s=lim)
-    phases: dict[str, list[PhaseResult]] = {s: [] for s in SERVERS}
-    per_round: dict[str, list[float | None]] = {s: [] for s in SERVERS}
-    batches: dict[str, list[float]] = {s: [] for s in SERVERS}
+    phases: dict[str, list[PhaseResult]] = {s: [] for s in servers}
+    per_round: dict[str, list[float | None]] = {s: [] for s in servers}
+    batches: dict[str, list[float]] = {s: [] for s in servers}
     for rnd in range(settings.rounds):
         reqs = make_requests(settings.requests[c], settings.steps_mix, settings.seed + 100 * rnd + c)
-        for server in (SERVERS if rnd % 2 == 0 else SERVERS[::-1]):
-            if server == "anystep":
+        for server in (servers if rnd % 2 == 0 else servers[::-1]):
+            if server.startswith("anystep"):
+                fmt_ = "json" if server == "anystep-json" else settings.format
                 before = await scrape(ports["anystep"])
-                ph = await run_phase(ports["anystep"], model, reqs, concurrency=c, n=n, time_limit_s=lim)
+                ph = await run_phase(ports["anystep"], model, reqs, concurrency=c, n=n, time_limit_s=lim, fmt_=fmt_)
                 h = histogram_delta(before, await scrape(ports["anystep"]), "anystep_engine_batch_size", model=model)
                 rows, calls = h["sum"], h["count"]
             else:
@@ -209,7 +222,7 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
                 f"{s.get('p50_ms', float('nan')):.2f} ms, {s['samples_per_s'] or 0:.0f} samples/s, "
                 f"rows per engine call {rows / calls if calls else float('nan'):.1f}")
     out: dict[str, Any] = {"n": n, "concurrency": c}
-    for server in SERVERS:
+    for server in servers:
         s = summarize_phase(_merge(phases[server]), n)
         s["samples_per_s_each"] = per_round[server]
         s["samples_per_s_median"] = float(np.median([v for v in per_round[server] if v is not None] or [np.nan]))
@@ -338,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, help=f"largest engine batch of both (default {d.max_batch})")
     p.add_argument("--max-queue-delay-us", type=int, default=None,
                    help=f"Triton's dynamic-batcher delay (default {d.max_queue_delay_us})")
+    p.add_argument("--format", default=None, choices=("npy", "json"),
+                   help="anystep's answer format (default npy: binary, like Triton's tensors)")
+    p.add_argument("--no-json-row", action="store_true", help="do not also time anystep answering JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the request mix")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -350,13 +366,16 @@ def settings_from_args(args: argparse.Namespace) -> TritonSettings:
     kw: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name, key in (("model", "model"), ("concurrency", "concurrency"), ("n", "n_values"),
                       ("steps_mix", "steps_mix"), ("rounds", "rounds"), ("time_limit", "time_limit_s"),
-                      ("threads", "threads"), ("max_batch", "max_batch"), ("max_queue_delay_us", "max_queue_delay_us")):
+                      ("threads", "threads"), ("max_batch", "max_batch"), ("max_queue_delay_us", "max_queue_delay_us"),
+                      ("format", "format")):
         if getattr(args, name) is not None:
             kw[key] = getattr(args, name)
     conc = kw.get("concurrency", TritonSettings().concurrency)
     base = kw.get("requests", TritonSettings().requests)
     kw["requests"] = {c: int(args.requests) if args.requests is not None else int(base.get(c, max(base.values())))
                       for c in conc}
+    if args.no_json_row:
+        kw["json_row"] = False
     if args.models_dir is not None:
         kw["models_dir"] = args.models_dir
     elif os.environ.get("ANYSTEP_MODELS_DIR"):

@@ -8,8 +8,16 @@ from anystep.benchmarks.common import NOTES_BEGIN, NOTES_END, fmt, markdown_tabl
 
 __all__ = ["render_markdown"]
 
-LABELS = {"anystep": "anystep serve (ONNX Runtime, step-level batching)",
-          "triton": "Triton (pytriton, dynamic batching; client loops over the steps)"}
+
+
+def _labels(fmt_: str) -> dict[str, str]:
+    return {"anystep": f"anystep serve ({fmt_} answers, step-level batching)",
+            "anystep-json": "anystep serve (json answers, step-level batching)",
+            "triton": "Triton (pytriton, dynamic batching; client loops over the steps)"}
+
+
+def _servers(cell: dict[str, Any]) -> list[str]:
+    return [k for k in ("anystep", "anystep-json", "triton") if k in cell]
 
 
 def _goal_line(g: dict[str, Any]) -> str:
@@ -27,6 +35,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
     """The report: settings, goals with both absolute figures, one table row per (n, c, server)."""
     s = data["settings"]
     v = data["versions"]
+    labels = _labels(s.get("format", "json"))
     lines = [
         "# anystep against Triton Inference Server (the same exported map, the same closed loop)",
         "",
@@ -43,7 +52,10 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
         (f"- Requests: n in {list(s['n_values'])} samples, steps drawn uniformly from {list(s['steps_mix'])} (the "
          f"same list for both servers), closed loop at concurrency {list(s['concurrency'])}, at most "
          f"{s['requests']} requests and {s['time_limit_s']:g} s per phase, {s['rounds']} round(s) with the "
-         "servers alternating (pooled below). anystep: one `POST /generate` (JSON answer) per request. Triton: "
+         "servers alternating (pooled below). anystep: one `POST /generate` per request, answered as "
+         f"{s.get('format', 'json')} (`format`; npy is binary like Triton's tensors"
+         + ("; the same server answering JSON is a third row" if s.get("json_row") and s.get("format") != "json"
+            else "") + "). Triton: "
          "the client draws the request's base samples (the server's seeded noise) and sends K `infer` calls "
          "(KServe v2, binary tensors, built and parsed by tritonclient) on the same keep-alive client."),
         ("- Same map: one request of 4 samples per step count answered by both, max |anystep - Triton| per K: "
@@ -60,9 +72,9 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                "`nv_inference_count / nv_inference_exec_count` (its model executions)."), ""]
     body = []
     for cell in data["cells"]:
-        for server in ("anystep", "triton"):
+        for server in _servers(cell):
             p = cell[server]
-            body.append([cell["n"], cell["concurrency"], LABELS[server], f"{p['ok']}/{p['sent']}", p.get("p50_ms"),
+            body.append([cell["n"], cell["concurrency"], labels[server], f"{p['ok']}/{p['sent']}", p.get("p50_ms"),
                          p.get("p95_ms"), p.get("p99_ms"), p.get("samples_per_s"), p.get("requests_per_s"),
                          p.get("rows_per_engine_call"), p["error_count"],
                          ", ".join(fmt(x) for x in p.get("samples_per_s_each") or [])])
@@ -81,7 +93,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 for k in ks])
         lines += [markdown_table(["n", "concurrency"] + [f"steps={k}" for k in ks], rows), ""]
     errs = {f"n={c['n']}, c={c['concurrency']}, {srv}": c[srv]["errors"] for c in data["cells"]
-            for srv in ("anystep", "triton") if c[srv]["errors"]}
+            for srv in _servers(c) if c[srv]["errors"]}
     if errs:
         lines += [f"Errors: {errs}", ""]
     lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]

@@ -266,13 +266,13 @@ def test_triton_quick_run_end_to_end(tiny_models, tmp_path):
     assert all(d < 1e-4 for d in data["parity_max_abs_diff"].values())  # the same map on both servers
     assert [(c["n"], c["concurrency"]) for c in data["cells"]] == [(1, 1), (1, 8)]
     for c in data["cells"]:
-        for srv in ("anystep", "triton"):
+        for srv in ("anystep", "anystep-json", "triton"):  # npy answers, json answers, Triton
             p = c[srv]
             assert p["ok"] == p["sent"] == 16 and p["error_count"] == 0 and p["p50_ms"] > 0
             assert p["rows_per_engine_call"] >= 1
     assert [g["metric"] for g in data["goals"]] == ["p50_ms"]  # no cell at concurrency 64
     md = (out / "load_triton.md").read_text()
-    assert "Triton" in md and "## Goals (issue 16)" in md
+    assert "Triton" in md and "## Goals (issue 16)" in md and "anystep serve (json answers" in md
 
 
 def test_phase_result_is_the_shared_record():
