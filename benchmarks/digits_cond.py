@@ -15,10 +15,12 @@ real train split, Teacher-FD against the guided teacher's dopri5 samples at the 
 and class coverage. Goal (issue 15): at one step, accuracy >= 97% at a ``w`` where digits-FD
 <= 1.5x the guided teacher's dopri5 digits-FD, with >= 50x fewer network evaluations.
 
-Restoration. The image-to-image map (base: noisy digits ``x0 = x1 + 0.6 z``) restores the
-360 held-out test digits at ``K = 1, 2, 4`` steps: PSNR against the clean digit and
+Restoration (:mod:`anystep.benchmarks.digits_restore`, which also runs alone). The
+image-to-image map (base: noisy digits ``x0 = x1 + 0.6 z``) restores the 360 held-out test
+digits under 5 noise draws at ``K = 1, 2, 4`` steps: PSNR against the clean digit and
 classifier accuracy of clean / degraded / restored digits (goal: restored within 5 points
-of clean), and the inverse ``X_{1,0}`` (clean -> degraded, ``/encode``).
+of clean), the empirical-prior posterior references, and the inverse ``X_{1,0}`` (clean ->
+degraded, ``/encode``).
 
 Usage::
 
@@ -29,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,14 +47,13 @@ from anystep.benchmarks.digits import write_grid
 from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric
 from anystep.errors import AnystepError
 
-__all__ = ["CondRow", "RestoreRow", "evaluate_conditional", "evaluate_restoration", "main", "render_markdown"]
+__all__ = ["CondRow", "evaluate_conditional", "main", "render_markdown"]
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 MODELS_DIR = REPO_ROOT / "models"
 GOAL_ACCURACY = 0.97
 GOAL_FD_RATIO = 1.5
 GOAL_NFE_RATIO = 50.0
-RESTORE_GOAL_POINTS = 5.0
 
 
 class BenchError(AnystepError):
@@ -92,25 +92,6 @@ class CondRow:
 
 
 @dataclass
-class RestoreRow:
-    """Restoration scores of one sampler.
-
-    Attributes:
-        what: ``"clean"``, ``"degraded"`` or ``"restored"``.
-        steps: K for restored rows.
-        psnr: PSNR (dB) against the clean digits, images in [0, 1].
-        accuracy: classifier accuracy against the true labels.
-        seconds: wall time.
-    """
-
-    what: str
-    steps: int | None
-    psnr: float | None
-    accuracy: float
-    seconds: float = 0.0
-
-
-@dataclass
 class BenchConfig:
     """Options of one run (see ``--help``)."""
 
@@ -120,6 +101,7 @@ class BenchConfig:
     guidance: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
     steps: tuple[int, ...] = (1, 2, 4, 8)
     restore_steps: tuple[int, ...] = (1, 2, 4)
+    restore_draws: int = 5
     per_class: int = 100
     seed: int = 0
     rtol: float = 1e-4
@@ -209,51 +191,6 @@ def evaluate_conditional(
     return rows, samples
 
 
-def _psnr(a: Tensor, b: Tensor) -> float:
-    """PSNR (dB) of images in model units [-1, 1], measured on [0, 1] after clipping."""
-    a01, b01 = (a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2
-    mse = float(((a01 - b01) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def evaluate_restoration(
-    restore_map: torch.nn.Module, metric: DigitsMetric, cfg: BenchConfig, noise: float
-) -> tuple[list[RestoreRow], dict[str, Any], dict[str, Tensor]]:
-    """Restore the held-out test digits at each K; also encode clean -> degraded with X_{1,0}.
-
-    Returns:
-        (rows, encode stats, samples) with samples ``clean``, ``degraded``, ``K=<K>``, ``encoded``.
-    """
-    from anystep.core.data import get_dataset
-    from anystep.core.samplers import sample_flowmap
-
-    ds = get_dataset("digits-noisy:test", noise=noise)
-    clean, y = ds.tensor, ds.labels
-    degraded = ds.degrade(clean, torch.Generator().manual_seed(cfg.seed + 1))
-
-    def acc(x: Tensor) -> float:
-        return float((metric.logits(x).argmax(1) == y).double().mean())
-
-    rows = [RestoreRow("clean", None, None, acc(clean)), RestoreRow("degraded", None, _psnr(degraded, clean), acc(degraded))]
-    samples = {"clean": clean, "degraded": degraded}
-    for k in cfg.restore_steps:
-        t0 = time.perf_counter()
-        res = sample_flowmap(restore_map, degraded, steps=k)
-        sec = time.perf_counter() - t0
-        samples[f"K={k}"] = res.x
-        rows.append(RestoreRow("restored", k, _psnr(res.x, clean), acc(res.x), sec))
-    enc = sample_flowmap(restore_map, clean, steps=1, reverse=True).x
-    samples["encoded"] = enc
-    back = sample_flowmap(restore_map, enc, steps=1).x
-    stats = {
-        "encoded_minus_clean_std": float((enc - clean).std()),
-        "training_noise_std": noise,
-        "encoded_accuracy": acc(enc),
-        "round_trip_psnr": _psnr(back, clean),
-    }
-    return rows, stats, samples
-
-
 def _goal(rows: list[CondRow]) -> list[dict[str, Any]]:
     out = []
     for w in sorted({r.guidance for r in rows}):
@@ -298,23 +235,20 @@ def render_markdown(data: dict[str, Any]) -> str:
                g["fd_ratio"], round(g["teacher_nfe"], 1), round(g["nfe_ratio"], 1), "yes" if g["met"] else "no"]
               for g in data["goal"]]
     lines += [markdown_table(g_head, g_body), ""]
+    met = [g for g in data["goal"] if g["met"]]
+    if met:
+        g = met[0]
+        ws = ", ".join(f"{m['guidance']:g}" for m in met)
+        lines += [(f"Goal met at w = {ws}. At the smallest, w = {g['guidance']:g}: "
+                   f"one-step accuracy {g['accuracy_1step']:.1%} (guided teacher {g['teacher_accuracy']:.1%}), digits-FD "
+                   f"{g['fd_1step']:.3g} vs the guided teacher's dopri5 {g['teacher_fd']:.3g} = {g['fd_ratio']:.2f}x "
+                   f"(<= {GOAL_FD_RATIO}), NFE 1 vs {g['teacher_nfe']:.0f} ({g['nfe_ratio']:.0f}x fewer)."), ""]
+    else:
+        lines += ["Goal not met at any w of this run.", ""]
     if data.get("restoration"):
-        lines += ["## Restoration (noisy digits -> clean, 360 held-out test digits)", ""]
-        r_head = ["input", "steps", "PSNR (dB)", "classifier accuracy", "time (s)"]
-        r_body = [[r["what"], r["steps"] if r["steps"] is not None else "–", r["psnr"], r["accuracy"],
-                   round(r["seconds"], 3)] for r in data["restoration"]["rows"]]
-        lines += [markdown_table(r_head, r_body), ""]
-        st = data["restoration"]["encode"]
-        clean = data["restoration"]["rows"][0]["accuracy"]
-        one = next((r for r in data["restoration"]["rows"] if r["steps"] == 1), None)
-        if one is not None:
-            gap = 100 * (clean - one["accuracy"])
-            lines += [(f"Goal (restored at one step within {RESTORE_GOAL_POINTS:.0f} points of clean): "
-                      f"{gap:.1f} points below clean -> {'met' if gap <= RESTORE_GOAL_POINTS else 'not met'}."), ""]
-        lines += [(f"Inverse X_1,0 (clean -> degraded, `/encode`): std of (encoded - clean) "
-                  f"{st['encoded_minus_clean_std']:.3f} (training noise {st['training_noise_std']}), classifier "
-                  f"accuracy on encoded {st['encoded_accuracy']:.3f}, round trip X_0,1(X_1,0(x)) PSNR "
-                  f"{st['round_trip_psnr']:.1f} dB."), ""]
+        from anystep.benchmarks.digits_restore import render_restoration
+
+        lines += render_restoration(data["restoration"])
     lines += ["Grids: " + ", ".join(data["grids"]), ""]
     return "\n".join(lines)
 
@@ -406,7 +340,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
     cfg = BenchConfig(cond_map=a.cond_map, teacher=a.teacher, restore_map=a.restore_map or None, guidance=guidance,
                       steps=steps, per_class=a.per_class, seed=a.seed, rtol=a.rtol, out=a.out, cache=a.cache)
     if a.quick:
-        cfg.per_class, cfg.guidance, cfg.steps, cfg.restore_steps = 10, (1.0, 2.0), (1, 2), (1,)
+        cfg.per_class, cfg.guidance, cfg.steps, cfg.restore_steps, cfg.restore_draws = 10, (1.0, 2.0), (1, 2), (1,), 1
         cfg.rtol = 1e-3
     return cfg, (Path(a.bundle) if a.bundle else None)
 
@@ -467,10 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         "grids": grids,
     }
     if restore is not None:
-        noise = float(restore.config.provenance.get("train_config", {}).get("dataset_kwargs", {}).get("noise", 0.6))
-        r_rows, stats, r_samples = evaluate_restoration(restore.model, metric, cfg, noise)
-        data["restoration"] = {"rows": [asdict(r) for r in r_rows], "encode": stats}
-        write_grid(out / "digits_restore.png", [(k, v) for k, v in r_samples.items()], per_row=16)
+        from anystep.benchmarks.digits_restore import DEFAULT_NOISE
+
+        noise = DEFAULT_NOISE  # the base digits-noisy of the map is built with its default noise
+        from anystep.benchmarks.digits_restore import run as run_restoration
+
+        section, r_samples = run_restoration({"digits-restore": cfg.restore_map}, metric, noise, cfg.seed,
+                                             cfg.restore_draws, cfg.restore_steps)
+        data["restoration"] = section
+        write_grid(out / "digits_restore.png", [(k, v[:16]) for k, v in r_samples.items()], per_row=16)
         grids.append("digits_restore.png")
     paths = write_results(out, "digits_cond", data, render_markdown(data))
     print(f"wrote {paths.markdown} and {paths.json}", file=sys.stderr)
