@@ -41,7 +41,9 @@ def _check_out(out: str) -> str:
 @click.command(context_settings={"max_content_width": 100})
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--steps", "-k", type=click.IntRange(min=1), default=None,
-              help="Flow maps: number of steps K on a uniform grid (default 1). Fixed-step solvers: number of steps (default 100).")
+              help="Flow maps: number of steps K on a uniform grid (default 1; a map trained for some K only, e.g. "
+                   "shortcut/consistency/PD, accepts only those: its config.json supported_steps). "
+                   "Fixed-step solvers: number of steps (default 100).")
 @click.option("--grid", default=None, help="Flow maps: custom times t0,...,tK from 0 to 1, e.g. 0,0.6,1.")
 @click.option("--reverse", is_flag=True, help="Encode: run X_{1,0} (data -> base); needs --x0 with data.")
 @click.option("--x0", "x0_path", type=click.Path(dir_okay=False, exists=True), default=None,
