@@ -162,7 +162,32 @@ def measure(port: int, settings: NfeSettings, log: Callable[[str], None]) -> dic
     return out
 
 
-def evaluate_goals(cases: dict[str, Any], settings: NfeSettings) -> list[dict[str, Any]]:
+def bare_per_eval(dirs: dict[str, Path], settings: NfeSettings, cache_dir: Path) -> dict[str, Any]:
+    """One network evaluation of each model on ``n`` rows through the server's engine, in this process.
+
+    The flow map's ``step(x, s, t)`` and the teacher's ``velocity(x, t)`` timed interleaved
+    (:func:`~anystep.benchmarks.timing.interleaved_timing`): whether the two networks cost
+    the same per evaluation, which the NFE-ratio limit assumes.
+    """
+    from anystep.benchmarks.load_probe import build_bare_engine
+
+    fm = build_bare_engine(dirs[settings.model], settings, cache_dir)
+    te = build_bare_engine(dirs[f"{settings.model}-teacher"], settings, cache_dir, kinds=("velocity",))
+    rng = np.random.default_rng(settings.seed)
+    x = rng.standard_normal((settings.n, *fm.data_shape)).astype(np.float32)
+    s = np.zeros(settings.n, np.float32)
+    t = np.full(settings.n, 0.5, np.float32)
+    res = interleaved_timing({"flowmap step": lambda: fm.step(x, s, t), "teacher velocity": lambda: te.velocity(x, t)},
+                             rounds=max(3, settings.rounds), warmup=3, block_s=0.1, seed=settings.seed)
+    out = {k: summarize(v) for k, v in res.seconds.items()}
+    fm.close()
+    te.close()
+    return {"flowmap_ms": out["flowmap step"].median_ms, "teacher_ms": out["teacher velocity"].median_ms,
+            "flowmap": out["flowmap step"], "teacher": out["teacher velocity"]}
+
+
+def evaluate_goals(cases: dict[str, Any], settings: NfeSettings,
+                   bare: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per K: NFE-ratio limit ``NFE_dopri5 / K``, measured ``p50 dopri5 / p50 flow map``, their fraction."""
     ref = cases["dopri5"]
     goals = []
@@ -181,6 +206,10 @@ def evaluate_goals(cases: dict[str, Any], settings: NfeSettings) -> list[dict[st
         if ce and cf:  # what the engine calls alone allow: the serving overhead's share apart from network cost
             goals[-1]["engine_time_ratio"] = ce / cf
             goals[-1]["fraction_of_engine_time_ratio"] = measured / (ce / cf)
+        if bare:  # the limit corrected for the networks' per-evaluation costs (bare engine, in-process)
+            cost = bare["teacher_ms"] / bare["flowmap_ms"]
+            goals[-1]["bare_cost_ratio"] = cost
+            goals[-1]["fraction_of_cost_adjusted_limit"] = measured / (limit * cost)
     return goals
 
 
@@ -201,6 +230,9 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
             "--max-compute", str(max(65536, settings.n * 1024)), "--log-level", "warning",
             "--cache-dir", str(work_dir / "serve-cache"), "--request-timeout", "600"]
     log(f"[start] anystep serve --engine {settings.engine}: {', '.join(dirs)}")
+    log("[bare] one evaluation of each network in this process (server engine, same threads)")
+    bare = bare_per_eval(dirs, settings, work_dir / "serve-cache")
+    log(f"[bare] flow map step {bare['flowmap_ms']:.2f} ms, teacher velocity {bare['teacher_ms']:.2f} ms")
     with ServerProcess(models=dirs, args=args, log_path=work_dir / "serve-nfe.log", ready_timeout=600.0) as srv:
         cases = measure(srv.port, settings, log)
         import httpx
@@ -213,7 +245,7 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
         "load_average_start": load_start, "load_average": load_average(),
         "versions": versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn")),
         "settings": {**asdict(settings), "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
-        "engines": engines, "cases": cases, "goals": evaluate_goals(cases, settings),
+        "engines": engines, "bare": bare, "cases": cases, "goals": evaluate_goals(cases, settings, bare),
     }
     if write:
         md = out_dir / "load_nfe.md"
@@ -247,7 +279,11 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                      f"{g['fraction']:.0%}" + (
                          f" (the engine calls alone, server-reported: {fmt(g['engine_time_ratio'])}x, of which the "
                          f"served ratio keeps {g['fraction_of_engine_time_ratio']:.0%})"
-                         if g.get("engine_time_ratio") else ""))
+                         if g.get("engine_time_ratio") else "") + (
+                         f"; per evaluation the teacher costs {fmt(g['bare_cost_ratio'])}x the flow map (bare "
+                         f"engines), so the cost-adjusted limit is {fmt(g['nfe_ratio_limit'] * g['bare_cost_ratio'])}x"
+                         f", of which the served ratio keeps {g['fraction_of_cost_adjusted_limit']:.0%}"
+                         if g.get("bare_cost_ratio") else ""))
     rows = [[k, c["latency"].n, c["latency"].median_ms, c["latency"].p95_ms, c["nfe_median"],
              f"{c['nfe_range'][0]}-{c['nfe_range'][1]}", c["server_compute_ms_p50"], c["server_compute_ms_per_nfe"],
              (c["latency"].median_ms - (c["server_compute_ms_p50"] or 0.0))]
@@ -257,6 +293,11 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                               "engine ms (server, p50)", "engine ms per NFE", "p50 - engine ms"], rows), "",
               ("*engine ms per NFE*: the server-reported compute time over the NFE; the limit assumes the flow map "
                "and the teacher cost the same per evaluation, which this column checks."), ""]
+    b = data.get("bare")
+    if b:
+        lines += [(f"Bare engines in the benchmark process (the server's engine type and threads, n={s['n']} rows, "
+                   f"interleaved): flow map step p50 {fmt(b['flowmap_ms'])} ms, teacher velocity p50 "
+                   f"{fmt(b['teacher_ms'])} ms per evaluation."), ""]
     lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
     return "\n".join(lines)
 

@@ -24,21 +24,24 @@ from anystep.benchmarks.timing import calls_per_second, interleaved_timing, perc
 __all__ = ["bare_engine_parallel", "build_bare_engine", "latency_probe", "raw_throughput"]
 
 
-def build_bare_engine(model_dir: Path, settings: Any, cache_dir: Path) -> Any:
+def build_bare_engine(model_dir: Path, settings: Any, cache_dir: Path,
+                      kinds: Sequence[str] = ("flowmap",)) -> Any:
     """The engine the server builds for ``model_dir`` (same type, threads), in this process.
 
     Args:
-        model_dir: a flow-map model directory.
-        settings: a :class:`~anystep.benchmarks.load.LoadSettings` (``engine``, ``threads``, ``max_batch``).
+        model_dir: a model directory.
+        settings: ``engine``, ``threads`` and (optional, default 256) ``max_batch``, e.g. a
+            :class:`~anystep.benchmarks.load.LoadSettings`.
         cache_dir: where the ONNX engine's export is cached.
+        kinds: model kinds accepted (the load benchmark serves flow maps).
     """
     from anystep.core.modeldir import read_config
     from anystep.server.engines import EngineOptions, build_engine
 
     cfg = read_config(model_dir)
-    if cfg.kind != "flowmap":
-        raise LoadBenchError(f"{model_dir} holds a {cfg.kind} model; the load benchmark serves flow maps")
-    opts = EngineOptions(threads=settings.threads, cache_dir=cache_dir, max_batch=settings.max_batch,
+    if cfg.kind not in kinds:
+        raise LoadBenchError(f"{model_dir} holds a {cfg.kind} model; this benchmark takes {' or '.join(kinds)}")
+    opts = EngineOptions(threads=settings.threads, cache_dir=cache_dir, max_batch=getattr(settings, "max_batch", 256),
                          onnx_providers=["CPUExecutionProvider"])
     return build_engine(settings.engine, model_dir.name, model_dir, cfg, opts)
 

@@ -204,6 +204,9 @@ def test_nfe_goal_is_the_latency_ratio_over_the_nfe_ratio():
     assert g1["fraction"] == pytest.approx(100 / 120) and not g1["met"]
     assert g4["nfe_ratio_limit"] == 30.0 and g4["fraction"] == pytest.approx((1000 / 36) / 30) and g4["met"]
     assert g1["engine_time_ratio"] == pytest.approx(120.0)
+    # a teacher twice as cheap per evaluation halves the limit the served ratio is held to
+    (b1,) = NF.evaluate_goals(cases, NF.NfeSettings(steps=(1,)), {"flowmap_ms": 8.0, "teacher_ms": 4.0})
+    assert b1["bare_cost_ratio"] == 0.5 and b1["fraction_of_cost_adjusted_limit"] == pytest.approx(100 / 60)
     data = {"settings": {**s.__dict__, "models_dir": "models"}, "command": "python -m y", "machine_description": "M",
             "load_average_start": None, "load_average": None, "versions": {}, "started_at": "t", "duration_s": 2.0,
             "engines": {}, "cases": cases, "goals": [g1, g4]}
@@ -246,6 +249,8 @@ def test_nfe_quick_run_end_to_end(tiny_models, tmp_path):
     for g in data["goals"]:
         assert g["nfe_ratio_limit"] == pytest.approx(cases["dopri5"]["nfe_median"] / g["steps"])
         assert math.isfinite(g["fraction"]) and g["fraction"] > 0
+    assert data["bare"]["flowmap_ms"] > 0 and data["bare"]["teacher_ms"] > 0
+    assert all(g["bare_cost_ratio"] > 0 for g in data["goals"])
     assert "NFE-ratio limit" in (out / "load_nfe.md").read_text()
 
 
