@@ -36,7 +36,7 @@ from .engines import EngineOptions
 from .hot import INTERNAL, AnystepApp, error_response
 from .metrics import ServerMetrics
 from .registry import Limits, ModelSpec, ServedModel, load_models
-from .scheduler import StepScheduler
+from .scheduler import Foreground, StepScheduler
 from .schemas import (
     ApiError,
     EncodeRequest,
@@ -105,6 +105,7 @@ class AppState:
     draining: bool = False
     warm_task: asyncio.Task | None = None
     warm_error: str | None = None
+    foreground: Foreground = field(default_factory=Foreground)
 
     def check_ready(self, m: ServedModel) -> None:
         """503 with ``Retry-After`` while shutting down or while ``m`` warms up."""
@@ -167,6 +168,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 pad=config.pad_batches,
                 executor=config.executor,
                 draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
+                foreground=state.foreground,
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()

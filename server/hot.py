@@ -67,7 +67,7 @@ class FrontDoor:
         self.state = state
         key = state.config.api_key
         self._key = key.encode() if key else None
-        self._hot = {("POST", "/generate"): routes.generate, ("POST", "/encode"): routes.encode}
+        self._hot = {("POST", "/generate"): routes.generate, ("POST", "/encode"): routes.encode}  # HOT_ROUTES
 
     def _authorized(self, scope: dict, path: str) -> bool:
         if self._key is None or path in EXEMPT_FROM_AUTH or path.startswith(EXEMPT_PREFIXES):
@@ -121,7 +121,12 @@ class FrontDoor:
         handler = self._hot.get((scope.get("method"), path))
         try:
             if handler is not None:
-                await self._answer(handler, scope, receive, send_wrapper)
+                fg = self.state.foreground  # adaptive solves yield while sampling requests are in flight
+                fg.enter()
+                try:
+                    await self._answer(handler, scope, receive, send_wrapper)
+                finally:
+                    fg.leave()
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
@@ -129,12 +134,28 @@ class FrontDoor:
             metrics.observe_request(route, model, steps, status[0], time.perf_counter() - t0)
 
 
+HOT_ROUTES = frozenset({("POST", "/generate"), ("POST", "/encode")})
+
+
 class AnystepApp(FastAPI):
     """FastAPI whose middleware stack is ``user middleware -> FrontDoor -> FastAPI's own stack``.
 
-    The front door needs the app's state: :func:`~.app.create_app` sets ``app.state.anystep``
-    before the first request builds the stack.
+    The sampling routes enter the stack directly: FastAPI's ``__call__`` asks its native
+    telemetry whether OpenTelemetry is configured on every request (provider and environment
+    lookups); they skip that, every other route keeps it. The front door needs the app's
+    state: :func:`~.app.create_app` sets ``app.state.anystep`` before the first request.
     """
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (scope.get("method"), scope.get("path")) in HOT_ROUTES:
+            if self.root_path:
+                scope["root_path"] = self.root_path
+            scope["app"] = self
+            if self.middleware_stack is None:
+                self.middleware_stack = self.build_middleware_stack()
+            await self.middleware_stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
     def build_middleware_stack(self) -> Any:
         user, self.user_middleware = self.user_middleware, []

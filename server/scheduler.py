@@ -17,7 +17,6 @@ samples have (its result must be finite) or fails as soon as one sample fails.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -30,10 +29,12 @@ import numpy as np
 
 from .engines import Engine
 from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError
+from .pacing import ADAPTIVE_MAX_DEFER_S, CostModel, Foreground
 from .planner import TickPlan, apply_outputs, bucket_sizes, draw_bases, plan_tick
 
 __all__ = [
     "CostModel",
+    "Foreground",
     "Job",
     "JobResult",
     "NonFiniteError",
@@ -58,64 +59,6 @@ class QueueFullError(SchedulerError):
 
 class SchedulerClosedError(SchedulerError):
     """The scheduler is shutting down and takes no new work."""
-
-
-class CostModel:
-    """Online estimate of one engine call's wall time, ``cost(B) ~ a + b B`` seconds.
-
-    Seeded by warm-up timings and refit on the most recent engine calls.
-
-    Args:
-        window: number of recent observations kept.
-    """
-
-    def __init__(self, window: int = 256) -> None:
-        self._obs: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
-        self._warm: list[tuple[int, float]] = []
-        self._count = 0
-        self.refit_every = 256  # a refit is ~1 ms of numpy: keep it rare on the tick path
-        self.a = 1e-3
-        self.b = 1e-5
-
-    def seed(self, points: Sequence[tuple[int, float]]) -> None:
-        """Set the warm-up points (kept besides the rolling window)."""
-        self._warm = [(int(b), float(s)) for b, s in points]
-        self._fit()
-
-    def observe(self, batch: int, seconds: float) -> None:
-        """Record one engine call (the line is refit every ``refit_every`` calls)."""
-        self._obs.append((int(batch), float(seconds)))
-        self._count += 1
-        if self._count % self.refit_every == 0:  # not len(deque): once full, that is a refit every tick
-            self._fit()
-
-    def _fit(self) -> None:
-        pts = self._warm + list(self._obs)
-        if not pts:
-            return
-        # robust to CPU contention: median time per power-of-two batch bucket, then a line fit
-        buckets: dict[int, list[tuple[int, float]]] = {}
-        for b, sec in pts:
-            buckets.setdefault(int(math.log2(max(1, b))), []).append((b, sec))
-        B = np.array([np.median([p[0] for p in v]) for v in buckets.values()], dtype=np.float64)
-        T = np.array([np.median([p[1] for p in v]) for v in buckets.values()], dtype=np.float64)
-        if B.size == 1:
-            a, b = 0.5 * T[0], 0.5 * T[0] / max(B[0], 1.0)
-        else:
-            b, a = np.polyfit(B, T, 1)
-            if b <= 0:  # flat (overhead-bound) or noisy: all cost in the intercept
-                a, b = float(np.median(T)), 0.0
-        self.a = float(max(a, 1e-6))
-        self.b = float(max(b, 1e-9))
-
-    def call_seconds(self, batch: int) -> float:
-        """Estimated seconds of one engine call on ``batch`` rows."""
-        return self.a + self.b * max(1, int(batch))
-
-    def request_seconds(self, n: int, nfe: int, max_batch: int) -> float:
-        """Estimated compute seconds of a job of ``n`` samples with ``nfe`` evaluations each."""
-        chunks = math.ceil(n / max(1, max_batch))
-        return nfe * chunks * self.call_seconds(min(n, max_batch))
 
 
 @dataclass
@@ -156,6 +99,8 @@ class StepScheduler:
         draw_base: ``[m] int64 seeds -> [m, *shape]`` start states of the model's base; jobs
             submitted with a :class:`~.jobs.SeededBase` are drawn with it, all jobs starting
             in a tick in one call (:func:`.planner.draw_bases`).
+        foreground: the app's :class:`Foreground`: on the tick thread, ticks of adaptive jobs
+            only wait while fixed-step requests are in flight (None: never).
     """
 
     def __init__(
@@ -170,6 +115,7 @@ class StepScheduler:
         executor: str = "thread",
         inline_below_s: float = 2e-3,
         draw_base: Callable[[np.ndarray], np.ndarray] | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         if executor not in ("thread", "loop", "auto"):
             raise SchedulerError(f"executor must be thread, loop or auto, got {executor!r}")
@@ -198,6 +144,7 @@ class StepScheduler:
         self.mode = "loop" if executor == "loop" else "thread"
         self.inline_below_s = float(inline_below_s)
         self.draw_base = draw_base
+        self.foreground = foreground
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
 
@@ -331,6 +278,8 @@ class StepScheduler:
             job.submitted_at = time.perf_counter()
             self._jobs.append(job)
             self._cv.notify()
+        if job.adaptive and self.foreground is not None:
+            self.foreground.adaptive_started(job.future)
         if self._wake is not None:
             self._wake.set()
         return job.future
@@ -361,6 +310,7 @@ class StepScheduler:
                     self._cv.wait()
                 if self._stop:
                     return
+            self._defer_adaptive(list(self._jobs))
             self._tick()
 
     async def _run_on_loop(self) -> None:
@@ -421,10 +371,18 @@ class StepScheduler:
             else:
                 y = self.engine.evaluate(plan.x, plan.s, plan.t)
             seconds = time.perf_counter() - t0
+        self._defer_adaptive([job for job, _ in plan.jobs])
         if y.shape != plan.x.shape:
             raise SchedulerError(f"engine returned shape {list(y.shape)} for a batch of shape {list(plan.x.shape)}")
         apply_outputs(plan, y)
         return seconds
+
+    def _defer_adaptive(self, jobs: list[Job]) -> None:
+        """On the tick thread: with only adaptive jobs to advance, wait while the foreground is busy."""
+        fg = self.foreground
+        mine = threading.current_thread() is self._thread
+        if fg is not None and fg.busy and jobs and mine and all(j.adaptive for j in jobs):
+            fg.wait_idle(ADAPTIVE_MAX_DEFER_S)
 
     def _record(self, plan: TickPlan, seconds: float) -> None:
         rows = int(plan.x.shape[0])

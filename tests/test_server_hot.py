@@ -4,6 +4,7 @@ body parser, and the front door outside FastAPI's middleware stack (user middlew
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -183,3 +184,62 @@ def test_grid_free_specs_are_resolved_once_per_model_and_parameters(app_client):
     t = app.state.anystep.models["checkerboard-teacher"]
     d1, d2 = sampling_spec(t, 1, solver="dopri5"), sampling_spec(t, 4, solver="dopri5")
     assert d1.max_nfe >= d2.max_nfe  # dopri5's default bound depends on n: cached apart
+
+
+# ---- the foreground gate: adaptive solves yield to fixed-step requests --------------------------
+
+
+def test_foreground_is_busy_while_more_requests_than_adaptive_jobs_are_in_flight():
+    from anystep.server.pacing import Foreground
+
+    async def go():
+        fg = Foreground()
+        assert not fg.busy and fg.wait_idle(0.0)
+        fg.enter()  # a dopri5 request arrives: busy until its job is known to be adaptive
+        assert fg.busy
+        fut = asyncio.get_running_loop().create_future()
+        fg.adaptive_started(fut)
+        assert not fg.busy
+        fg.enter()  # a steps=1 request
+        assert fg.busy and not fg.wait_idle(0.001)
+        fg.leave()
+        assert not fg.busy
+        fut.set_result(None)
+        await asyncio.sleep(0)  # done callbacks run on the loop
+        assert fg.adaptive == 0 and fg.busy  # the dopri5 request still answers: foreground again
+        fg.leave()
+        assert not fg.busy and fg.requests == 0
+
+    asyncio.run(go())
+
+
+def _dopri5_job():
+    return Job(x=np.ones((4, 2), np.float32), grid=np.array([0.0, 1.0]), method="dopri5", rtol=1e-3, max_nfe=500)
+
+
+def test_adaptive_only_ticks_wait_while_the_foreground_is_busy_but_still_finish():
+    from anystep.server.pacing import ADAPTIVE_MAX_DEFER_S, Foreground
+
+    async def go(busy):
+        fg = Foreground()
+        sched = StepScheduler(CountingEngine(kind="velocity"), executor="thread", foreground=fg)
+        await sched.start()
+        fg.enter()  # the dopri5 request itself (the front door counts it; its job then cancels it out)
+        if busy:
+            fg.enter()  # a fixed-step request elsewhere that never ends (the worst case)
+        t0 = time.perf_counter()
+        res = await sched.submit(_dopri5_job())
+        took = time.perf_counter() - t0
+        fixed = time.perf_counter()
+        await sched.submit(Job(x=np.ones((2, 2), np.float32), grid=np.linspace(0, 1, 9), method="euler"))
+        fixed = time.perf_counter() - fixed
+        await sched.close()
+        return res, sched.stats.ticks, took, fixed
+
+    free, ticks_free, took_free, _ = asyncio.run(go(False))
+    held, ticks_held, took_held, fixed = asyncio.run(go(True))
+    np.testing.assert_array_equal(free.x, held.x)  # the same solve, only paced
+    assert ticks_free == ticks_held and free.nfe == held.nfe
+    # two phases per tick wait (at most ADAPTIVE_MAX_DEFER_S each): the solve is paced, not stopped
+    assert took_held >= 0.9 * ticks_held * ADAPTIVE_MAX_DEFER_S > took_free
+    assert fixed < 8 * ADAPTIVE_MAX_DEFER_S  # fixed-step jobs never wait for the foreground
