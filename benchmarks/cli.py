@@ -11,6 +11,8 @@ and ``anystep bench latency --help`` shows that module's options:
 * ``anystep bench latency``      -> :mod:`anystep.benchmarks.latency` (flow map vs ODE solvers, engines)
 * ``anystep bench load``         -> :mod:`anystep.benchmarks.load` (serving under load, loopback only)
 * ``anystep bench load-ray``     -> :mod:`anystep.benchmarks.load_ray` (replicas on Ray Serve, loopback only)
+* ``anystep bench load-triton``  -> :mod:`anystep.benchmarks.load_triton` (against Triton on the same map)
+* ``anystep bench load-nfe``     -> :mod:`anystep.benchmarks.load_nfe` (served flow map vs served dopri5)
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
              "Serving under load on 127.0.0.1: latency percentiles, throughput, batching on/off."),
     "load-ray": ("anystep.benchmarks.load_ray",
                  "Serving on Ray Serve (local cluster, 127.0.0.1): throughput per replica count."),
+    "load-triton": ("anystep.benchmarks.load_triton",
+                    "anystep serve vs Triton (pytriton, dynamic batching) on the same exported map, 127.0.0.1."),
+    "load-nfe": ("anystep.benchmarks.load_nfe",
+                 "Served flow map vs served dopri5 (n=64): latency ratio against the NFE-ratio limit."),
 }
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}

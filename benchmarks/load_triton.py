@@ -61,6 +61,7 @@ from anystep.benchmarks.loadgen import (
     LoadBenchError,
     LoopbackClient,
     PhaseResult,
+    cpu_seconds,
     generate_body,
     histogram_delta,
     make_requests,
@@ -188,7 +189,7 @@ def _merge(phases: list[PhaseResult]) -> PhaseResult:
 
 
 async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, settings: TritonSettings,
-                n: int, c: int, log: Callable[[str], None]) -> dict[str, Any]:
+                n: int, c: int, log: Callable[[str], None], pids: dict[str, int] | None = None) -> dict[str, Any]:
     """All rounds of one (n, concurrency) cell, servers alternating; pooled per server."""
     model = settings.model
     lim = settings.time_limit_s
@@ -199,9 +200,12 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
     phases: dict[str, list[PhaseResult]] = {s: [] for s in servers}
     per_round: dict[str, list[float | None]] = {s: [] for s in servers}
     batches: dict[str, list[float]] = {s: [] for s in servers}
+    cpu: dict[str, list[float]] = {s: [] for s in servers}
     for rnd in range(settings.rounds):
         reqs = make_requests(settings.requests[c], settings.steps_mix, settings.seed + 100 * rnd + c)
         for server in (servers if rnd % 2 == 0 else servers[::-1]):
+            pid = (pids or {}).get("triton" if server == "triton" else "anystep")
+            cpu0 = cpu_seconds(pid) if pid else None
             if server.startswith("anystep"):
                 fmt_ = "json" if server == "anystep-json" else settings.format
                 before = await scrape(ports["anystep"])
@@ -213,6 +217,9 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
                 ph = await triton_phase(ports["triton"], tc, reqs, concurrency=c, n=n, time_limit_s=lim)
                 tb = triton_batches(before, await scrape(metrics_port), model)
                 rows, calls = tb["rows"], tb["executions"]
+            cpu1 = cpu_seconds(pid) if pid else None
+            if cpu0 is not None and cpu1 is not None:
+                cpu[server].append(cpu1 - cpu0)
             s = summarize_phase(ph, n)
             phases[server].append(ph)
             per_round[server].append(s["samples_per_s"])
@@ -227,6 +234,8 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
         s["samples_per_s_each"] = per_round[server]
         s["samples_per_s_median"] = float(np.median([v for v in per_round[server] if v is not None] or [np.nan]))
         s["rows_per_engine_call"] = float(np.mean(batches[server])) if batches[server] else None
+        # cores the server's process tree kept busy over its phases (CPU seconds / wall seconds)
+        s["server_cores"] = (sum(cpu[server]) / s["wall_s"]) if len(cpu[server]) == settings.rounds else None
         out[server] = s
     return out
 
@@ -284,7 +293,8 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
         tri_versions = triton_versions(tri.python, ports["triton"])
         diffs = asyncio.run(parity(ports["anystep"], ports["triton"], tc, settings.model, settings.steps_mix))
         log(f"[parity] max |anystep - Triton| per K: {diffs}")
-        cells = [asyncio.run(_cell(ports, metrics_port, tc, settings, n, c, log))
+        pids = {"anystep": srv.proc.pid, "triton": tri.process.pid}
+        cells = [asyncio.run(_cell(ports, metrics_port, tc, settings, n, c, log, pids))
                  for n in settings.n_values for c in settings.concurrency]
         engine_desc = None
         try:

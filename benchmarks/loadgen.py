@@ -43,6 +43,7 @@ __all__ = [
     "RequestRecord",
     "RequestSpec",
     "closed_loop",
+    "cpu_seconds",
     "generate_body",
     "histogram_delta",
     "make_requests",
@@ -447,3 +448,45 @@ async def scrape(port: int, path: str = "/metrics") -> dict:
     if status != 200:
         raise LoadBenchError(f"{path} answered {status}")
     return parse_prometheus(body.decode("utf-8", "replace"))
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, seconds) used so far by process ``pid`` and all its descendants.
+
+    Read from Linux ``/proc`` (``utime + stime`` of each process of the tree, children
+    still running; exited children's time is not included); None where ``/proc`` is not
+    available or ``pid`` is gone. The difference over a phase divided by its wall time is
+    how many cores the server kept busy.
+    """
+    import os
+
+    proc = "/proc"
+    if not os.path.isdir(proc):
+        return None
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError):
+        return None
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat", "rb") as f:
+                stat = f.read().decode("latin-1")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        parent[int(name)] = int(fields[1])
+        used[int(name)] = int(fields[11]) + int(fields[12])  # utime, stime
+    if pid not in used:
+        return None
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        cur = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == cur and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(used[q] for q in tree) / tick

@@ -396,7 +396,7 @@ def test_bench_cli_lists_benchmarks_and_delegates(monkeypatch):
     runner = CliRunner()
     res = runner.invoke(bench, ["--help"])
     assert res.exit_code == 0
-    for name in ("checkerboard", "digits", "latency", "load"):
+    for name in ("checkerboard", "digits", "latency", "load", "load-triton", "load-nfe"):
         assert name in res.output
     seen = {}
 
