@@ -132,6 +132,9 @@ class Job:
     ticks: int = field(init=False, default=0)
     cancelled: bool = field(init=False, default=False)
     base: SeededBase | None = field(init=False, default=None)
+    every: np.ndarray = field(init=False, repr=False)
+    """``arange(n)``: what :meth:`live` returns (this very array) while every sample is in
+    lockstep, so flow-map stages and updates use whole-array operations instead of gathers."""
 
     def __post_init__(self) -> None:
         if isinstance(self.x, SeededBase):
@@ -150,10 +153,9 @@ class Job:
         bad = [k for k, v in self.cond.items() if v.ndim < 1 or v.shape[0] != n]
         if bad:
             raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
-        self.k = np.zeros(n, dtype=np.int64)
-        self.stage = np.zeros(n, dtype=np.int64)
-        self.nfe = np.zeros(n, dtype=np.int64)
+        self.k, self.stage, self.nfe = np.zeros((3, n), dtype=np.int64)  # one allocation, three rows
         self.done = np.zeros(n, dtype=bool)
+        self.every = np.arange(n)
         tb = TABLEAUX.get(self.method)
         if tb is not None and tb.stages > 1:
             self.kstore = np.zeros((tb.stages, *self.x.shape), dtype=np.float32)
@@ -200,6 +202,8 @@ class Job:
 
     def live(self) -> np.ndarray:
         """Indices of unfinished samples, least evaluated first (stable)."""
+        if not self.done.any() and (self.n == 1 or (self.nfe == self.nfe[0]).all()):
+            return self.every  # nothing done, all equally far: the stable order is the identity
         idx = np.flatnonzero(~self.done)
         if idx.size > 1:
             idx = idx[np.argsort(self.nfe[idx], kind="stable")]
@@ -231,6 +235,10 @@ def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     Flow maps: ``(x, t_k, t_{k+1})``. RK stage ``j``: ``(x + h sum_l A_jl K_l, ., t + c_j h)``
     (the middle entry repeats the time; velocity engines ignore it).
     """
+    if job.method == "flowmap" and idx is job.every:  # every sample, same k: no gathers
+        t0 = job.grid[job.k]
+        h = job.grid[job.k + 1] - t0
+        return job.x.copy(), t0.astype(np.float32), (t0 + h).astype(np.float32)
     t0, h = _step_times(job, idx)
     x = job.x[idx]
     if job.method == "flowmap":
@@ -248,6 +256,12 @@ def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
     """Consume engine outputs ``y`` of the selected samples and move them one stage on."""
+    if job.method == "flowmap" and idx is job.every:  # every sample: whole-array updates
+        job.nfe += 1
+        job.x[...] = y
+        job.k += 1
+        np.greater_equal(job.k, job.K, out=job.done)
+        return
     job.nfe[idx] += 1
     if job.method == "flowmap":
         job.x[idx] = y

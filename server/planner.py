@@ -175,7 +175,7 @@ def plan_tick(
     for job, lv, r in zip(jobs, lives, rows):
         if r == 0:
             continue
-        idx = lv[:r]
+        idx = lv if r == lv.size else lv[:r]  # lv itself may be job.every (the whole-array fast path)
         x_in, s_in, t_in = stage_inputs(job, idx)
         plan.jobs.append((job, idx))
         xs.append(x_in)

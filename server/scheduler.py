@@ -401,7 +401,8 @@ class StepScheduler:
 
     # -- completion (tick thread -> event loop) --------------------------------------
     def _finish(self, job: Job) -> None:
-        if job.error is None and not np.isfinite(job.x).all():
+        # a finite sum means every value is finite (NaN/Inf propagate): one reduction in the common case
+        if job.error is None and not math.isfinite(float(job.x.sum())) and not np.isfinite(job.x).all():
             job.error = NonFiniteError(
                 f"the model produced non-finite values (NaN/Inf) for {int((~np.isfinite(job.x)).reshape(job.n, -1).any(1).sum())} "
                 f"of {job.n} samples of {job.tag or 'this request'}"
