@@ -270,8 +270,10 @@ def _portable(value: str) -> str:
         return p.name
 
 
-def bundle_models(runs: Path, models_dir: Path = MODELS_DIR) -> dict[str, str]:
-    """Copy finished runs ``runs/<run>`` into ``models/<name>`` (see :data:`BUNDLES`), atomically.
+def bundle_models(
+    runs: Path, models_dir: Path = MODELS_DIR, bundles: tuple[tuple[str, str], ...] = BUNDLES
+) -> dict[str, str]:
+    """Copy finished runs ``runs/<run>`` into ``models/<name>`` (``bundles``, default :data:`BUNDLES`), atomically.
 
     Only ``config.json`` and ``model.safetensors`` are copied; run-local paths in the
     provenance become checkout-relative (the sha256 records stay). Runs that have not
@@ -285,7 +287,7 @@ def bundle_models(runs: Path, models_dir: Path = MODELS_DIR) -> dict[str, str]:
     import shutil
 
     out: dict[str, str] = {}
-    for run, name in BUNDLES:
+    for run, name in bundles:
         src = runs / run
         if not (src / "config.json").is_file():
             continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os  # TMP
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ def _openapi_query_params() -> list[dict[str, Any]]:
     """Query parameters of ``/generate``: the request model's fields, as documented in it."""
     out = []
     for name, prop in GenerateRequest.model_json_schema()["properties"].items():
+        if name == "source":  # translation sources come in the body (JSON or .npy), never the query
+            continue
         schema = {k: v for k, v in prop.items() if k not in ("title", "description", "default")}
         out.append({"name": name, "in": "query", "required": False, "schema": schema, "description": prop.get("description", "")})
     return out
@@ -168,7 +171,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 pad=config.pad_batches,
                 executor=config.executor,
                 draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
-                foreground=state.foreground,
+                foreground=None if os.environ.get("H1_NOGATE") else state.foreground,  # TMP
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()

@@ -150,3 +150,9 @@ def test_source_in_the_query_or_non_finite_npy_is_refused(client):
 def test_gaussian_models_answer_without_a_source_field(client):
     d = _gen(client, model="digits", n=2, seed=1)
     assert "source" not in d and d["shape"] == [2, 8, 8]
+
+
+def test_openapi_documents_source_in_the_body_only(client):
+    op = client.get("/openapi.json").json()["paths"]["/generate"]["post"]
+    assert "source" not in {p["name"] for p in op["parameters"]}
+    assert "source" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
