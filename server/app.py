@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os  # TMP
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -171,7 +170,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 pad=config.pad_batches,
                 executor=config.executor,
                 draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
-                foreground=None if os.environ.get("H1_NOGATE") else state.foreground,  # TMP
+                foreground=state.foreground,
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()
