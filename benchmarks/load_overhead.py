@@ -13,7 +13,8 @@ and measures, interleaved in one closed loop on one keep-alive connection:
 ``(overhead(256) - overhead(1)) / 255``, and the per-step overhead (least-squares slope of
 overhead over K). Then two closed-loop phases: 64 one-sample ``steps=1`` clients against
 64 clients of the empty route (fraction of the HTTP ceiling), and the p50 of ``steps=1``
-requests to the map with and without a dopri5 solve of the teacher (rtol 1e-5) running.
+requests to the map with and without a dopri5 solve of the teacher (rtol 1e-5) running;
+both alternate their two sides in blocks, so that a change of load on the machine lands on both.
 """
 
 from __future__ import annotations
@@ -136,47 +137,87 @@ async def closed_loop(port: int, body: bytes | None, concurrency: int, count: in
     return {"requests_per_s": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "errors": errors, "requests": len(lat)}
 
 
-async def dopri5_interference(port: int, model: str, teacher: str, count: int, client_cls: Any) -> dict[str, Any]:
-    """p50 of sequential ``steps=1`` requests to ``model``, alone and with dopri5 solves of ``teacher`` running."""
+async def ceiling(port: int, body: bytes, concurrency: int, count: int, client_cls: Any,
+                  blocks: int = 3) -> dict[str, Any]:
+    """Closed loops of ``POST /generate`` (``body``) and of the empty route, ``count`` requests each,
+    alternating in ``blocks`` blocks; requests per second over all blocks of a kind."""
+    per = max(1, count // blocks)
+    parts: dict[str, list[dict[str, Any]]] = {"served": [], "empty": []}
+    for _ in range(blocks):
+        parts["served"].append(await closed_loop(port, body, concurrency, per, client_cls))
+        parts["empty"].append(await closed_loop(port, None, concurrency, per, client_cls))
+    out: dict[str, Any] = {}
+    for kind, runs in parts.items():
+        n = sum(r["requests"] for r in runs)
+        wall = sum(r["requests"] / r["requests_per_s"] for r in runs)
+        out[kind] = {"requests_per_s": n / wall, "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+                     "errors": sum(r["errors"] for r in runs), "requests": n, "blocks": blocks}
+    out["fraction"] = out["served"]["requests_per_s"] / out["empty"]["requests_per_s"]
+    return out
+
+
+async def dopri5_interference(port: int, model: str, teacher: str, count: int, client_cls: Any,
+                              blocks: int = 5) -> dict[str, Any]:
+    """p50 of sequential ``steps=1`` requests to ``model``, alone and with dopri5 solves of ``teacher`` running.
+
+    ``count`` requests of each kind, in ``blocks`` alternating blocks (alone, with solves, alone, ...)
+    so that a load change on the machine lands in both medians.
+    """
     quick = _body(model, steps=1, n=1, seed=0)
     solve = _body(teacher, solver="dopri5", rtol=1e-5, n=64, seed=0)
-
-    async def seq() -> list[float]:
-        c = client_cls(port)
-        out = []
-        try:
-            for _ in range(count):
-                t0 = time.perf_counter()
-                status, _, _ = await c.request("POST", "/generate", quick)
-                out.append(time.perf_counter() - t0)
-                if status != 200:
-                    raise RuntimeError(f"steps=1 request answered {status}")
-        finally:
-            await c.close()
-        return out
-
-    alone = await seq()
-    stop = asyncio.Event()
+    c = client_cls(port)
+    solving = asyncio.Event()  # set: the background client keeps a solve in flight
+    idle = asyncio.Event()  # set: no solve in flight
+    idle.set()
+    stop = False
     solves = [0]
 
+    async def seq(k: int, out: list[float]) -> None:
+        for _ in range(k):
+            t0 = time.perf_counter()
+            status, _, _ = await c.request("POST", "/generate", quick)
+            out.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"steps=1 request answered {status}")
+
     async def background() -> None:
-        c = client_cls(port)
+        bc = client_cls(port)
         try:
-            while not stop.is_set():
-                status, _, _ = await c.request("POST", "/generate", solve)
+            while True:
+                await solving.wait()
+                if stop:
+                    return
+                idle.clear()
+                try:
+                    status, _, _ = await bc.request("POST", "/generate", solve)
+                finally:
+                    idle.set()
                 if status != 200:
                     raise RuntimeError(f"dopri5 request answered {status}")
                 solves[0] += 1
         finally:
-            await c.close()
+            await bc.close()
 
     bg = asyncio.create_task(background())
-    await asyncio.sleep(0.2)
-    during = await seq()
-    stop.set()
-    await bg
+    alone: list[float] = []
+    during: list[float] = []
+    per = max(1, count // blocks)
+    try:
+        for _ in range(blocks):
+            solving.clear()
+            await idle.wait()  # the last solve has finished
+            await seq(per, alone)
+            solving.set()
+            await asyncio.sleep(0.05)  # a solve is in flight
+            await seq(per, during)
+    finally:
+        stop = True
+        solving.set()
+        await bg
+        await c.close()
     a, d = 1000 * percentile(alone, 50), 1000 * percentile(during, 50)
-    return {"alone_p50_ms": a, "with_dopri5_p50_ms": d, "increase": d / a - 1.0, "dopri5_solves": solves[0], "requests": count}
+    return {"alone_p50_ms": a, "with_dopri5_p50_ms": d, "increase": d / a - 1.0, "dopri5_solves": solves[0],
+            "requests": len(alone), "blocks": blocks}
 
 
 def _met(value: float, bound: float) -> bool | None:
@@ -208,11 +249,8 @@ def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_
             finally:
                 await client.close()
             log(f"[overhead] closed loop at concurrency {concurrency}: steps=1 n=1 vs the empty route")
-            served = await closed_loop(srv.port, _body(model, steps=1, n=1, seed=0), concurrency, closed_requests,
-                                       LoopbackClient)
-            empty = await closed_loop(srv.port, None, concurrency, closed_requests, LoopbackClient)
-            out["ceiling"] = {"served": served, "empty": empty,
-                              "fraction": served["requests_per_s"] / empty["requests_per_s"]}
+            out["ceiling"] = await ceiling(srv.port, _body(model, steps=1, n=1, seed=0), concurrency, closed_requests,
+                                           LoopbackClient)
             log("[overhead] steps=1 p50 with and without a dopri5 solve of the teacher in flight")
             out["dopri5"] = await dopri5_interference(srv.port, model, teacher, max(50, rounds // 2), LoopbackClient)
 
