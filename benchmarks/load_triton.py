@@ -240,6 +240,35 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
     return out
 
 
+def raw_engine(model_dir: Path, settings: TritonSettings, work_dir: Path, cells: list[dict[str, Any]],
+               log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """The bare ONNX Runtime engine in this process on each cell's batch (``min(c x n, max_batch)`` rows).
+
+    Sets ``raw_rows_per_s`` and, per server, ``served_raw_ratio`` (rows served per second =
+    samples/s x mean steps, over the raw rate) on every cell: how much of the engine's own
+    throughput each server turns into answers.
+    """
+    from types import SimpleNamespace
+
+    from anystep.benchmarks.load_probe import build_bare_engine, raw_throughput
+
+    opts = SimpleNamespace(engine="onnx", threads=settings.threads, max_batch=settings.max_batch)  # as served
+    eng = build_bare_engine(model_dir, opts, work_dir / "serve-cache")
+    batches = sorted({min(c["concurrency"] * c["n"], settings.max_batch) for c in cells})
+    log(f"[raw] the bare engine in this process at batch {batches}")
+    raw = {b: {"rows_per_s": r["evals_per_s"], "ms_per_call": r["latency"].median_ms}
+           for b, r in raw_throughput(eng, batches, rounds=max(3, 2 * settings.rounds), seed=settings.seed).items()}
+    eng.close()
+    for cell in cells:
+        b = min(cell["concurrency"] * cell["n"], settings.max_batch)
+        cell["raw_batch"], cell["raw_rows_per_s"] = b, raw[b]["rows_per_s"]
+        for server in servers_of(settings):
+            p = cell[server]
+            rows_per_s = p["evals_per_s"]  # sum of n x steps over answered requests / wall
+            p["served_raw_ratio"] = rows_per_s / raw[b]["rows_per_s"] if rows_per_s else None
+    return raw
+
+
 def evaluate_goals(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 16's peer goals: anystep's p50 below Triton's at c=1, its samples/s above at c=64 (per n)."""
     goals: list[dict[str, Any]] = []
@@ -303,6 +332,7 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
             engine_desc = [m.get("engine") for m in httpx.get(srv.url + "/v1/models", timeout=10).json()["models"]]
         except Exception:  # noqa: BLE001 - descriptive only
             engine_desc = None
+    raw = raw_engine(model_dir, settings, work_dir, cells, log)
     machine = machine_info()
     data = {
         "benchmark": "load_triton",
@@ -319,6 +349,7 @@ def run(settings: TritonSettings, *, out_dir: Path, work_dir: Path, command: str
         "settings": {**settings.__dict__, "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
         "anystep_engine": engine_desc,
         "parity_max_abs_diff": diffs,
+        "raw": raw,
         "cells": cells,
         "goals": evaluate_goals(cells),
     }
