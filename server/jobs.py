@@ -153,7 +153,9 @@ class Job:
         bad = [k for k, v in self.cond.items() if v.ndim < 1 or v.shape[0] != n]
         if bad:
             raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
-        self.k, self.stage, self.nfe = np.zeros((3, n), dtype=np.int64)  # one allocation, three rows
+        self.k = np.zeros(n, dtype=np.int64)
+        self.stage = np.zeros(n, dtype=np.int64)
+        self.nfe = np.zeros(n, dtype=np.int64)
         self.done = np.zeros(n, dtype=bool)
         self.every = np.arange(n)
         tb = TABLEAUX.get(self.method)
