@@ -66,6 +66,7 @@ from anystep.benchmarks.loadgen import (
     histogram_delta,
     make_requests,
     run_phase,
+    runqueue_seconds,
     scrape,
     summarize_phase,
 )
@@ -201,11 +202,14 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
     per_round: dict[str, list[float | None]] = {s: [] for s in servers}
     batches: dict[str, list[float]] = {s: [] for s in servers}
     cpu: dict[str, list[float]] = {s: [] for s in servers}
+    waited: dict[str, list[float]] = {s: [] for s in servers}
+    client: dict[str, list[float]] = {s: [] for s in servers}
     for rnd in range(settings.rounds):
         reqs = make_requests(settings.requests[c], settings.steps_mix, settings.seed + 100 * rnd + c)
         for server in (servers if rnd % 2 == 0 else servers[::-1]):
             pid = (pids or {}).get("triton" if server == "triton" else "anystep")
-            cpu0 = cpu_seconds(pid) if pid else None
+            cpu0, rq0 = (cpu_seconds(pid), runqueue_seconds(pid)) if pid else (None, None)
+            me0 = time.process_time()  # this process only: the load generator (clients)
             if server.startswith("anystep"):
                 fmt_ = "json" if server == "anystep-json" else settings.format
                 before = await scrape(ports["anystep"])
@@ -217,9 +221,12 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
                 ph = await triton_phase(ports["triton"], tc, reqs, concurrency=c, n=n, time_limit_s=lim)
                 tb = triton_batches(before, await scrape(metrics_port), model)
                 rows, calls = tb["rows"], tb["executions"]
-            cpu1 = cpu_seconds(pid) if pid else None
+            cpu1, rq1 = (cpu_seconds(pid), runqueue_seconds(pid)) if pid else (None, None)
             if cpu0 is not None and cpu1 is not None:
                 cpu[server].append(cpu1 - cpu0)
+            client[server].append(time.process_time() - me0)
+            if rq0 is not None and rq1 is not None:
+                waited[server].append(rq1 - rq0)
             s = summarize_phase(ph, n)
             phases[server].append(ph)
             per_round[server].append(s["samples_per_s"])
@@ -236,6 +243,10 @@ async def _cell(ports: dict[str, int], metrics_port: int, tc: TritonStepClient, 
         s["rows_per_engine_call"] = float(np.mean(batches[server])) if batches[server] else None
         # cores the server's process tree kept busy over its phases (CPU seconds / wall seconds)
         s["server_cores"] = (sum(cpu[server]) / s["wall_s"]) if len(cpu[server]) == settings.rounds else None
+        # threads of it that were runnable but waiting for a CPU (oversubscribed machine), in cores
+        s["client_cores"] = sum(client[server]) / s["wall_s"]
+        s["server_runqueue_cores"] = (sum(waited[server]) / s["wall_s"]) if len(waited[server]) == settings.rounds \
+            else None
         out[server] = s
     return out
 

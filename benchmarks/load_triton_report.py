@@ -71,7 +71,10 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                "Rows per engine call: anystep from `anystep_engine_batch_size`, Triton from "
                "`nv_inference_count / nv_inference_exec_count` (its model executions). Server CPU: CPU seconds "
                "of the server's process tree over its phases / their wall time (anystep: the one uvicorn process; "
-               "Triton: the pytriton worker, tritonserver and its Python-backend stub), from /proc. Served/raw: "
+               "Triton: the pytriton worker, tritonserver and its Python-backend stub), from /proc; run-queue wait: the "
+               "time its threads were runnable but waiting for a CPU (/proc/*/task/*/schedstat) / wall time, large "
+               "when the shared machine, not the server, is the limit; client CPU: the load generator's own process. "
+               "Served/raw: "
                "rows served per second (samples/s x mean steps) over the bare engine's rows/s in the benchmark "
                "process at batch min(c x n, max batch): "
                + ", ".join(f"batch {b}: {fmt(r['rows_per_s'])} rows/s ({fmt(r['ms_per_call'])} ms per call)"
@@ -83,10 +86,12 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
             body.append([cell["n"], cell["concurrency"], labels[server], f"{p['ok']}/{p['sent']}", p.get("p50_ms"),
                          p.get("p95_ms"), p.get("p99_ms"), p.get("samples_per_s"), p.get("requests_per_s"),
                          p.get("rows_per_engine_call"), p.get("served_raw_ratio"), p.get("server_cores"),
+                         p.get("server_runqueue_cores"), p.get("client_cores"),
                          p["error_count"],
                          ", ".join(fmt(x) for x in p.get("samples_per_s_each") or [])])
     lines += [markdown_table(["n", "concurrency", "server", "ok/sent", "p50 ms", "p95 ms", "p99 ms", "samples/s",
-                              "req/s", "rows per engine call", "served/raw", "server CPU (cores)", "errors",
+                              "req/s", "rows per engine call", "served/raw", "server CPU (cores)", "run-queue wait (cores)", "client CPU (cores)",
+                              "errors",
                               "samples/s per round"], body), ""]
     ks = sorted({int(k) for cell in data["cells"] for srv in ("anystep", "triton")
                  for k in (cell[srv].get("per_steps") or {})})

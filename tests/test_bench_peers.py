@@ -275,6 +275,7 @@ def test_triton_quick_run_end_to_end(tiny_models, tmp_path):
             p = c[srv]
             assert p["ok"] == p["sent"] == 16 and p["error_count"] == 0 and p["p50_ms"] > 0
             assert p["rows_per_engine_call"] >= 1 and p["server_cores"] > 0 and 0 < p["served_raw_ratio"] <= 1.5
+            assert p["server_runqueue_cores"] >= 0 and p["client_cores"] > 0
     assert [g["metric"] for g in data["goals"]] == ["p50_ms"]  # no cell at concurrency 64
     md = (out / "load_triton.md").read_text()
     assert "Triton" in md and "## Goals (issue 16)" in md and "anystep serve (json answers" in md
