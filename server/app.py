@@ -76,6 +76,8 @@ class ServerConfig:
             a sample's result does not depend on how many others share its tick).
         executor: where each model's ticks run: ``thread``, ``loop`` (the event loop, no
             hand-offs) or ``auto`` (the loop for flow maps whose full-batch engine call is under 2 ms).
+        adaptive_yield: adaptive (dopri5) solves yield to fixed-step requests in flight
+            (:class:`~.pacing.Foreground`); False: they tick back to back.
     """
 
     models: list[ModelSpec] = field(default_factory=list)
@@ -93,6 +95,7 @@ class ServerConfig:
     static_dir: Path | None = STATIC_DIR
     pad_batches: bool = True
     executor: str = "auto"
+    adaptive_yield: bool = True
 
 
 @dataclass
@@ -171,7 +174,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 pad=config.pad_batches,
                 executor=config.executor,
                 draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
-                foreground=state.foreground,
+                foreground=state.foreground if config.adaptive_yield else None,
                 on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
             )
             await m.scheduler.start()

@@ -137,6 +137,12 @@ from .engines import ENGINE_CHOICES
     help="Where each model's engine ticks run: a thread (overlaps HTTP), the event loop (no hand-off per "
     "request), or auto (the loop for flow maps whose full-batch call is under 2 ms).",
 )
+@click.option(
+    "--no-adaptive-yield",
+    is_flag=True,
+    help="Let adaptive (dopri5) solves tick back to back even while fixed-step requests are in flight "
+    "(default: they yield to them, at most 10 ms per tick phase).",
+)
 @click.option("--no-warmup", is_flag=True, help="Skip engine warm-up.")
 @click.option(
     "--log-level",
@@ -205,6 +211,7 @@ def serve(
     no_batching: bool,
     request_timeout: float,
     executor: str,
+    no_adaptive_yield: bool,
     no_warmup: bool,
     log_level: str,
     use_ray: bool = False,
@@ -269,6 +276,7 @@ def serve(
         warmup=not no_warmup,
         drain_timeout_s=request_timeout,
         executor=executor,
+        adaptive_yield=not no_adaptive_yield,
     )
     if ray_opts is not None:
         from .ray_serve import serve_forever

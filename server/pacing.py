@@ -12,6 +12,7 @@ import asyncio
 import collections
 import math
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,6 +80,17 @@ ADAPTIVE_MAX_DEFER_S = 0.01
 """Longest an adaptive-only tick waits for the foreground to go idle (its solve still advances)."""
 
 
+ADAPTIVE_SHARE = 0.25
+"""Most of the wall time adaptive-only ticks take while fixed-step traffic is recent."""
+FOREGROUND_RECENT_S = 0.05
+"""How long after the last sampling request the foreground still counts as active."""
+
+
+def adaptive_pause(tick_seconds: float, share: float = ADAPTIVE_SHARE, cap: float = ADAPTIVE_MAX_DEFER_S) -> float:
+    """Seconds to pause after an adaptive-only tick of ``tick_seconds`` to use at most ``share`` of the time."""
+    return min(cap, max(0.0, tick_seconds) * (1.0 / share - 1.0))
+
+
 class Foreground:
     """Latency-sensitive requests in flight, app-wide: adaptive solves yield to them.
 
@@ -89,12 +101,17 @@ class Foreground:
     ``ADAPTIVE_MAX_DEFER_S`` per phase) before taking the GIL for its Python work, so a
     long dopri5 solve does not delay fixed-step requests to any model; it advances in the
     gaps between them, and at least one phase every ``ADAPTIVE_MAX_DEFER_S`` under
-    sustained load. The counters are written on the event loop only.
+    sustained load. While fixed-step traffic is recent (:meth:`recently_busy`), the tick
+    thread also paces itself to at most ``ADAPTIVE_SHARE`` of the wall time
+    (:func:`adaptive_pause` after each tick): on a machine with few cores the solve's
+    engine calls then leave the CPU to the requests too. The counters are written on the
+    event loop only.
     """
 
     def __init__(self) -> None:
         self.requests = 0
         self.adaptive = 0
+        self.last_seen = 0.0
         self._waiting = 0
         self._idle = threading.Condition(threading.Lock())
 
@@ -104,9 +121,11 @@ class Foreground:
 
     def enter(self) -> None:
         self.requests += 1
+        self.last_seen = time.monotonic()
 
     def leave(self) -> None:
         self.requests -= 1
+        self.last_seen = time.monotonic()
         if self._waiting and not self.busy:
             with self._idle:
                 self._idle.notify_all()
@@ -117,6 +136,10 @@ class Foreground:
 
     def _adaptive_done(self, _fut: asyncio.Future) -> None:
         self.adaptive -= 1
+
+    def recently_busy(self, window_s: float = FOREGROUND_RECENT_S) -> bool:
+        """Busy now, or a sampling request started or ended within ``window_s`` seconds."""
+        return self.busy or time.monotonic() - self.last_seen < window_s
 
     def wait_idle(self, timeout: float) -> bool:
         """Block (GIL released) until nothing latency-sensitive is in flight, or ``timeout``; True when idle."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from .engines import Engine
 from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError
-from .pacing import ADAPTIVE_MAX_DEFER_S, CostModel, Foreground
+from .pacing import ADAPTIVE_MAX_DEFER_S, CostModel, Foreground, adaptive_pause
 from .planner import TickPlan, apply_outputs, bucket_sizes, draw_bases, plan_tick
 
 __all__ = [
@@ -310,8 +310,13 @@ class StepScheduler:
                     self._cv.wait()
                 if self._stop:
                     return
-            self._defer_adaptive(list(self._jobs))
+            jobs = list(self._jobs)
+            self._defer_adaptive(jobs)
+            t0 = time.perf_counter()
             self._tick()
+            fg = self.foreground
+            if fg is not None and jobs and all(j.adaptive for j in jobs) and fg.recently_busy():
+                time.sleep(adaptive_pause(time.perf_counter() - t0))  # pace: leave the CPU to the requests
 
     async def _run_on_loop(self) -> None:
         """Ticks on the event loop, yielding between ticks so new requests join the next one."""

@@ -243,3 +243,15 @@ def test_adaptive_only_ticks_wait_while_the_foreground_is_busy_but_still_finish(
     # two phases per tick wait (at most ADAPTIVE_MAX_DEFER_S each): the solve is paced, not stopped
     assert took_held >= 0.9 * ticks_held * ADAPTIVE_MAX_DEFER_S > took_free
     assert fixed < 8 * ADAPTIVE_MAX_DEFER_S  # fixed-step jobs never wait for the foreground
+
+
+def test_adaptive_pause_paces_adaptive_ticks_to_their_share_while_traffic_is_recent():
+    from anystep.server.pacing import ADAPTIVE_MAX_DEFER_S, Foreground, adaptive_pause
+
+    assert adaptive_pause(0.001, share=0.25) == pytest.approx(0.003)  # 1 ms of work, 3 ms of pause: a 25% share
+    assert adaptive_pause(1.0) == ADAPTIVE_MAX_DEFER_S and adaptive_pause(-1.0) == 0.0
+    fg = Foreground()
+    assert not fg.recently_busy()
+    fg.enter()
+    fg.leave()
+    assert not fg.busy and fg.recently_busy(60.0) and not fg.recently_busy(0.0)
