@@ -283,3 +283,28 @@ def test_triton_quick_run_end_to_end(tiny_models, tmp_path):
 
 def test_phase_result_is_the_shared_record():
     assert PhaseResult is LT.PhaseResult
+
+
+def test_process_tree_cpu_and_run_queue_accounting():
+    import os
+    import time
+
+    from anystep.benchmarks.loadgen import cpu_seconds, runqueue_seconds
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    c0, w0 = cpu_seconds(os.getpid()), runqueue_seconds(os.getpid())
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.2:  # busy: CPU time must grow by about as much
+        pass
+    c1, w1 = cpu_seconds(os.getpid()), runqueue_seconds(os.getpid())
+    assert c1 - c0 >= 0.1 and w1 >= w0 >= 0
+    assert cpu_seconds(2**22 + 12345) is None and runqueue_seconds(2**22 + 12345) is None
+
+
+def test_load_nfe_ratio_flag_forwards_and_fails_cleanly(tmp_path, capsys):
+    from anystep.benchmarks import load as LD
+
+    code = LD.main(["--nfe-ratio", "--quick", "--models-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no model directory" in err[0] and "digits" in err[0]
