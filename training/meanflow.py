@@ -49,7 +49,9 @@ replaces ``dI_s`` off the diagonal by the map's own stop-gradient velocity
 ``u = sg(v_{s,s}(I_s))``: ``v_tgt = u + (t - s)[∂_s v + ∇v·u]``, a deterministic function of
 ``I_s`` that the exact map satisfies exactly (no noise to average out); the diagonal rows
 keep the flow-matching target ``dI_s``, which is what trains ``v_{s,s}``. It costs one more
-(gradient-free) evaluation per step.
+(gradient-free) evaluation per step. Use it with ``adaptive_p = 0``: the adaptive weight
+``1/(|Δ|^2 + c)`` turns the small deterministic residuals into gradients of size ``~Δ/c``
+(on the Gaussian test case it stalls training, results/family.md).
 
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
