@@ -61,15 +61,14 @@ from anystep.benchmarks.loadgen import (
     LoadBenchError,
     LoopbackClient,
     PhaseResult,
-    cpu_seconds,
     generate_body,
     histogram_delta,
     make_requests,
     run_phase,
-    runqueue_seconds,
     scrape,
     summarize_phase,
 )
+from anystep.benchmarks.timing import cpu_seconds, runqueue_seconds
 from anystep.benchmarks.triton_peer import (
     TritonStepClient,
     ensure_triton_repo,

@@ -43,13 +43,11 @@ __all__ = [
     "RequestRecord",
     "RequestSpec",
     "closed_loop",
-    "cpu_seconds",
     "generate_body",
     "histogram_delta",
     "make_requests",
     "parse_prometheus",
     "run_phase",
-    "runqueue_seconds",
     "scrape",
     "server_timing",
     "summarize_phase",
@@ -449,79 +447,3 @@ async def scrape(port: int, path: str = "/metrics") -> dict:
     if status != 200:
         raise LoadBenchError(f"{path} answered {status}")
     return parse_prometheus(body.decode("utf-8", "replace"))
-
-
-def _process_tree(pid: int) -> tuple[set[int], dict[int, int]] | None:
-    """``(pids of pid and its descendants, {pid: utime + stime ticks})`` from Linux ``/proc``, or None."""
-    import os
-
-    if not os.path.isdir("/proc"):
-        return None
-    parent: dict[int, int] = {}
-    used: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().decode("latin-1")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        parent[int(name)] = int(fields[1])
-        used[int(name)] = int(fields[11]) + int(fields[12])  # utime, stime
-    if pid not in used:
-        return None
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        cur = frontier.pop()
-        for child, ppid in parent.items():
-            if ppid == cur and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree, used
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, seconds) used so far by process ``pid`` and all its descendants.
-
-    Read from Linux ``/proc`` (``utime + stime`` of each process of the tree, children
-    still running; exited children's time is not included); None where ``/proc`` is not
-    available or ``pid`` is gone. The difference over a phase divided by its wall time is
-    how many cores the server kept busy.
-    """
-    import os
-
-    found = _process_tree(pid)
-    if found is None:
-        return None
-    tree, used = found
-    return sum(used[q] for q in tree) / os.sysconf("SC_CLK_TCK")
-
-
-def runqueue_seconds(pid: int) -> float | None:
-    """Time the threads of ``pid``'s process tree spent runnable but waiting for a CPU (seconds).
-
-    Sum of the second field of ``/proc/<pid>/task/<tid>/schedstat`` (run-queue wait, ns)
-    over every thread; None without ``/proc`` schedstat. Over a phase, a server that is
-    slow because the machine is oversubscribed shows a large run-queue wait next to its
-    CPU time; one that is slow because it waits (I/O, locks, sleeps) does not.
-    """
-    import os
-
-    found = _process_tree(pid)
-    if found is None:
-        return None
-    total = 0
-    for q in found[0]:
-        try:
-            tids = os.listdir(f"/proc/{q}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{q}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return total / 1e9

@@ -5,7 +5,8 @@
 interleaved rounds so drift and contention hit every case alike);
 :func:`calls_per_second` is the sustained rate of one call for a fixed wall time (for
 processes that must run at the same time). Closed-loop HTTP load is
-:mod:`anystep.benchmarks.loadgen`; where the time goes, :func:`profile_call`.
+:mod:`anystep.benchmarks.loadgen`; where the time goes, :func:`profile_call`; how much CPU a
+server's process tree used and waited for, :func:`cpu_seconds` / :func:`runqueue_seconds`.
 """
 
 from __future__ import annotations
@@ -320,3 +321,84 @@ def profile_call(fn: Callable[[], Any], *, calls: int = 200, top: int = 12) -> d
         for k, v in items
     ]
     return out
+
+
+# --------------------------------------------------------------------------------------
+# process CPU accounting (Linux /proc)
+# --------------------------------------------------------------------------------------
+
+
+def _process_tree(pid: int) -> tuple[set[int], dict[int, int]] | None:
+    """``(pids of pid and its descendants, {pid: utime + stime ticks})`` from Linux ``/proc``, or None."""
+    import os
+
+    if not os.path.isdir("/proc"):
+        return None
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode("latin-1")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        parent[int(name)] = int(fields[1])
+        used[int(name)] = int(fields[11]) + int(fields[12])  # utime, stime
+    if pid not in used:
+        return None
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        cur = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == cur and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree, used
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, seconds) used so far by process ``pid`` and all its descendants.
+
+    Read from Linux ``/proc`` (``utime + stime`` of each process of the tree, children
+    still running; exited children's time is not included); None where ``/proc`` is not
+    available or ``pid`` is gone. The difference over a phase divided by its wall time is
+    how many cores the server kept busy.
+    """
+    import os
+
+    found = _process_tree(pid)
+    if found is None:
+        return None
+    tree, used = found
+    return sum(used[q] for q in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_seconds(pid: int) -> float | None:
+    """Time the threads of ``pid``'s process tree spent runnable but waiting for a CPU (seconds).
+
+    Sum of the second field of ``/proc/<pid>/task/<tid>/schedstat`` (run-queue wait, ns)
+    over every thread; None without ``/proc`` schedstat. Over a phase, a server that is
+    slow because the machine is oversubscribed shows a large run-queue wait next to its
+    CPU time; one that is slow because it waits (I/O, locks, sleeps) does not.
+    """
+    import os
+
+    found = _process_tree(pid)
+    if found is None:
+        return None
+    total = 0
+    for q in found[0]:
+        try:
+            tids = os.listdir(f"/proc/{q}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{q}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9

@@ -289,7 +289,7 @@ def test_process_tree_cpu_and_run_queue_accounting():
     import os
     import time
 
-    from anystep.benchmarks.loadgen import cpu_seconds, runqueue_seconds
+    from anystep.benchmarks.timing import cpu_seconds, runqueue_seconds
 
     if not os.path.isdir("/proc"):
         pytest.skip("no /proc on this system")
