@@ -13,7 +13,7 @@ import collections
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -141,11 +141,18 @@ class Foreground:
         """Busy now, or a sampling request started or ended within ``window_s`` seconds."""
         return self.busy or time.monotonic() - self.last_seen < window_s
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Block (GIL released) until nothing latency-sensitive is in flight, or ``timeout``; True when idle."""
+    def wait_idle(self, timeout: float, until: Callable[[], bool] | None = None) -> bool:
+        """Block (GIL released) until nothing latency-sensitive is in flight, ``until()`` holds
+        (checked when :meth:`kick` wakes the waiters), or ``timeout``; True when not timed out."""
         with self._idle:
             self._waiting += 1
             try:
-                return self._idle.wait_for(lambda: not self.busy, timeout)
+                return self._idle.wait_for(lambda: not self.busy or (until is not None and until()), timeout)
             finally:
                 self._waiting -= 1
+
+    def kick(self) -> None:
+        """Wake the waiters of :meth:`wait_idle` to re-check (e.g. a fixed-step job joined their scheduler)."""
+        if self._waiting:
+            with self._idle:
+                self._idle.notify_all()

@@ -278,8 +278,11 @@ class StepScheduler:
             job.submitted_at = time.perf_counter()
             self._jobs.append(job)
             self._cv.notify()
-        if job.adaptive and self.foreground is not None:
-            self.foreground.adaptive_started(job.future)
+        if self.foreground is not None:
+            if job.adaptive:
+                self.foreground.adaptive_started(job.future)
+            else:  # a tick thread waiting for the foreground to go idle must not keep this job waiting
+                self.foreground.kick()
         if self._wake is not None:
             self._wake.set()
         return job.future
@@ -316,7 +319,11 @@ class StepScheduler:
             self._tick()
             fg = self.foreground
             if fg is not None and jobs and all(j.adaptive for j in jobs) and fg.recently_busy():
-                time.sleep(adaptive_pause(time.perf_counter() - t0))  # pace: leave the CPU to the requests
+                # pace: leave the CPU to the requests; a fixed-step job joining (submit notifies) ends the pause
+                deadline = time.perf_counter() + adaptive_pause(time.perf_counter() - t0)
+                with self._cv:
+                    while not self._stop and self._adaptive_only() and (left := deadline - time.perf_counter()) > 0:
+                        self._cv.wait(left)
 
     async def _run_on_loop(self) -> None:
         """Ticks on the event loop, yielding between ticks so new requests join the next one."""
@@ -387,7 +394,10 @@ class StepScheduler:
         fg = self.foreground
         mine = threading.current_thread() is self._thread
         if fg is not None and fg.busy and jobs and mine and all(j.adaptive for j in jobs):
-            fg.wait_idle(ADAPTIVE_MAX_DEFER_S)
+            fg.wait_idle(ADAPTIVE_MAX_DEFER_S, until=lambda: self._stop or not self._adaptive_only())
+
+    def _adaptive_only(self) -> bool:
+        return all(j.adaptive for j in list(self._jobs))
 
     def _record(self, plan: TickPlan, seconds: float) -> None:
         rows = int(plan.x.shape[0])

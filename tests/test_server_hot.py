@@ -255,3 +255,30 @@ def test_adaptive_pause_paces_adaptive_ticks_to_their_share_while_traffic_is_rec
     fg.enter()
     fg.leave()
     assert not fg.busy and fg.recently_busy(60.0) and not fg.recently_busy(0.0)
+
+
+def test_a_fixed_step_job_does_not_wait_for_a_yielding_adaptive_solve_on_its_own_scheduler():
+    from anystep.server.pacing import ADAPTIVE_MAX_DEFER_S, Foreground
+
+    async def go():
+        fg = Foreground()
+        sched = StepScheduler(CountingEngine(kind="velocity", delay=0.0005), executor="thread", foreground=fg)
+        await sched.start()
+        fg.enter()  # the dopri5 request
+        solve = sched.submit(Job(x=np.ones((4, 2), np.float32), grid=np.array([0.0, 1.0]), method="dopri5",
+                                 rtol=1e-6, max_nfe=5000))
+        fg.enter()  # the euler request: now the foreground is busy and the solve's ticks wait
+        await asyncio.sleep(0.05)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            await sched.submit(Job(x=np.ones((1, 2), np.float32), grid=np.linspace(0, 1, 3), method="euler"))
+            times.append(time.perf_counter() - t0)
+        fg.leave()
+        fg.leave()
+        await solve
+        await sched.close()
+        return times
+
+    times = asyncio.run(go())
+    assert np.median(times) < ADAPTIVE_MAX_DEFER_S  # 2 ticks of ~0.5 ms, not a 10 ms deferral each
