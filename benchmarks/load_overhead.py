@@ -240,7 +240,7 @@ def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_
             "--cache-dir", str(work_dir / "serve-cache")]
     srv = ServerProcess(models={model: models_dir / model, teacher: models_dir / teacher}, args=args,
                         log_path=work_dir / "overhead-serve.log", ready_timeout=600.0)
-    out: dict[str, Any] = {"engine": engine.describe(), "model": model, "load_average": {"start": os.getloadavg()[0]}}
+    out: dict[str, Any] = {"engine": engine.describe(), "model": model, "load_at_start": os.getloadavg()[0]}
     with srv:
         async def go() -> None:
             client = LoopbackClient(srv.port)
@@ -256,7 +256,7 @@ def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_
             out["dopri5"] = await dopri5_interference(srv.port, model, teacher, max(50, rounds // 2), LoopbackClient)
 
         asyncio.run(go())
-    out["load_average"]["end"] = os.getloadavg()[0]
+    out["load_at_end"] = os.getloadavg()[0]
     engine.close()
     p = out["probe"]
     out["goals"] = [
@@ -279,8 +279,8 @@ def render_overhead(data: dict[str, Any]) -> str:
         "",
         f"Command: `{data.get('command', '')}`  ",
         f"Machine: {data.get('machine_description', '')}  ",
-        *([f"Load average (1 min) at start / end: {la['start']:.2f} / {la['end']:.2f} (2 cores; other work shares them)  "]
-          if (la := data.get("load_average")) and "end" in la else []),
+        *([f"Load average (1 min) at start / end: {data['load_at_start']:.2f} / {data['load_at_end']:.2f} "
+           "(2 cores; other work shares them)  "] if "load_at_end" in data else []),
         (f"Engine: {data['engine'].get('engine')} ({', '.join(data['engine'].get('providers', []) or [])}), "
         f"model `{data['model']}`, {p['rounds']} interleaved rounds, medians."),
         "",
