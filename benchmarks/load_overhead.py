@@ -279,8 +279,8 @@ def render_overhead(data: dict[str, Any]) -> str:
         "",
         f"Command: `{data.get('command', '')}`  ",
         f"Machine: {data.get('machine_description', '')}  ",
-        *([f"Load average (1 min) at start / end: {data['load_at_start']:.2f} / {data['load_at_end']:.2f} "
-           "(2 cores; other work shares them)  "] if "load_at_end" in data else []),
+        *([(f"Load average (1 min) at start / end: {data['load_at_start']:.2f} / {data['load_at_end']:.2f} "
+           "(2 cores; other work shares them)  ")] if "load_at_end" in data else []),
         (f"Engine: {data['engine'].get('engine')} ({', '.join(data['engine'].get('providers', []) or [])}), "
         f"model `{data['model']}`, {p['rounds']} interleaved rounds, medians."),
         "",
