@@ -160,6 +160,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("ee", "EE (stop-grad)", "checkerboard-ee", init_from="si",
                    note="Eulerian estimation with stop-gradient (successors §1), no teacher in the loss; "
                         "minibatch-OT coupling (preset)"),
+        MethodSpec("ee_long", "EE (stop-grad), +3000 steps", "checkerboard-ee", init_from="ee",
+                   budget={"max_steps": 3000, "ckpt_every": 500},
+                   note="ee continued for 3,000 steps at the shared lr 1e-3 (cosine): a stability check of EE at "
+                        "the default learning rate"),
         MethodSpec("lsd", "LSD", "checkerboard-lsd", init_from="si",
                    note="Lagrangian self-distillation (successors §2)"),
         MethodSpec("esd", "ESD", "checkerboard-esd", init_from="si",
@@ -199,14 +203,14 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 DEFAULT_METHODS: list[str] = ["si", "lmd", "lmd_both", "lmd_both_long", "lmd_both_xl", "lmd_xl", "emd", "fmm1", "fmm4",
-                              "pfmm", "fmm4_xl", "pfmm_xl", "ee", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd"]
+                              "pfmm", "fmm4_xl", "pfmm_xl", "ee", "ee_long", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd"]
 
 
 # Training priority when runs compete for the two worker slots (the rest follow in METHODS order):
 # the order of importance, so that an interrupted full run has the rows that matter.
 TRAIN_ORDER: list[str] = ["si_pre", "si", "lmd", "fmm4", "lmd_both", "pfmm", "ayf_lmd", "ee", "lmd_both_long",
                           "ayf_emd", "emd", "psd", "lmd_both_xl", "fmm1", "lsd", "esd", "fmm4_xl", "pfmm_xl",
-                          "lmd_xl"]
+                          "lmd_xl", "ee_long"]
 
 
 def train_order(keys: Sequence[str]) -> list[str]:
