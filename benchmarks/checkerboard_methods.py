@@ -163,7 +163,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("ee_long", "EE (stop-grad), +3000 steps", "checkerboard-ee", init_from="ee",
                    budget={"max_steps": 3000, "ckpt_every": 500},
                    note="ee continued for 3,000 steps at the shared lr 1e-3 (cosine): a stability check of EE at "
-                        "the default learning rate"),
+                        "the default learning rate; not in the default set (it diverges: results notes)"),
         MethodSpec("lsd", "LSD", "checkerboard-lsd", init_from="si",
                    note="Lagrangian self-distillation (successors §2)"),
         MethodSpec("esd", "ESD", "checkerboard-esd", init_from="si",
@@ -203,7 +203,7 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 DEFAULT_METHODS: list[str] = ["si", "lmd", "lmd_both", "lmd_both_long", "lmd_both_xl", "lmd_xl", "emd", "fmm1", "fmm4",
-                              "pfmm", "fmm4_xl", "pfmm_xl", "ee", "ee_long", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd"]
+                              "pfmm", "fmm4_xl", "pfmm_xl", "ee", "lsd", "esd", "psd", "ayf_emd", "ayf_lmd"]
 
 
 # Training priority when runs compete for the two worker slots (the rest follow in METHODS order):

@@ -196,6 +196,13 @@ def test_train_only_trains_and_writes_no_results(tmp_path, capsys):
     capsys.readouterr()
     assert cb.main(argv) == 0  # a second call reuses every finished run
     assert capsys.readouterr().out.count("reusing the finished run") == 3
+    # the loss spread at a finished run's final weights (is a late rise in its log noise or divergence?)
+    from anystep.benchmarks.checkerboard_loss_spread import loss_spread
+
+    res = loss_spread(runs / "lmd", batches=3)
+    assert res["n"] == 3 and np.isfinite(res["loss_mean"]) and res["loss_min"] <= res["loss_max"]
+    with pytest.raises(FileNotFoundError, match="no finished model"):
+        loss_spread(tmp_path / "nothing")
 
 
 def test_eval_cache_keys_on_weights_teacher_and_settings(tmp_path):
