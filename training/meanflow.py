@@ -51,7 +51,9 @@ replaces ``dI_s`` off the diagonal by the map's own stop-gradient velocity
 keep the flow-matching target ``dI_s``, which is what trains ``v_{s,s}``. It costs one more
 (gradient-free) evaluation per step. Use it with ``adaptive_p = 0``: the adaptive weight
 ``1/(|Δ|^2 + c)`` turns the small deterministic residuals into gradients of size ``~Δ/c``
-(on the Gaussian test case it stalls training, results/family.md).
+(on the Gaussian test case it stalls training). On the checkerboard it did worse than the
+published target at the benchmark's budget (results/family.md): the residual there is the
+bootstrapped target's error more than ``dI_s``'s noise.
 
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
