@@ -42,8 +42,8 @@ cancels the JVP term), adaptive weighting ``p = 1``, ``c = 1e-3``, logit-normal 
 ``1 - sigmoid(a) = sigmoid(-a)``), pairs ordered forward (``s <= t``).
 
 Variance: ``dI_s`` enters the target twice, as ``b_s`` and through ``(t - s) ∇v·dI_s``; for
-a map with a large Jacobian (the sharp checkerboard) the second term makes the off-diagonal
-target far noisier than flow matching (results/family.md). ``tangent = "model"`` (not the
+a map with a large Jacobian the second term can make the off-diagonal target much noisier
+than flow matching. ``tangent = "model"`` (not the
 published recipe; the form of later MeanFlow variants and of our Eulerian self-distillation)
 replaces ``dI_s`` off the diagonal by the map's own stop-gradient velocity
 ``u = sg(v_{s,s}(I_s))``: ``v_tgt = u + (t - s)[∂_s v + ∇v·u]``, a deterministic function of
