@@ -10,6 +10,7 @@ Absent ``supported_steps`` (every model written before) means any K and any grid
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,9 @@ def test_http_refuses_unsupported_steps_with_422_and_lists_them(tmp_path):
 
     specs = [ModelSpec("sc", _save(tmp_path / "sc", [1, 2, 4])), ModelSpec("any", _save(tmp_path / "any"))]
     with TestClient(create_app(ServerConfig(models=specs, engine="torch"))) as c:
+        deadline = time.monotonic() + 120  # each model warms up before it serves
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         info = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
         assert info["sc"]["supported_steps"] == [1, 2, 4] and info["any"]["supported_steps"] is None
         for body, field in (({"steps": 3}, "steps"), ({"grid": [0.0, 0.3, 1.0]}, "grid")):
