@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
         description=("Served flow map (steps=K) against the served teacher's dopri5 at n samples per request: the "
-                     "measured latency ratio against the NFE-ratio limit NFE_dopri5 / K (issue 16: >= 90%%). "
+                     "measured latency ratio against the NFE-ratio limit NFE_dopri5 / K (issue 16: >= 90%). "
                      "Starts anystep serve on 127.0.0.1; writes load_nfe.{json,md}."),
         epilog="Run measurements under `nice -n -5` on a shared machine and read the load average in the report.",
     )
