@@ -85,7 +85,9 @@ class TritonEngine(Engine):
         self.output_name = outputs[0]["name"]
         mb = int(cfg.get("max_batch_size", 0) or 0) if isinstance(cfg, dict) else 0
         self._batched = mb > 0  # Triton adds the batch dim to the declared dims
-        self.max_batch = int(max_batch or mb or 1 << 30)
+        # never more rows per request than the model's max_batch_size (Triton refuses them with a 400)
+        limits = [int(b) for b in (max_batch, mb) if b]
+        self.max_batch = min(limits) if limits else 1 << 30
 
     def _client(self):
         """This thread's client (tritonclient's HTTP client is bound to the thread that made it)."""
