@@ -199,7 +199,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads((tmp_path / "out" / "digits.json").read_text())
     methods = {r["method"] for r in data["rows"]}
-    assert methods == set(bench.METHODS)
+    assert methods == set(bench.DEFAULT_METHODS)  # shortcut, meanflow: opt-in rows (--methods)
     assert (tmp_path / "out" / "digits.md").is_file() and (tmp_path / "out" / "digits_lmd.png").is_file()
 
 
