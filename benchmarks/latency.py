@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +91,7 @@ from anystep.benchmarks.timing import (
     summarize,
 )
 from anystep.errors import AnystepError  # noqa: F401 - re-exported
+from anystep.server.registry import models_dir as bundled_models_dir
 
 __all__ = [
     "QUICK",
@@ -463,10 +463,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         v = getattr(args, name)
         if v is not None:
             kw[name] = v
-    if args.models_dir is not None:
-        kw["models_dir"] = args.models_dir
-    elif os.environ.get("ANYSTEP_MODELS_DIR"):
-        kw["models_dir"] = Path(os.environ["ANYSTEP_MODELS_DIR"])
+    kw["models_dir"] = args.models_dir if args.models_dir is not None else bundled_models_dir()
     if args.no_engine_teacher:
         kw["engine_teacher"] = False
     if args.no_profile:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -82,6 +81,7 @@ from anystep.benchmarks.loadgen import (  # noqa: F401 - re-exported (load_ray, 
     server_timing,
     summarize_phase,
 )
+from anystep.server.registry import models_dir as bundled_models_dir
 
 __all__ = [
     "QUICK",
@@ -434,10 +434,7 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         kw["requests"] = {c: int(args.requests) for c in conc}
     else:
         kw["requests"] = {c: int(base_req.get(c, max(base_req.values()))) for c in conc}
-    if args.models_dir is not None:
-        kw["models_dir"] = args.models_dir
-    elif os.environ.get("ANYSTEP_MODELS_DIR"):
-        kw["models_dir"] = Path(os.environ["ANYSTEP_MODELS_DIR"])
+    kw["models_dir"] = args.models_dir if args.models_dir is not None else bundled_models_dir()
     if args.no_profile:
         kw["profile"] = False
     elif args.profile:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from anystep.benchmarks.common import (
 )
 from anystep.benchmarks.loadgen import LoadBenchError, LoopbackClient, generate_body, server_timing
 from anystep.benchmarks.timing import interleaved_timing, percentile, summarize
+from anystep.server.registry import models_dir as bundled_models_dir
 
 MODULE = "anystep.benchmarks.load_nfe"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -335,10 +335,7 @@ def settings_from_args(args: argparse.Namespace) -> NfeSettings:
     for name in ("model", "n", "steps", "rtol", "engine", "threads", "rounds", "format"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    if args.models_dir is not None:
-        kw["models_dir"] = args.models_dir
-    elif os.environ.get("ANYSTEP_MODELS_DIR"):
-        kw["models_dir"] = Path(os.environ["ANYSTEP_MODELS_DIR"])
+    kw["models_dir"] = args.models_dir if args.models_dir is not None else bundled_models_dir()
     return NfeSettings(quick=bool(args.quick), seed=args.seed, **kw)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -76,6 +75,7 @@ from anystep.benchmarks.triton_peer import (
     triton_phase,
     triton_versions,
 )
+from anystep.server.registry import models_dir as bundled_models_dir
 
 MODULE = "anystep.benchmarks.load_triton"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -427,10 +427,7 @@ def settings_from_args(args: argparse.Namespace) -> TritonSettings:
                       for c in conc}
     if args.no_json_row:
         kw["json_row"] = False
-    if args.models_dir is not None:
-        kw["models_dir"] = args.models_dir
-    elif os.environ.get("ANYSTEP_MODELS_DIR"):
-        kw["models_dir"] = Path(os.environ["ANYSTEP_MODELS_DIR"])
+    kw["models_dir"] = args.models_dir if args.models_dir is not None else bundled_models_dir()
     return TritonSettings(quick=bool(args.quick), seed=args.seed, **kw)
 
 
