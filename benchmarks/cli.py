@@ -8,6 +8,7 @@ and ``anystep bench latency --help`` shows that module's options:
 * ``anystep bench checkerboard`` -> :mod:`anystep.benchmarks.checkerboard` (paper Table 3, every objective)
 * ``anystep bench digits``       -> :mod:`anystep.benchmarks.digits` (digits-FD vs steps)
 * ``anystep bench digits-cond``  -> :mod:`anystep.benchmarks.digits_cond` (class-conditional, guidance)
+* ``anystep bench digits-restore`` -> :mod:`anystep.benchmarks.digits_restore` (image-to-image restoration map)
 * ``anystep bench latency``      -> :mod:`anystep.benchmarks.latency` (flow map vs ODE solvers, engines)
 * ``anystep bench load``         -> :mod:`anystep.benchmarks.load` (serving under load, loopback only)
 * ``anystep bench load-ray``     -> :mod:`anystep.benchmarks.load_ray` (replicas on Ray Serve, loopback only)
@@ -29,6 +30,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "digits": ("anystep.benchmarks.digits", "8x8 digits: digits-FD / Teacher-FD of every sampler and step count."),
     "digits-cond": ("anystep.benchmarks.digits_cond",
                     "Class-conditional digits: accuracy per class, digits-FD vs the guided teacher; restoration."),
+    "digits-restore": ("anystep.benchmarks.digits_restore",
+                       "Image-to-image: noisy -> clean digits restoration map, PSNR and classifier accuracy vs steps."),
     "latency": ("anystep.benchmarks.latency",
                 "Sampler latency vs ODE solvers and across engines (torch, ONNX Runtime, TensorRT), with quality."),
     "load": ("anystep.benchmarks.load",

@@ -112,3 +112,29 @@ def test_small_run_on_the_bundled_map(tmp_path):
     assert main(["--map", f"m={tmp_path}", "--out", str(tmp_path)]) == 2  # not a model directory
     with pytest.raises(SystemExit):
         main(["--map", "no-equals-sign"])
+
+
+def test_anystep_bench_lists_and_runs_digits_restore(monkeypatch):
+    from click.testing import CliRunner
+
+    import anystep.benchmarks.digits_restore as R
+    from anystep.benchmarks.cli import bench
+
+    runner = CliRunner()
+    res = runner.invoke(bench, ["--help"])
+    assert res.exit_code == 0
+    assert "digits-restore" in res.output
+    seen = {}
+
+    def fake_main(argv):
+        seen["argv"] = argv
+        return 0
+
+    monkeypatch.setattr(R, "main", fake_main)
+    res = runner.invoke(bench, ["digits-restore", "--draws", "1", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen["argv"] == ["--draws", "1", "--steps", "1"]
+    monkeypatch.undo()
+    res = runner.invoke(bench, ["digits-restore", "--help"])  # the real parser: its own options
+    assert res.exit_code == 0
+    assert "--teacher" in res.output and "--map" in res.output
