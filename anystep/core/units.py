@@ -8,6 +8,7 @@ see data units (digits: grey levels ``0..16`` of shape ``[8, 8]``; 8-bit images:
 
 :func:`units_for` derives the record from a model's data set name and shape; a model
 directory may also store it (``Units.to_dict`` / ``Units.from_dict``).
+The data sets' ``to_units`` / ``from_units`` (:mod:`anystep.core.data`) apply this same record.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ Units. "Model units" are what the networks see (images in ``[-1, 1]``,
 channel-first ``[N, C, H, W]``). Each data set's ``to_units`` maps model units
 back to the data set's own units and layout (digits: ``[n, 8, 8]`` grey levels
 ``0..16``; 8-bit images: ``[n, H, W]`` or ``[n, H, W, C]`` levels ``0..255``;
-2D sets: identity) and ``from_units`` is its inverse.
+2D sets: identity) and ``from_units`` is its inverse. Both apply the data set's
+``units`` record, :func:`anystep.core.units.units_for` of its name and shape (the record a
+served model uses without building the data set); only ``npz:`` of 8-bit pixels, whose
+dtype the name does not tell, builds its own.
 
 Registry names (``list_datasets()``):
 

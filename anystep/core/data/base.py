@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anystep.core.units import Units, UnitsError, units_for
 from anystep.errors import AnystepError
 
 
@@ -135,17 +136,30 @@ class Dataset:
             "set (digits, cifar10, folder: with one sub-folder per class, npz: with a 'y' array, blobs)"
         )
 
+    @property
+    def units(self) -> Units:
+        """Model units <-> this set's own units: :func:`anystep.core.units.units_for` of its name and shape.
+
+        The record a served model uses without building the data set, so the two cannot disagree
+        (digits: grey levels ``0..16``; ``folder:``/``cifar10``: levels ``0..255``; else the identity).
+        """
+        return units_for(self.name, tuple(self.shape))
+
     def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Map model-unit samples ``[n, *shape]`` to the data set's own units (identity here)."""
+        """Map model-unit samples ``[n, *shape]`` to the data set's own units and layout (``self.units``)."""
         arr = _to_numpy(x, f"{self.name}.to_units").astype(np.float32, copy=False)
         self._check_batch(arr, f"{self.name}.to_units")
-        return arr
+        return self.units.to_units(arr)
 
     def from_units(self, x: np.ndarray) -> Tensor:
-        """Inverse of ``to_units``: returns ``[n, *shape]`` float32 model units (identity here)."""
-        arr = _to_numpy(x, f"{self.name}.from_units").astype(np.float32)
-        self._check_batch(arr, f"{self.name}.from_units")
-        return torch.from_numpy(arr)
+        """Inverse of ``to_units``: returns ``[n, *shape]`` float32 model units (a new tensor)."""
+        arr = _to_numpy(x, f"{self.name}.from_units")
+        units = self.units
+        try:
+            out = units.from_units(arr)
+        except UnitsError as exc:
+            raise DataError(f"{self.name}.from_units ({units.name}): {exc}") from None
+        return torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: never aliases the input
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable ``{"name": ..., "kwargs": {...}}``; ``get_dataset(**)`` rebuilds it."""
@@ -240,27 +254,15 @@ class _ArrayDataset(Dataset):
 class _Uint8ImageUnits:
     """Mixin: storage is 8-bit ``[N, C, H, W]``; model units ``x / 127.5 - 1``.
 
-    ``to_units`` gives ``[n, H, W]`` (C = 1) or ``[n, H, W, C]`` float levels in ``0..255``.
+    Units (:attr:`Dataset.units`, ``"uint8-levels"``): ``[n, H, W]`` (C = 1) or ``[n, H, W, C]``
+    float levels in ``0..255``; ``from_units`` also takes ``[n, H, W, 1]`` for one channel.
     """
 
     def _raw_to_model(self, raw: Tensor) -> Tensor:
         return raw.to(torch.float32) / 127.5 - 1.0
 
-    def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
-        arr = _to_numpy(x, f"{self.name}.to_units").astype(np.float32)
-        self._check_batch(arr, f"{self.name}.to_units")
-        levels = np.clip((arr + 1.0) * 127.5, 0.0, 255.0)
-        levels = np.transpose(levels, (0, 2, 3, 1))
-        return levels[..., 0] if levels.shape[-1] == 1 else levels
-
     def from_units(self, x: np.ndarray) -> Tensor:
-        arr = _to_numpy(x, f"{self.name}.from_units").astype(np.float32)
-        c, h, w = self.shape
-        if c == 1 and arr.ndim == 3:
-            arr = arr[..., None]
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != (h, w, c):
-            want = f"[n, {h}, {w}]" if c == 1 else f"[n, {h}, {w}, {c}]"
-            raise DataError(
-                f"{self.name}.from_units: expected levels 0..255 of shape {want}, got {list(arr.shape)}"
-            )
-        return torch.from_numpy(np.ascontiguousarray(np.transpose(arr, (0, 3, 1, 2)) / 127.5 - 1.0))
+        arr = _to_numpy(x, f"{self.name}.from_units")  # type: ignore[attr-defined]
+        if self.shape[0] == 1 and arr.ndim == 4 and arr.shape[-1] == 1:  # type: ignore[attr-defined]
+            arr = arr[..., 0]
+        return super().from_units(arr)  # type: ignore[misc]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import DataError, PairedSample, _ArrayDataset, _to_numpy
+from .base import DataError, PairedSample, _ArrayDataset
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,21 +66,6 @@ class DigitsDataset(_ArrayDataset):
     def _raw_to_model(self, raw: Tensor) -> Tensor:
         return raw.to(torch.float32) / 8.0 - 1.0
 
-    def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Model units ``[n, 1, 8, 8]`` -> grey levels ``[n, 8, 8]`` float, clipped to ``0..16``."""
-        arr = _to_numpy(x, "digits.to_units").astype(np.float32)
-        self._check_batch(arr, "digits.to_units")
-        return np.clip((arr[:, 0] + 1.0) * 8.0, 0.0, 16.0)
-
-    def from_units(self, x: np.ndarray) -> Tensor:
-        """Grey levels ``[n, 8, 8]`` (``0..16``) -> model units ``[n, 1, 8, 8]`` float32."""
-        arr = _to_numpy(x, "digits.from_units").astype(np.float32)
-        if arr.ndim != 3 or arr.shape[1:] != (8, 8):
-            raise DataError(
-                f"digits.from_units: expected grey levels of shape [n, 8, 8], got {list(arr.shape)}"
-            )
-        return torch.from_numpy(arr[:, None] / 8.0 - 1.0)
-
     def describe(self) -> dict[str, Any]:
         return {"name": "digits", "kwargs": {"split": self.split}}
 
@@ -121,12 +106,6 @@ class NoisyDigitsDataset(DigitsDataset):
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` degraded digits ``[n, 1, 8, 8]`` (the base marginal rho_0)."""
         return self.sample_pair(n, generator).x0
-
-    def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Model units ``[n, 1, 8, 8]`` -> grey levels ``[n, 8, 8]`` (noise may leave 0..16)."""
-        arr = _to_numpy(x, "digits-noisy.to_units").astype(np.float32)
-        self._check_batch(arr, "digits-noisy.to_units")
-        return (arr[:, 0] + 1.0) * 8.0
 
     def describe(self) -> dict[str, Any]:
         return {"name": "digits-noisy", "kwargs": {"split": self.split, "noise": self.noise}}

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anystep.core.units import Units
+
 from .base import DataError, _ArrayDataset, _Uint8ImageUnits
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -188,15 +190,16 @@ class NpzDataset(_ArrayDataset):
     def _raw_to_model(self, raw: Tensor) -> Tensor:
         return raw.to(torch.float32) / 127.5 - 1.0 if self._uint8 else raw.to(torch.float32)
 
-    def to_units(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Identity for float data; levels ``0..255`` (clipped, float) for uint8 data. Same layout."""
-        arr = super().to_units(x)
-        return np.clip((arr + 1.0) * 127.5, 0.0, 255.0) if self._uint8 else arr
+    @property
+    def units(self) -> Units:
+        """Identity for float data; levels ``0..255`` (clipped, float) for uint8 data, same layout.
 
-    def from_units(self, x: np.ndarray) -> Tensor:
-        """Inverse of ``to_units``: ``[n, *shape]`` float32 model units."""
-        out = super().from_units(x)
-        return out / 127.5 - 1.0 if self._uint8 else out
+        Not :func:`anystep.core.units.units_for`'s answer for ``npz:`` (the identity): that sees
+        the name only, not the stored dtype.
+        """
+        if self._uint8:
+            return Units("uint8-levels", tuple(self.shape), scale=127.5, offset=1.0, lo=0.0, hi=255.0)
+        return super().units
 
     def describe(self) -> dict[str, Any]:
         return {"name": "npz", "kwargs": {"path": self.path, "key": self.key}}
