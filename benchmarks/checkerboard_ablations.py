@@ -117,6 +117,19 @@ VARIANTS: dict[str, Variant] = {
            hparams={"warmup_steps": 2000}, steps=18_000),
         _v("ayf_lmd_unit_noadapt", "ayf_lmd", "weighting unit, no tangent norm, no adaptive weight",
            hparams={"weighting": "unit", "tangent_norm": False, "adaptive": False}),
+        # -- MeanFlow / shortcut one-step maps (issue 14, results/family.md); run with --work-dir runs/family/cb
+        _v("meanflow", "meanflow", "baseline", baseline=True),
+        _v("mf_gap_uniform", "meanflow", "uniform gap t - s (10% of map rows with t - s > 0.9)",
+           hparams={"gap_kind": "uniform"}),
+        _v("mf_gap_long", "meanflow", "gap density 2u (19% of map rows with t - s > 0.9)", hparams={"gap_kind": "long"}),
+        _v("mf_p05", "meanflow", "adaptive weight p = 0.5", hparams={"adaptive_p": 0.5}),
+        _v("mf_lr3e-4", "meanflow", "learning rate 3e-4", lr=3e-4),
+        _v("mf_clip01", "meanflow", "gradient clip 0.1", sets=("grad_clip=0.1",)),
+        _v("mf_jvp_wu500", "meanflow", "JVP term of the target ramped 0 -> 1 over 500 steps",
+           hparams={"jvp_warmup": 500}),
+        _v("shortcut", "shortcut", "baseline", baseline=True),
+        _v("sc_top25", "shortcut", "25% of self-consistency rows at 2d = 1", hparams={"top_frac": 0.25}),
+        _v("sc_top50", "shortcut", "50% of self-consistency rows at 2d = 1", hparams={"top_frac": 0.5}),
     )
 }
 
@@ -310,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
         description="One-factor ablations of the checkerboard objectives that miss the goal (EE, PSD, "
-                    "AYF-EMD, AYF-LMD), scored exactly like the checkerboard benchmark.",
+                    "AYF-EMD, AYF-LMD, MeanFlow, shortcut), scored exactly like the checkerboard benchmark.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="variants:\n" + "\n".join(f"  {v.name:<18} {v.method:<8} {v.factor}" for v in VARIANTS.values()),
     )

@@ -20,7 +20,7 @@ from gaussian_case import (
     ScaledGaussianFlowMap,
 )
 from test_objectives import CASE_1D, CASE_2D, LINEAR, gen, identity_error, mlp_model, train
-from torch import Tensor
+from torch import Tensor, nn
 
 from anystep.training.base import build_objective
 from anystep.training.consistency import consistency_grid, consistency_sample
@@ -204,6 +204,53 @@ def test_meanflow_model_tangent_target_is_exact_at_the_exact_map() -> None:
         build_objective("meanflow", LINEAR, tangent="teacher")
 
 
+@pytest.mark.parametrize("kind,above_09", [("uniform", 0.10), ("long", 0.19)])
+def test_meanflow_gap_kinds_draw_forward_pairs_with_the_stated_gap_density(kind: str, above_09: float) -> None:
+    """gap_kind (not published) redraws the off-diagonal rows with gap density 1 / 2u; the
+    diagonal rows and the published sampler's stream are untouched; invalid mixes refuse."""
+    n = 200_000
+    mf = build_objective("meanflow", LINEAR, time_kind="uniform", gap_kind=kind, diag_frac=0.5)
+    pair = mf.sample_pairs(n, gen(0))
+    gap = (pair.t - pair.s)[~pair.diag].double()
+    assert int(pair.diag.sum()) == n // 2 and bool((pair.s[pair.diag] == pair.t[pair.diag]).all())
+    assert bool((gap >= 0).all()) and float(pair.t.max()) <= 1.0 and float(pair.s.min()) >= 0.0
+    assert float((gap > 0.9).double().mean()) == pytest.approx(above_09, abs=0.005)
+    mean_gap = {"uniform": 0.5, "long": 2 / 3}[kind]
+    assert float(gap.mean()) == pytest.approx(mean_gap, abs=0.005)
+    # the start is uniform on [0, 1 - u] given u: the long gaps start near the base
+    assert float(pair.s[~pair.diag][gap > 0.9].max()) <= 0.1 + 1e-6
+    tri = build_objective("meanflow", LINEAR, time_kind="uniform", diag_frac=0.5)
+    ref = tri.times.sample(n, gen(0))
+    got = tri.sample_pairs(n, gen(0))
+    assert torch.equal(ref.s, got.s) and torch.equal(ref.t, got.t)  # triangle = the time sampler's draw
+    assert float(((got.t - got.s)[~got.diag] > 0.9).double().mean()) == pytest.approx(0.01, abs=0.002)
+    for bad in ({"gap_kind": kind}, {"gap_kind": kind, "time_kind": "uniform", "forward_only": False},
+                {"gap_kind": "short", "time_kind": "uniform"}):
+        with pytest.raises(ObjectiveError, match="gap_kind"):
+            build_objective("meanflow", LINEAR, **bad)
+
+
+def test_meanflow_jvp_warmup_ramps_the_jvp_term_to_the_published_target() -> None:
+    """jvp_warmup = N: the target is dI_s + min(1, (step + 1)/N)(t - s)[∂_s v + ∇v·dI_s];
+    from step N - 1 on it is MeanFlow's loss exactly, before it the exact map is not a zero."""
+    case = CASE_2D
+    batch = case.batch(1024, gen(7), dtype=torch.float64)
+    exact = PowerSlopeMap(case, 1.0)
+    published = build_objective("meanflow", LINEAR, adaptive_p=0.0, diag_frac=0.0)
+    warm = build_objective("meanflow", LINEAR, adaptive_p=0.0, diag_frac=0.0, jvp_warmup=4)
+    assert [warm.jvp_scale(k) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    for model in (exact, PowerSlopeMap(case, 1.2)):
+        ref = published.loss(model, batch, gen(8)).loss.item()
+        assert warm.loss(model, batch, gen(8), step=3).loss.item() == pytest.approx(ref, rel=1e-12)
+        assert abs(warm.loss(model, batch, gen(8), step=0).loss.item() - ref) > 1e-3 * ref
+    # the Eulerian part: with the exact velocity as tangent the exact map's residual is 0 only at scale 1
+    mf_model = build_objective("meanflow", LINEAR, adaptive_p=0.0, diag_frac=0.0, tangent="model", jvp_warmup=4)
+    assert mf_model.loss(exact, batch, gen(8), step=3).loss.item() < 1e-12
+    assert mf_model.loss(exact, batch, gen(8), step=0).loss.item() > 1e-4
+    with pytest.raises(ObjectiveError, match="jvp_warmup"):
+        build_objective("meanflow", LINEAR, jvp_warmup=-1)
+
+
 # ------------------------------------------------------------------------------------------
 # shortcut models
 # ------------------------------------------------------------------------------------------
@@ -252,6 +299,49 @@ def test_shortcut_expected_gradient_vanishes_at_the_exact_map() -> None:
     # the finest level's Euler half steps leave an O(d^2) bias at d = 1/8
     assert abs(mean) < 4 * se + 0.02 * abs(mean_wrong)
     assert abs(mean_wrong) > 10 * se_wrong
+
+
+class _PairLog(nn.Module):
+    """Wraps a flow map and records the gaps ``t - s`` of the calls that carry a gradient."""
+
+    kind = "flowmap"
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gaps: list[Tensor] = []
+
+    def forward(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            self.gaps.append((t - s).detach())
+        return self.inner(x, s, t)
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.inner.velocity(x, t)
+
+
+@pytest.mark.parametrize("top_frac", [0.0, 0.5, 1.0])
+def test_shortcut_top_frac_puts_rows_on_the_one_step_jump(top_frac: float) -> None:
+    """top_frac (not published) of the self-consistency rows regress the one-step jump 2d = 1;
+    the rest draw a uniform level (1/L of them at 2d = 1); the exact map stays stationary."""
+    case = CASE_2D
+    B, L = 1000, 4
+    objective = build_objective("shortcut", LINEAR, levels=L, fm_frac=0.5, top_frac=top_frac)
+    logged = _PairLog(ExactGaussianFlowMap(case))
+    objective.loss(logged, case.batch(B, gen(9), dtype=torch.float64), gen(10))
+    (gaps,) = logged.gaps  # the prediction X_{t, t+2d} of the 500 self-consistency rows
+    share = float((gaps == 1.0).double().mean())
+    assert gaps.numel() == B // 2
+    assert share == pytest.approx(top_frac + (1 - top_frac) / L, abs=0.06)
+    if top_frac == 1.0:
+        assert share == 1.0
+    if top_frac == 0.5:
+        mean, se = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.0), case)
+        mean_wrong, se_wrong = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.2), case)
+        assert abs(mean) < 4 * se + 0.02 * abs(mean_wrong)
+        assert abs(mean_wrong) > 10 * se_wrong
+    with pytest.raises(ObjectiveError, match="top_frac"):
+        build_objective("shortcut", LINEAR, top_frac=1.5)
 
 
 # ------------------------------------------------------------------------------------------

@@ -55,6 +55,15 @@ keep the flow-matching target ``dI_s``, which is what trains ``v_{s,s}``. It cos
 published target at the benchmark's budget (results/family.md): the residual there is the
 bootstrapped target's error more than ``dI_s``'s noise.
 
+Two more options that are not in the published recipe (both off by default; results in
+``benchmarks/results/family.md``): ``gap_kind`` redraws the off-diagonal pairs with more
+long jumps -- gap ``u = t - s`` of density 1 (``"uniform"``) or ``2u`` (``"long"``) and
+``s ~ U[0, 1 - u]`` -- where uniform pairs on the triangle have ``2(1 - u)`` (1% of the map
+rows with ``u > 0.9``) and the published logit-normal pairs almost none (2e-5 of a batch);
+``jvp_warmup = N`` ramps the JVP term of the target, ``v_tgt = dI_s + λ (t - s)[∂_s v +
+∇v·dI_s]`` with ``λ = min(1, (step + 1) / N)``, so that early targets stay near flow
+matching (a curriculum; the loss is MeanFlow's from step ``N - 1`` on).
+
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
 ``t < s`` (no inversion) unless ``forward_only=False`` -- (MF) holds for every pair, so
@@ -77,8 +86,9 @@ from anystep.training.distill import (
     jvp_times,
     sq,
 )
+from anystep.training.times import TimePair
 
-__all__ = ["MeanFlow", "adaptive_weight", "slope_fn"]
+__all__ = ["GAP_KINDS", "MeanFlow", "adaptive_weight", "slope_fn"]
 
 MEANFLOW_DEFAULTS: dict[str, Any] = {
     **TIME_DEFAULTS,
@@ -89,7 +99,12 @@ MEANFLOW_DEFAULTS: dict[str, Any] = {
     "adaptive_p": 1.0,
     "adaptive_c": 1e-3,
     "tangent": "sample",  # "sample": dI_s (MeanFlow); "model": sg(v_{s,s}(I_s)) off the diagonal
+    "gap_kind": "triangle",  # off-diagonal pairs: "triangle" (time_kind's), "uniform" / "long" gap (not published)
+    "jvp_warmup": 0,  # steps over which the JVP term of the target ramps from 0 to 1 (0: MeanFlow, off)
 }
+
+# density of the gap u = t - s of the off-diagonal pairs for each gap_kind (s | u ~ U[0, 1 - u])
+GAP_KINDS = {"triangle": "time_kind's pairs (uniform: 2(1 - u))", "uniform": "1", "long": "2u"}
 
 
 def slope_fn(model: nn.Module, objective: str):
@@ -136,8 +151,10 @@ class MeanFlow(FlowObjective):
 
     Hyper-parameters: ``adaptive_p`` (p >= 0, default 1), ``adaptive_c`` (c > 0, default
     1e-3), ``diag_frac`` (default 0.75), ``tangent`` (``"sample"``: MeanFlow's ``dI_s``;
-    ``"model"``: the map's own velocity off the diagonal) and the time settings (logit-normal
-    ``(0.4, 1.0)`` by default; forward only). Metrics: ``loss``, ``meanflow_mse`` (the
+    ``"model"``: the map's own velocity off the diagonal), ``gap_kind`` (``"triangle"``:
+    the time sampler's pairs, MeanFlow; ``"uniform"`` / ``"long"``: more long jumps, not
+    published), ``jvp_warmup`` (steps of the JVP-term ramp; 0 = off, MeanFlow) and the
+    time settings (logit-normal ``(0.4, 1.0)`` by default; forward only). Metrics: ``loss``, ``meanflow_mse`` (the
     unweighted ``E|Δ|^2/d``), ``meanflow_fm`` (its value on the diagonal rows).
     """
 
@@ -156,6 +173,19 @@ class MeanFlow(FlowObjective):
             raise ObjectiveError(
                 f"meanflow: adaptive_c={h['adaptive_c']} must be > 0 (MeanFlow uses 1e-3)"
             )
+        if h["gap_kind"] not in GAP_KINDS:
+            raise ObjectiveError(
+                f"meanflow: gap_kind={h['gap_kind']!r} must be one of {sorted(GAP_KINDS)} (triangle = MeanFlow)"
+            )
+        if h["gap_kind"] != "triangle" and (
+            h["time_kind"] != "uniform" or not h["forward_only"] or float(h["window"]) != 1.0
+        ):
+            raise ObjectiveError(
+                f"meanflow: gap_kind={h['gap_kind']!r} draws its own forward pairs on the whole triangle; "
+                "set time_kind='uniform', forward_only=true and window=1 (or use gap_kind='triangle')"
+            )
+        if h["jvp_warmup"] < 0:
+            raise ObjectiveError(f"meanflow: jvp_warmup={h['jvp_warmup']} must be >= 0 steps (0 = off)")
         if h["tangent"] not in ("sample", "model"):
             raise ObjectiveError(
                 f"meanflow: tangent={h['tangent']!r} must be 'sample' (MeanFlow: dI_s) or 'model' (sg v_ss)"
@@ -165,11 +195,40 @@ class MeanFlow(FlowObjective):
         """Step counts the trained map supports: None = any K on any forward grid."""
         return None
 
+    def sample_pairs(self, batch_size: int, generator: torch.Generator) -> TimePair:
+        """The ``(s, t)`` pairs of one batch: the time sampler's, off-diagonal rows redrawn by ``gap_kind``.
+
+        ``gap_kind = "triangle"`` (MeanFlow) keeps the time sampler's pairs. ``"uniform"`` /
+        ``"long"`` redraw each off-diagonal row with gap ``u = t - s`` of density 1 / ``2u`` on
+        ``[0, 1]`` and ``s ~ U[0, 1 - u]``: 10% / 19% of those rows have ``u > 0.9``, against
+        1% for uniform pairs on the triangle (density ``2(1 - u)``).
+
+        Returns:
+            :class:`~anystep.training.times.TimePair` (CPU, float32), diagonal rows first.
+        """
+        pair = self.times.sample(batch_size, generator)
+        kind = self.hparams["gap_kind"]
+        n_off = int((~pair.diag).sum())
+        if kind == "triangle" or n_off == 0:
+            return pair
+        p = torch.rand(n_off, generator=generator, dtype=torch.float64)
+        u = p if kind == "uniform" else p.sqrt()
+        s_off = (1.0 - u) * torch.rand(n_off, generator=generator, dtype=torch.float64)
+        t_off = torch.clamp(s_off + u, max=1.0)
+        s, t = pair.s.clone(), pair.t.clone()
+        s[~pair.diag], t[~pair.diag] = s_off.float(), t_off.float()
+        return TimePair(s=s, t=t, diag=pair.diag)
+
+    def jvp_scale(self, step: int) -> float:
+        """Factor of the JVP term ``(t - s)[∂_s v + ∇v·u]`` in the target at ``step`` (1 after the warm-up)."""
+        n = int(self.hparams["jvp_warmup"])
+        return 1.0 if n <= 0 else min(1.0, (int(step) + 1) / n)
+
     def loss(self, model, batch, generator, teacher=None, step=0) -> LossOutput:
         """See class docstring; ``batch`` tensors are ``[B, *shape]``."""
         self._check_inputs(model, teacher)
         h = self.hparams
-        pair = self._times(batch, generator)
+        pair = self.sample_pairs(batch.x0.shape[0], generator).to(batch.x0)
         sample = self._interp(batch, pair.s)
         I_s, dI_s = sample.I_t, sample.dI_t
         velocity = dI_s
@@ -182,7 +241,9 @@ class MeanFlow(FlowObjective):
         out = jvp_times(slope_fn(model, self.name), I_s, pair.s, pair.t, dx=velocity, ds=1.0)
         v = out.value
         with torch.no_grad():
-            target = velocity.to(v) + _bcast(pair.t - pair.s, v).to(v) * out.tangent.detach()
+            jvp_term = _bcast(pair.t - pair.s, v).to(v) * out.tangent.detach()
+            scale = self.jvp_scale(step)
+            target = velocity.to(v) + (jvp_term if scale == 1.0 else scale * jvp_term)
         delta = v - target
         w = adaptive_weight(delta, h["adaptive_p"], h["adaptive_c"])
         per_row = sq(delta)

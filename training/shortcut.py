@@ -44,7 +44,8 @@ from anystep.training.distill import TIME_DEFAULTS, FlowObjective, ObjectiveErro
 
 __all__ = ["Shortcut", "dyadic_steps"]
 
-SHORTCUT_DEFAULTS: dict[str, Any] = {**TIME_DEFAULTS, "levels": 7, "fm_frac": 0.75}
+# top_frac (not published): fraction of the self-consistency rows put on the largest step 2d = 1
+SHORTCUT_DEFAULTS: dict[str, Any] = {**TIME_DEFAULTS, "levels": 7, "fm_frac": 0.75, "top_frac": 0.0}
 
 
 def dyadic_steps(levels: int) -> list[int]:
@@ -65,7 +66,10 @@ class Shortcut(FlowObjective):
 
     Hyper-parameters: ``levels`` L (default 7: ``2d`` from 1 down to 1/64, half steps of
     1/128 use the velocity), ``fm_frac`` (fraction of rows for flow matching, in (0, 1),
-    default 0.75). The generic time settings are not used (times are dyadic).
+    default 0.75), ``top_frac`` (not published: the share of the self-consistency rows drawn
+    at the largest step ``2d = 1`` -- the one-step jump -- the others at a uniform level;
+    default 0, every row at a uniform level as in the paper). The generic time settings are
+    not used (times are dyadic).
     Metrics: ``loss``, ``shortcut_fm``, ``shortcut_sc``.
     """
 
@@ -84,10 +88,18 @@ class Shortcut(FlowObjective):
             raise ObjectiveError(
                 f"shortcut: fm_frac={h['fm_frac']} must be in (0, 1): the rest of the batch trains self-consistency"
             )
+        if not 0.0 <= h["top_frac"] <= 1.0:
+            raise ObjectiveError(
+                f"shortcut: top_frac={h['top_frac']} must be in [0, 1] (share of the self-consistency rows at 2d = 1; "
+                "0 = the published uniform level draw)"
+            )
 
     def supported_steps(self) -> tuple[int, ...] | None:
         """Step counts the trained map supports (uniform grids only): ``1, 2, ..., 2^(L-1)``."""
         return tuple(dyadic_steps(self.hparams["levels"]))
+
+    def _top_rows(self, n_sc: int) -> int:
+        return min(n_sc, round(self.hparams["top_frac"] * n_sc))
 
     def _rows(self, B: int) -> int:
         n = round(self.hparams["fm_frac"] * B)
@@ -105,6 +117,7 @@ class Shortcut(FlowObjective):
         # self-consistency rows: level j -> full step 2d = 2^-j, start on its grid
         n_sc = B - n_fm
         j = torch.randint(0, L, (n_sc,), generator=generator)
+        j[: self._top_rows(n_sc)] = 0  # top_frac: the leading rows take the one-step jump 2d = 1
         sections = (2.0**j).to(torch.float64)  # 1 / (2d)
         k = torch.floor(torch.rand(n_sc, generator=generator, dtype=torch.float64) * sections)
         t_sc = (k / sections).float()
