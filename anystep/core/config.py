@@ -103,7 +103,15 @@ class BackboneConfig:
         num_res_blocks: U-Net residual blocks per level.
         attention_levels: U-Net levels (indices into channel_mult) with self-attention.
         dropout: dropout probability (0 disables it).
+        x_features: MLP only: number ``m`` of random Fourier features of the spatial input,
+            ``[sin(2 pi B x), cos(2 pi B x)]`` with ``B ~ N(0, x_feature_scale^2)`` of shape
+            ``[m, prod(data_shape)]`` (Tancik et al. 2020), appended to the first layer's input
+            so that a small MLP can make steep transitions (the one-step checkerboard map);
+            0 (default, and what an absent key means) disables them.
+        x_feature_scale: ``sigma`` of those frequencies, in cycles per unit of ``x``.
     """
+
+    OPTIONAL: ClassVar[dict[str, Any]] = {"x_features": 0, "x_feature_scale": 1.0}
 
     name: str = "mlp"
     data_shape: tuple[int, ...] = (2,)
@@ -116,6 +124,8 @@ class BackboneConfig:
     num_res_blocks: int = 1
     attention_levels: tuple[int, ...] = ()
     dropout: float = 0.0
+    x_features: int = 0
+    x_feature_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.name = _name(self.name, "backbone.name", ("mlp", "unet"))
@@ -134,6 +144,10 @@ class BackboneConfig:
             self.attention_levels, "backbone.attention_levels", 0, len(self.channel_mult) - 1, 0, 8
         )
         self.dropout = _num(self.dropout, "backbone.dropout", 0.0, 1.0, hi_open=True)
+        self.x_features = _int(self.x_features, "backbone.x_features", 0, MAX_FEATURES)
+        self.x_feature_scale = _num(self.x_feature_scale, "backbone.x_feature_scale", 1e-6, 1e4)
+        if self.name == "unet" and self.x_features > 0:
+            raise ConfigError("backbone.x_features (Fourier features of x) is an MLP option; set it to 0 for 'unet'")
         if self.name == "unet" and len(self.data_shape) != 3:
             raise ConfigError(
                 f"backbone 'unet' needs image data_shape (C, H, W), got {self.data_shape}; "
@@ -141,8 +155,14 @@ class BackboneConfig:
             )
 
     @classmethod
+    def optional_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Fields a model directory's ``backbone`` may omit (written before they existed), with
+        the value an absent key means (the behaviour of those models: no features of ``x``)."""
+        return dict(cls.OPTIONAL)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = False) -> BackboneConfig:
-        """Build from a dict; ``strict`` (model directories) requires every field."""
+        """Build from a dict; ``strict`` (model directories) requires every field but :attr:`OPTIONAL`."""
         return _from_dict(cls, data, "backbone", strict)
 
 

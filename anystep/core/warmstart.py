@@ -10,7 +10,10 @@ one Euler step of the teacher's ODE (eq. 3.1): exact on the diagonal (the tangen
 ``v_{t,t} = b_t``) and a first-order map off it. For the MLP backbone this is exact weight
 surgery: the flow map's first layer reads ``[x, phi(s), phi(t), phi(t - s)]`` where the
 velocity's reads ``[x, phi(t)]``; the ``x`` and time columns are copied (time to ``s``), the
-``phi(t)`` and ``phi(t - s)`` columns are zero, every other layer is copied.
+``phi(t)`` and ``phi(t - s)`` columns are zero, every other layer is copied. A map with
+random Fourier features of ``x`` (``backbone.x_features``, the last input columns) starts with
+those columns at zero when the velocity has none (they then learn from the first step), or
+copied when the velocity has the same ones.
 
 Time convention: ``t = 0`` base, ``t = 1`` data.
 """
@@ -43,6 +46,11 @@ def check_warm_start(flowmap_cfg: ModelConfig, velocity_cfg: ModelConfig, source
     fb, vb = flowmap_cfg.backbone, velocity_cfg.backbone
     same = (fb.name == vb.name == "mlp" and fb.width == vb.width and fb.depth == vb.depth
             and fb.fourier_features == vb.fourier_features and tuple(fb.data_shape) == tuple(vb.data_shape))
+    if vb.x_features > 0 and (vb.x_features, vb.x_feature_scale) != (fb.x_features, fb.x_feature_scale):
+        raise WarmStartError(
+            f"{source} has {vb.x_features} Fourier features of x (scale {vb.x_feature_scale}); a flow map starts "
+            f"from it only with the same ones (it has {fb.x_features}, scale {fb.x_feature_scale})"
+        )
     if not same or flowmap_cfg.ansatz != "residual":
         raise WarmStartError(
             f"{source} is a velocity model: a flow map can start from it (v_st = b_s) only with the residual "
@@ -82,14 +90,16 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     f_layers = [m for m in fb.net if isinstance(m, nn.Linear)]
     v_layers = [m for m in vb.net if isinstance(m, nn.Linear)]
     feats = fb.features.out_features
+    fx, vx = getattr(fb, "x_features", None), getattr(vb, "x_features", None)
     if (
         len(f_layers) != len(v_layers)
         or feats != vb.features.out_features
         or any(a.weight.shape != b.weight.shape for a, b in zip(f_layers[1:], v_layers[1:], strict=True))
+        or (vx is not None and (fx is None or not torch.equal(fx.freqs, vx.freqs)))
     ):
         raise WarmStartError(
-            "the velocity model's MLP differs from the flow map's (width, depth, fourier_features or data "
-            "shape); warm start needs the same backbone settings"
+            "the velocity model's MLP differs from the flow map's (width, depth, fourier_features, x_features or "
+            "data shape); warm start needs the same backbone settings"
         )
     fb.features.load_state_dict(vb.features.state_dict())
     first_f, first_v = f_layers[0], v_layers[0]
@@ -97,7 +107,10 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     w = torch.zeros_like(first_f.weight)
     w[:, :d] = first_v.weight[:, :d]  # x
     w[:, d : d + feats] = first_v.weight[:, d : d + feats]  # phi(t_velocity) -> phi(s)
-    first_f.weight.copy_(w)  # phi(t) and phi(t - s) columns stay 0
+    if vx is not None:  # gamma(x): the last columns of both
+        n = vx.out_features
+        w[:, w.shape[1] - n :] = first_v.weight[:, first_v.weight.shape[1] - n :]
+    first_f.weight.copy_(w)  # phi(t), phi(t - s) (and gamma(x) of a velocity without it) columns stay 0
     first_f.bias.copy_(first_v.bias)
     for a, b in zip(f_layers[1:], v_layers[1:], strict=True):
         a.weight.copy_(b.weight)

@@ -1,8 +1,10 @@
 """Fully connected backbone: the paper's 2D network (Sec. 4.1: 512 units, 6 layers).
 
-The input is ``concat(x_flat, phi(t_1), ..., phi(t_n)[, phi(t - s)])`` with
-:class:`~anystep.core.networks.embeddings.FourierFeatures` ``phi``; the output
-has ``x``'s shape. Works for any ``data_shape`` (flattens, reshapes back).
+The input is ``concat(x_flat, phi(t_1), ..., phi(t_n)[, phi(t - s)][, gamma(x)])`` with
+:class:`~anystep.core.networks.embeddings.FourierFeatures` ``phi`` and, when
+``backbone.x_features > 0``, random Fourier features ``gamma`` of ``x``
+(:class:`SpatialFourierFeatures`); the output has ``x``'s shape. Works for any
+``data_shape`` (flattens, reshapes back).
 """
 
 from __future__ import annotations
@@ -20,7 +22,46 @@ from anystep.core.networks.embeddings import (
     prepare_times,
 )
 
-__all__ = ["MLPBackbone"]
+__all__ = ["MLPBackbone", "SpatialFourierFeatures"]
+
+# Seed of the frequencies B of SpatialFourierFeatures: fixed, so that a config names one network
+# (B is also saved with the weights, as a buffer).
+X_FEATURE_SEED = 0
+
+
+class SpatialFourierFeatures(nn.Module):
+    """Random Fourier features of the spatial input (Tancik et al. 2020, "Fourier features
+    let networks learn high frequency functions in low dimensional domains").
+
+    ``gamma(x) = [sin(2 pi B x), cos(2 pi B x)]`` with ``B ~ N(0, sigma^2)`` of shape
+    ``[m, dim]``, drawn once from a generator seeded with :data:`X_FEATURE_SEED` and kept as
+    a (saved) buffer. An MLP on ``x`` alone is biased towards smooth functions; ``gamma``
+    lets it make transitions as steep as ``1 / sigma`` (the one-step checkerboard map jumps
+    at the preimages of the squares' edges).
+
+    Args:
+        dim: input dimension ``prod(data_shape)``.
+        num_features: ``m`` (>= 1); the output has ``2 m`` features.
+        scale: ``sigma``, in cycles per unit of ``x``.
+    """
+
+    def __init__(self, dim: int, num_features: int, scale: float) -> None:
+        super().__init__()
+        if int(num_features) < 1 or not scale > 0:
+            raise ConfigError(f"x_features must be >= 1 and x_feature_scale > 0, got {num_features}, {scale}")
+        g = torch.Generator().manual_seed(X_FEATURE_SEED)
+        freqs = 2.0 * math.pi * float(scale) * torch.randn(int(num_features), int(dim), generator=g)
+        self.register_buffer("freqs", freqs)
+
+    @property
+    def out_features(self) -> int:
+        """Feature dimension ``2 m``."""
+        return 2 * self.freqs.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``[B, 2 m]`` of flattened samples ``x`` ``[B, dim]``."""
+        angles = x @ self.freqs.to(x.dtype).T
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 class MLPBackbone(nn.Module):
@@ -36,6 +77,10 @@ class MLPBackbone(nn.Module):
     ``v_{s,t}`` in the ansatz ``X_{s,t}(x) = x + (t - s) v_{s,t}(x)`` is an explicit
     input.
 
+    With ``x_features = m > 0`` the first layer also reads ``2 m`` random Fourier features of
+    ``x`` (:class:`SpatialFourierFeatures`, scale ``x_feature_scale``), as its last columns:
+    zeroing those columns gives back the network without them (the teacher warm start does).
+
     Conditional variant (``num_classes > 0``): a class embedding ``e(y)`` (plus
     ``e_w(w)`` of the guidance scale when ``guidance_input``), see
     :class:`~anystep.core.networks.embeddings.ConditionEmbedding`, is added to the first
@@ -44,7 +89,8 @@ class MLPBackbone(nn.Module):
 
     Args:
         cfg: backbone configuration; uses ``data_shape``, ``time_inputs``,
-            ``width``, ``depth``, ``fourier_features``, ``dropout``.
+            ``width``, ``depth``, ``fourier_features``, ``dropout``, ``x_features``,
+            ``x_feature_scale``.
         num_classes: number of classes of ``y`` (0: unconditional, no ``y`` input).
         guidance_input: take a guidance scale ``w`` (flow maps distilled from a
             classifier-free-guided teacher).
@@ -71,6 +117,10 @@ class MLPBackbone(nn.Module):
         self.features = FourierFeatures(cfg.fourier_features)
         n_time_feats = cfg.time_inputs + (1 if cfg.time_inputs == 2 else 0)
         in_dim = self.dim + n_time_feats * self.features.out_features
+        self.x_features = (SpatialFourierFeatures(self.dim, cfg.x_features, cfg.x_feature_scale)
+                           if cfg.x_features > 0 else None)
+        if self.x_features is not None:
+            in_dim += self.x_features.out_features
         layers: list[nn.Module] = []
         for i in range(cfg.depth):
             layers.append(nn.Linear(in_dim if i == 0 else cfg.width, cfg.width))
@@ -106,7 +156,11 @@ class MLPBackbone(nn.Module):
         y_, w_ = prepare_condition(x, y, w, self.num_classes, self.guidance_input, "MLPBackbone")
         if self.time_inputs == 2:
             ts.append(ts[1] - ts[0])
-        h = torch.cat([x.flatten(1)] + [self.features(t) for t in ts], dim=1)
+        x_flat = x.flatten(1)
+        parts = [x_flat] + [self.features(t) for t in ts]
+        if self.x_features is not None:
+            parts.append(self.x_features(x_flat))
+        h = torch.cat(parts, dim=1)
         if self.cond is None:
             return self.net(h).unflatten(1, self.data_shape)
         h = self.net[0](h) + self.cond(y_, w_).to(h.dtype)

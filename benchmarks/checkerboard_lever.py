@@ -1,0 +1,244 @@
+"""Checkerboard: which lever makes one-step maps sharper per unit of CPU (issue 13).
+
+Each variant is the benchmark's LMD row (``checkerboard-lmd``, the shared budget of
+:class:`~anystep.benchmarks.checkerboard_methods.Settings`, warm start ``v_st = b_s`` from the
+benchmark's teacher ``runs/checkerboard/si``) with one change; it trains into
+``runs/cb_lever/<name>`` (a finished run is reused, an interrupted one resumed) and is scored
+with the benchmark's own estimator (:func:`~anystep.benchmarks.checkerboard_eval.score_samples`
+on the benchmark's 100,000 base points, the teacher's dopri5 samples from the benchmark's
+evaluation cache), at K = 1, 2, 4, 8 steps.
+
+Usage::
+
+    python -m anystep.benchmarks.checkerboard_lever train NAME [NAME ...]   # one thread, resumable
+    python -m anystep.benchmarks.checkerboard_lever report                  # score + write results
+    python -m anystep.benchmarks.checkerboard_lever list
+
+Run training through the team's slot lock (one thread, nice 19). ``report`` scores every
+finished run and writes ``benchmarks/results/checkerboard_lever.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["VARIANTS", "Variant", "main"]
+
+BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
+LEVER_DIR = Path("runs/cb_lever")
+RESULTS = Path("benchmarks/results")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run: the benchmark's ``base`` row with TrainConfig overrides.
+
+    Attributes:
+        name: run directory name under ``runs/cb_lever``.
+        label: row label.
+        factor: what differs from the baseline, in words.
+        sets: ``key=value`` overrides (dotted TrainConfig keys; values JSON).
+        base: benchmark method key the config starts from.
+        init_from: another variant whose weights this one continues (else the base's warm start).
+    """
+
+    name: str
+    label: str
+    factor: str
+    sets: dict[str, Any] = field(default_factory=dict)
+    base: str = "lmd"
+    init_from: str | None = None
+
+
+def _ff(m: int, sigma: float) -> dict[str, Any]:
+    return {"model.backbone.x_features": m, "model.backbone.x_feature_scale": sigma}
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("base", "LMD (benchmark row, retrained here)", "baseline: the benchmark's LMD row"),
+        Variant("ff64_s1", "LMD + Fourier features of x (64, sigma 1)", "x_features 64, sigma 1", _ff(64, 1.0)),
+        Variant("ff64_s2", "LMD + Fourier features of x (64, sigma 2)", "x_features 64, sigma 2", _ff(64, 2.0)),
+        Variant("ff64_s05", "LMD + Fourier features of x (64, sigma 0.5)", "x_features 64, sigma 0.5", _ff(64, 0.5)),
+        Variant("ff128_s1", "LMD + Fourier features of x (128, sigma 1)", "x_features 128, sigma 1", _ff(128, 1.0)),
+        Variant("ff64_s4", "LMD + Fourier features of x (64, sigma 4)", "x_features 64, sigma 4", _ff(64, 4.0)),
+        Variant("base_1500", "LMD, 1500 steps", "baseline with 1.5x the steps (equal wall time check)",
+                {"max_steps": 1500}),
+        Variant("base_both", "LMD both directions (benchmark row, retrained here)",
+                "baseline both directions", {"objective_hparams.forward_only": False}, base="lmd_both"),
+        Variant("ff_both", "LMD both directions + Fourier features of x (64, sigma 1)",
+                "both directions, x_features 64, sigma 1", _ff(64, 1.0), base="lmd_both"),
+    )
+}
+
+
+def _cfg(v: Variant):
+    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
+    from anystep.benchmarks.checkerboard_train import build_train_config
+    from anystep.training.config import apply_overrides
+
+    cfg = build_train_config(METHODS[v.base], Settings(), BENCH_DIR)
+    cfg = apply_overrides(cfg, [f"{k}={json.dumps(val)}" for k, val in v.sets.items()])
+    if v.init_from is not None:
+        cfg = cfg.replace(init_from=str(LEVER_DIR / v.init_from))
+    return cfg.replace(preset=f"{cfg.preset} (checkerboard_lever {v.name})")
+
+
+def train(names: list[str]) -> None:
+    """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
+    import torch
+
+    from anystep.benchmarks.checkerboard_train import train_one
+
+    torch.set_num_threads(1)
+    for name in names:
+        v = VARIANTS[name]
+        rec = train_one(name, _cfg(v), LEVER_DIR / name, fresh=False, progress=False,
+                        log=lambda m: print(m, flush=True))
+        (LEVER_DIR / name / "lever_record.json").write_text(json.dumps(rec.__dict__, indent=1))
+
+
+def _finished(name: str) -> bool:
+    d = LEVER_DIR / name
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file() and (d / "lever_record.json").is_file()
+
+
+def report() -> None:
+    """Score every finished variant and write ``checkerboard_lever.{md,json}``."""
+    import numpy as np
+    import torch
+
+    from anystep.benchmarks.checkerboard_cache import EvalCache
+    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, sample_map, score_samples
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS, Settings
+    from anystep.benchmarks.common import load_average, machine_info, write_results
+    from anystep.core.data import get_dataset
+    from anystep.core.metrics import blur_curve
+    from anystep.core.modeldir import load_model_dir
+
+    torch.set_num_threads(1)
+    settings = Settings()
+    t0 = time.perf_counter()
+    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
+    ds = get_dataset("checkerboard")
+    target_w2 = ds.sample(settings.w2_samples, torch.Generator().manual_seed(20_000 + settings.seed)).double().numpy()
+    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
+    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
+    hit = cache.load(cache.key("teacher"))
+    if hit is None:
+        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
+                         "run python -m anystep.benchmarks.checkerboard first")
+    ctx.x_si = torch.from_numpy(hit[0]["x"])
+    m_si = score_samples(ctx.x_si, ctx)
+    ctx.kl_teacher = m_si.kl
+    data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
+    ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+    rows: list[dict[str, Any]] = []
+    for name, v in VARIANTS.items():
+        if not _finished(name):
+            continue
+        rec = json.loads((LEVER_DIR / name / "lever_record.json").read_text())
+        model = load_model_dir(LEVER_DIR / name).model.eval()
+        scores = {}
+        for k in EVAL_STEPS:
+            with torch.no_grad():
+                x1 = sample_map(model, x0, k)
+            scores[k] = score_samples(x1, ctx, nfe=k)
+        rows.append({"name": name, "label": v.label, "factor": v.factor, "sets": v.sets, "base": v.base,
+                     "seconds": rec["seconds"], "steps": rec["steps"], "ms_per_step": rec["ms_per_step"],
+                     "load_avg": rec["load_avg"], "params": rec["params"],
+                     "metrics": {str(k): s.__dict__ for k, s in scores.items()}})
+        print(f"[{name}] KL " + ", ".join(f"K={k}: {scores[k].kl:.4f}" for k in EVAL_STEPS), flush=True)
+    res = {"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "teacher_kl": m_si.kl, "teacher_blur": ctx.blur.equivalent(m_si.kl),
+           "blur_curve": ctx.blur.to_dict(), "settings": settings, "rows": rows,
+           "eval_seconds": time.perf_counter() - t0, "load_avg": load_average()}
+    write_results(RESULTS, "checkerboard_lever", res, _markdown(res, EVAL_STEPS, np))
+
+
+def _blur(b: float | None) -> str:
+    from anystep.benchmarks.common import fmt
+
+    if b is None or b == float("inf"):
+        return "> 0.3"
+    return fmt(b)
+
+
+def _markdown(res: dict[str, Any], steps, np) -> str:
+    from anystep.benchmarks.common import (
+        NOTES_BEGIN,
+        NOTES_END,
+        existing_notes,
+        fmt,
+        markdown_table,
+    )
+
+    t = res["teacher_kl"]
+    lines = [
+        "# Checkerboard: a lever for sharper one-step maps (issue 13)",
+        "",
+        ("- Command: `python -m anystep.benchmarks.checkerboard_lever train NAME` per variant (one thread, "
+        "nice 19, at most two at a time), then `python -m anystep.benchmarks.checkerboard_lever report`"),
+        f"- Machine: {res['machine']}; other processes shared the 2 cores (load average per run below)",
+        f"- Date: {res['date']}",
+        ("- Every variant: the benchmark's LMD row (`checkerboard-lmd`, MLP 256 x 4, 1000 Adam steps, batch "
+        "512, lr 1e-3 cosine to 1e-5, EMA 0.999, warm start v_st = b_s from the benchmark's teacher "
+        "`runs/checkerboard/si`) with the one change in its row."),
+        (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
+        f"**{fmt(t, 4)}** (blur {_blur(res['teacher_blur'])}); ratios are KL / {fmt(t, 3)}."),
+        "",
+    ]
+    head = ["Variant", "change", "steps", "train s", "ms/step", "load"]
+    kl_rows, ratio_rows, blur_rows = [], [], []
+    for r in res["rows"]:
+        m = r["metrics"]
+        base = [r["name"], r["factor"], r["steps"], fmt(r["seconds"]), fmt(r["ms_per_step"]), fmt(r["load_avg"])]
+        kl_rows.append(base + [fmt(m[str(k)]["kl"]) for k in steps])
+        ratio_rows.append([r["name"]] + [fmt(m[str(k)]["kl"] / t) for k in steps]
+                          + [fmt(m["1"]["coupling_l2"])])
+        blur_rows.append([r["name"]] + [_blur(m[str(k)]["blur"]) for k in steps])
+    lines += ["## KL(rho_1 || rho_hat_1) at K steps", "",
+              markdown_table(head + [f"K={k}" for k in steps], kl_rows), "",
+              "## KL / teacher's dopri5 KL, and the one-step coupling error", "",
+              markdown_table(["Variant"] + [f"K={k}" for k in steps] + ["coupling K=1"], ratio_rows), "",
+              "## Blur equivalent (sigma)", "",
+              markdown_table(["Variant"] + [f"K={k}" for k in steps], blur_rows), ""]
+    notes = existing_notes(RESULTS / "checkerboard_lever.md")
+    lines += ["## Notes", "", NOTES_BEGIN, notes or "", NOTES_END, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``train NAME...``, ``report``, ``list``."""
+    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_lever",
+                                description="Train and score the one-step lever variants of the checkerboard "
+                                            "(runs/cb_lever/<name>, resumable).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    tp = sub.add_parser("train", help="train (reuse / resume) variants, one thread")
+    tp.add_argument("names", nargs="+", choices=sorted(VARIANTS))
+    sub.add_parser("report", help="score the finished variants, write benchmarks/results/checkerboard_lever.*")
+    sub.add_parser("list", help="list the variants")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for v in VARIANTS.values():
+            print(f"{v.name:10s} {'done' if _finished(v.name) else '    '}  {v.factor}")
+        return 0
+    if not (BENCH_DIR / "si" / "model.safetensors").is_file():
+        print("error: the benchmark's teacher runs/checkerboard/si is missing; run it from the repository root "
+              "after python -m anystep.benchmarks.checkerboard", flush=True)
+        return 2
+    if args.cmd == "train":
+        train(args.names)
+    else:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
