@@ -48,6 +48,7 @@ from .schemas import (
     HealthResponse,
     ModelsResponse,
 )
+from .watchdog import Watchdog
 
 log = logging.getLogger("anystep.server")
 
@@ -110,6 +111,7 @@ class AppState:
     warm_task: asyncio.Task | None = None
     warm_error: str | None = None
     foreground: Foreground = field(default_factory=Foreground)
+    watchdog: Watchdog = field(default_factory=Watchdog)
 
     def check_ready(self, m: ServedModel) -> None:
         """503 with ``Retry-After`` while shutting down or while ``m`` warms up."""

@@ -282,3 +282,20 @@ def test_a_fixed_step_job_does_not_wait_for_a_yielding_adaptive_solve_on_its_own
 
     times = asyncio.run(go())
     assert np.median(times) < ADAPTIVE_MAX_DEFER_S  # 2 ticks of ~0.5 ms, not a 10 ms deferral each
+
+
+# ---- npy answers: the header built once per shape -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (64, 2), (3, 1, 8, 8), (5,)])
+def test_npy_answers_are_byte_for_byte_what_np_save_writes(shape):
+    import io
+
+    from anystep.server.routes import npy_bytes
+
+    x = np.random.default_rng(0).standard_normal(shape)  # float64 in: answered as float32
+    buf = io.BytesIO()
+    np.save(buf, x.astype(np.float32), allow_pickle=False)
+    assert npy_bytes(x) == buf.getvalue()
+    back = np.load(io.BytesIO(npy_bytes(x[::-1])), allow_pickle=False)  # non-contiguous views too
+    np.testing.assert_array_equal(back, x[::-1].astype(np.float32))
