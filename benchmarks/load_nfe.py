@@ -51,7 +51,14 @@ from anystep.benchmarks.common import (
     versions,
     write_results,
 )
-from anystep.benchmarks.loadgen import LoadBenchError, LoopbackClient, generate_body, server_timing
+from anystep.benchmarks.loadgen import (
+    LoadBenchError,
+    LoopbackClient,
+    generate_body,
+    histogram_delta,
+    scrape,
+    server_timing,
+)
 from anystep.benchmarks.timing import interleaved_timing, percentile, summarize
 from anystep.server.registry import models_dir as bundled_models_dir
 
@@ -153,7 +160,7 @@ def measure(port: int, settings: NfeSettings, log: Callable[[str], None]) -> dic
         recs = seen[k][2:]  # the warm-up calls are not timed
         nfe = float(np.median([r["nfe"] for r in recs]))
         comp = [r["compute_ms"] for r in recs if np.isfinite(r["compute_ms"])]
-        out[k] = {"latency": summarize(res.seconds[k]), "nfe_median": nfe,
+        out[k] = {"latency": summarize(res.seconds[k]), "nfe_median": nfe, "requests_sent": len(seen[k]),
                   "nfe_range": [min(r["nfe"] for r in recs), max(r["nfe"] for r in recs)],
                   "server_compute_ms_p50": percentile(comp, 50) if comp else None,
                   "server_compute_ms_per_nfe": (percentile(comp, 50) / nfe) if comp and nfe else None}
@@ -167,28 +174,78 @@ def bare_per_eval(dirs: dict[str, Path], settings: NfeSettings, cache_dir: Path)
 
     The flow map's ``step(x, s, t)`` and the teacher's ``velocity(x, t)`` timed interleaved
     (:func:`~anystep.benchmarks.timing.interleaved_timing`): whether the two networks cost
-    the same per evaluation, which the NFE-ratio limit assumes.
+    the same per evaluation, which the NFE-ratio limit assumes. The teacher is also timed at
+    every smaller padded batch size (the server pads a tick's rows to a power of two): what
+    the ticks of a dopri5 request cost once some of its samples have finished
+    (:func:`dopri5_composition`).
     """
     from anystep.benchmarks.load_probe import build_bare_engine
+    from anystep.server.planner import bucket_size
 
     fm = build_bare_engine(dirs[settings.model], settings, cache_dir)
     te = build_bare_engine(dirs[f"{settings.model}-teacher"], settings, cache_dir, kinds=("velocity",))
     rng = np.random.default_rng(settings.seed)
-    x = rng.standard_normal((settings.n, *fm.data_shape)).astype(np.float32)
-    s = np.zeros(settings.n, np.float32)
-    t = np.full(settings.n, 0.5, np.float32)
-    res = interleaved_timing({"flowmap step": lambda: fm.step(x, s, t), "teacher velocity": lambda: te.velocity(x, t)},
-                             rounds=max(3, settings.rounds), warmup=3, block_s=0.1, seed=settings.seed)
+    full = bucket_size(settings.n, 256)
+    x = rng.standard_normal((full, *fm.data_shape)).astype(np.float32)
+    s = np.zeros(full, np.float32)
+    t = np.full(full, 0.5, np.float32)
+    fns: dict[str, Callable[[], Any]] = {"flowmap step": lambda: fm.step(x[: settings.n], s[: settings.n], t[: settings.n]),
+                                          "teacher velocity": lambda: te.velocity(x[: settings.n], t[: settings.n])}
+    sizes = [b for b in (1 << i for i in range(9)) if b < full] + [full]
+    for b in sizes:
+        fns[f"teacher velocity B={b}"] = lambda b=b: te.velocity(x[:b], t[:b])
+    res = interleaved_timing(fns, rounds=max(3, settings.rounds), warmup=3, block_s=0.1, seed=settings.seed)
     out = {k: summarize(v) for k, v in res.seconds.items()}
     fm.close()
     te.close()
     return {"flowmap_ms": out["flowmap step"].median_ms, "teacher_ms": out["teacher velocity"].median_ms,
-            "flowmap": out["flowmap step"], "teacher": out["teacher velocity"]}
+            "flowmap": out["flowmap step"], "teacher": out["teacher velocity"],
+            "teacher_ms_by_batch": {b: out[f"teacher velocity B={b}"].median_ms for b in sizes}}
 
 
-def evaluate_goals(cases: dict[str, Any], settings: NfeSettings,
-                   bare: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Per K: NFE-ratio limit ``NFE_dopri5 / K``, measured ``p50 dopri5 / p50 flow map``, their fraction."""
+def dopri5_composition(batch_hist: dict[str, Any], requests: int, teacher_ms_by_batch: dict[Any, float],
+                       n: int) -> dict[str, Any] | None:
+    """What the engine calls of the served dopri5 requests cost, in full-batch evaluations.
+
+    dopri5 controls each sample's step on its own (:mod:`anystep.server.jobs`): samples that
+    need fewer steps finish early, so the last ticks of a request run fewer rows (padded to
+    smaller powers of two) and cost less than a full-batch call, while the request's NFE
+    (``X-Anystep-NFE``) is its slowest sample's. The NFE-ratio limit counts every one of those
+    NFE as a full evaluation; this counts them at their cost.
+
+    Args:
+        batch_hist: :func:`~anystep.benchmarks.loadgen.histogram_delta` of the teacher's
+            ``anystep_engine_batch_size`` over the dopri5 requests (its buckets are the powers
+            of two the server pads to).
+        requests: dopri5 requests sent in that window.
+        teacher_ms_by_batch: bare teacher call cost per padded batch size (ms).
+        n: samples per request.
+
+    Returns:
+        ``{"calls_by_batch", "ticks_per_request", "mean_rows", "full_batch_evals_per_request"}``,
+        or None without calls or without a cost for a batch size seen.
+    """
+    from anystep.server.planner import bucket_size
+
+    costs = {int(b): float(v) for b, v in teacher_ms_by_batch.items()}
+    full = bucket_size(n, 256)
+    calls = {int(b["le"]): int(b["count"]) for b in batch_hist.get("buckets", [])
+             if b["count"] and np.isfinite(b["le"])}
+    if not calls or requests < 1 or full not in costs or any(b not in costs for b in calls):
+        return None
+    equiv = sum(c * costs[b] for b, c in calls.items()) / costs[full]
+    return {"calls_by_batch": calls, "ticks_per_request": sum(calls.values()) / requests,
+            "mean_rows": batch_hist.get("mean"), "full_batch_evals_per_request": equiv / requests}
+
+
+def evaluate_goals(cases: dict[str, Any], settings: NfeSettings, bare: dict[str, Any] | None = None,
+                   composition: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per K: NFE-ratio limit ``NFE_dopri5 / K``, measured ``p50 dopri5 / p50 flow map``, their fraction.
+
+    With ``composition`` (:func:`dopri5_composition`) also the limit at the cost of dopri5's
+    engine calls: ``full-batch evaluations per dopri5 request / K`` (what a flow map whose
+    requests cost nothing but their K full-batch calls would reach).
+    """
     ref = cases["dopri5"]
     goals = []
     for k in settings.steps:
@@ -210,6 +267,10 @@ def evaluate_goals(cases: dict[str, Any], settings: NfeSettings,
             cost = bare["teacher_ms"] / bare["flowmap_ms"]
             goals[-1]["bare_cost_ratio"] = cost
             goals[-1]["fraction_of_cost_adjusted_limit"] = measured / (limit * cost)
+        if composition:
+            comp_limit = composition["full_batch_evals_per_request"] / k
+            goals[-1]["composition_limit"] = comp_limit
+            goals[-1]["fraction_of_composition_limit"] = measured / comp_limit
     return goals
 
 
@@ -234,7 +295,10 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
     bare = bare_per_eval(dirs, settings, work_dir / "serve-cache")
     log(f"[bare] flow map step {bare['flowmap_ms']:.2f} ms, teacher velocity {bare['teacher_ms']:.2f} ms")
     with ServerProcess(models=dirs, args=args, log_path=work_dir / "serve-nfe.log", ready_timeout=600.0) as srv:
+        before = asyncio.run(scrape(srv.port))
         cases = measure(srv.port, settings, log)
+        hist = histogram_delta(before, asyncio.run(scrape(srv.port)), "anystep_engine_batch_size",
+                               model=f"{settings.model}-teacher")
         import httpx
 
         engines = {m["name"]: m.get("engine") for m in httpx.get(srv.url + "/v1/models", timeout=10).json()["models"]}
@@ -245,8 +309,14 @@ def run(settings: NfeSettings, *, out_dir: Path, work_dir: Path, command: str,
         "load_average_start": load_start, "load_average": load_average(),
         "versions": versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn")),
         "settings": {**asdict(settings), "models_dir": portable_path(settings.models_dir, REPO_ROOT)},
-        "engines": engines, "bare": bare, "cases": cases, "goals": evaluate_goals(cases, settings, bare),
+        "engines": engines, "bare": bare, "cases": cases,
     }
+    comp = dopri5_composition(hist, cases["dopri5"]["requests_sent"], bare["teacher_ms_by_batch"], settings.n)
+    data["dopri5_composition"] = comp
+    data["goals"] = evaluate_goals(cases, settings, bare, comp)
+    if comp:
+        log(f"[dopri5] {comp['ticks_per_request']:.1f} ticks per request, mean {fmt(comp['mean_rows'])} rows: "
+            f"{comp['full_batch_evals_per_request']:.1f} full-batch evaluations per request")
     if write:
         md = out_dir / "load_nfe.md"
         paths = write_results(out_dir, "load_nfe", data, render_markdown(data, existing_notes(md)))
@@ -283,7 +353,10 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                          f"; per evaluation the teacher costs {fmt(g['bare_cost_ratio'])}x the flow map (bare "
                          f"engines), so the cost-adjusted limit is {fmt(g['nfe_ratio_limit'] * g['bare_cost_ratio'])}x"
                          f", of which the served ratio keeps {g['fraction_of_cost_adjusted_limit']:.0%}"
-                         if g.get("bare_cost_ratio") else ""))
+                         if g.get("bare_cost_ratio") else "") + (
+                         f"; at the cost of dopri5's engine calls (its samples finish at different steps, see below) "
+                         f"the limit is {fmt(g['composition_limit'])}x, of which the served ratio keeps "
+                         f"{g['fraction_of_composition_limit']:.0%}" if g.get("composition_limit") else ""))
     rows = [[k, c["latency"].n, c["latency"].median_ms, c["latency"].p95_ms, c["nfe_median"],
              f"{c['nfe_range'][0]}-{c['nfe_range'][1]}", c["server_compute_ms_p50"], c["server_compute_ms_per_nfe"],
              (c["latency"].median_ms - (c["server_compute_ms_p50"] or 0.0))]
@@ -298,6 +371,23 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
         lines += [(f"Bare engines in the benchmark process (the server's engine type and threads, n={s['n']} rows, "
                    f"interleaved): flow map step p50 {fmt(b['flowmap_ms'])} ms, teacher velocity p50 "
                    f"{fmt(b['teacher_ms'])} ms per evaluation."), ""]
+        by = b.get("teacher_ms_by_batch") or {}
+        if by:
+            lines += ["Teacher velocity per padded batch size (bare, ms per call): "
+                      + ", ".join(f"B={k}: {fmt(v)}" for k, v in by.items()) + ".", ""]
+    c = data.get("dopri5_composition")
+    if c:
+        calls = ", ".join(f"{k}: {v}" for k, v in c["calls_by_batch"].items())
+        lines += ["## Batch composition of the dopri5 requests", "",
+                  (f"Engine calls of the teacher by padded batch size over the run (`/metrics` "
+                   f"`anystep_engine_batch_size`; size: calls): {calls}. Per request "
+                   f"{fmt(c['ticks_per_request'])} ticks with {fmt(c['mean_rows'])} rows on average, costing "
+                   f"**{fmt(c['full_batch_evals_per_request'])} full-batch evaluations** (each tick weighted by the "
+                   "bare cost of its batch size over the full batch's). dopri5 steps every sample with its own step "
+                   "size: samples that need fewer steps finish early and the last ticks run fewer rows, while "
+                   "`X-Anystep-NFE` (the limit's numerator) is the slowest sample's. The limit at that cost, "
+                   "full-batch evaluations / K, is what the flow map reaches if its requests cost nothing but its "
+                   "K full-batch calls; the issue's limit NFE / K assumes every dopri5 evaluation is a full one."), ""]
     lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
     return "\n".join(lines)
 

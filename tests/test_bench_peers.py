@@ -214,6 +214,23 @@ def test_nfe_goal_is_the_latency_ratio_over_the_nfe_ratio():
     assert "measured 100x of a 120x limit = 83%" in md and md.count("**missed**") == 1
 
 
+def test_dopri5_composition_weighs_each_tick_by_the_cost_of_its_padded_batch():
+    # 2 requests of n=64: 100 full ticks and a tail of 20 half-batch and 10 one-row ticks in all
+    hist = {"buckets": [{"le": 1.0, "count": 10}, {"le": 2.0, "count": 0}, {"le": 32.0, "count": 20},
+                        {"le": 64.0, "count": 100}, {"le": math.inf, "count": 0}], "mean": 55.0}
+    costs = {1: 0.5, 2: 0.6, 32: 5.0, 64: 10.0}
+    c = NF.dopri5_composition(hist, 2, costs, 64)
+    assert c["calls_by_batch"] == {1: 10, 32: 20, 64: 100} and c["ticks_per_request"] == 65.0
+    assert c["full_batch_evals_per_request"] == pytest.approx((100 + 20 * 0.5 + 10 * 0.05) / 2)
+    assert NF.dopri5_composition({"buckets": []}, 2, costs, 64) is None  # no calls seen
+    assert NF.dopri5_composition(hist, 2, {64: 10.0}, 64) is None  # a batch size without a cost
+    cases = {"dopri5": {"latency": _stats(1000.0), "nfe_median": 60.0},
+             "flowmap-1": {"latency": _stats(20.0), "nfe_median": 1.0}}
+    (g,) = NF.evaluate_goals(cases, NF.NfeSettings(steps=(1,)), composition=c)
+    assert g["composition_limit"] == pytest.approx(55.25) and g["fraction"] == pytest.approx(50 / 60)
+    assert g["fraction_of_composition_limit"] == pytest.approx(50 / 55.25)
+
+
 def test_nfe_settings_validation():
     for kw, msg in (({"n": 0}, "-n"), ({"steps": ()}, "--steps"), ({"rtol": 2.0}, "--rtol"),
                     ({"engine": "tensorrt"}, "--engine")):
@@ -251,6 +268,10 @@ def test_nfe_quick_run_end_to_end(tiny_models, tmp_path):
         assert math.isfinite(g["fraction"]) and g["fraction"] > 0
     assert data["bare"]["flowmap_ms"] > 0 and data["bare"]["teacher_ms"] > 0
     assert all(g["bare_cost_ratio"] > 0 for g in data["goals"])
+    comp = data["dopri5_composition"]  # every dopri5 tick of the run, from the server's /metrics
+    assert comp["ticks_per_request"] >= cases["dopri5"]["nfe_range"][0]
+    assert 0 < comp["full_batch_evals_per_request"] <= comp["ticks_per_request"] * 1.5
+    assert all(g["composition_limit"] > 0 for g in data["goals"])
     assert "NFE-ratio limit" in (out / "load_nfe.md").read_text()
 
 
