@@ -424,3 +424,55 @@ def git_revision(root: str | os.PathLike) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() or None
+
+
+def run_cli(argv: Sequence[str] | None, *, parser: Any, settings_from_args: Any, run: Any, module: str,
+            work_dir: Path | None = None, settings_errors: tuple[type[BaseException], ...] = (),
+            error_prefixes: dict[type[BaseException], str] | None = None, dispatch: Any = None) -> int:
+    """The entry point of a benchmark: parse -> settings -> run, bad input to exit status 2.
+
+    ``settings_from_args(args)`` builds the settings; one of ``settings_errors`` there is a usage
+    error (argparse prints the usage and exits 2). Then ``run(settings, out_dir=..., command=...,
+    log=...)`` (and ``work_dir=`` when ``work_dir`` is given) with ``--out`` / ``--work-dir``
+    when the parser has them. A user error (:data:`anystep.errors.USER_ERRORS`, or a type of
+    ``error_prefixes`` printed after its prefix) is one ``error: ...`` line on stderr and exit 2.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+        parser: the benchmark's argparse parser.
+        settings_from_args: ``Namespace -> settings``.
+        run: the benchmark's ``run``.
+        module: ``python -m`` name, for the command line recorded in the results.
+        work_dir: default ``--work-dir`` (None: ``run`` takes no work folder).
+        settings_errors: exception types of ``settings_from_args`` that are usage errors.
+        error_prefixes: ``{exception type: message prefix}`` for user errors outside ``USER_ERRORS``.
+        dispatch: ``(args, settings, out_dir, work_dir, command) -> int | None``: a mode of
+            the benchmark other than ``run`` (its exit status), or None to go on to ``run``.
+
+    Returns:
+        The exit status: 0, or 2 after a user error.
+    """
+    from anystep.errors import USER_ERRORS
+
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except settings_errors as e:
+        parser.error(str(e))
+    out_dir = getattr(args, "out", None) or REPO_ROOT / "benchmarks" / "results"
+    work = (getattr(args, "work_dir", None) or work_dir) if work_dir is not None else None
+    command = command_line(sys.argv[1:] if argv is None else argv, module=module)
+    prefixes = tuple((error_prefixes or {}).items())
+    catch = tuple(t for t, _ in prefixes) + tuple(USER_ERRORS)
+    try:
+        if dispatch is not None:
+            code = dispatch(args, settings, out_dir, work, command)
+            if code is not None:
+                return int(code)
+        kw: dict[str, Any] = {"work_dir": work} if work is not None else {}
+        run(settings, out_dir=out_dir, command=command, log=lambda m: print(m, flush=True), **kw)
+    except catch as e:
+        prefix = next((p for t, p in prefixes if isinstance(e, t)), "")
+        print(f"error: {prefix}{e}", file=sys.stderr)
+        return 2
+    return 0

@@ -50,13 +50,13 @@ import torch
 from torch import Tensor
 
 from anystep.benchmarks.common import (
-    command_line,
     existing_notes,
     float_list,
     int_list,
     load_average,
     machine_info,
     name_list,
+    run_cli,
     versions,
     write_results,
 )
@@ -473,25 +473,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``python -m anystep.benchmarks.latency``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except LatencyBenchError as e:
-        parser.error(str(e))
-    out = args.out or REPO_ROOT / "benchmarks" / "results"
-    work = args.work_dir or REPO_ROOT / "runs" / "latency"
-    from anystep.errors import USER_ERRORS
-
-    try:
-        run(settings, out_dir=out, work_dir=work,
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_cli(argv, parser=build_parser(), settings_from_args=settings_from_args, run=run, module=MODULE,
+                   work_dir=REPO_ROOT / "runs" / "latency", settings_errors=(LatencyBenchError,))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,6 @@ fused ONNX, TensorRT where a GPU and the package exist; skipped with the reason 
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,28 +37,21 @@ def tensorrt_unavailable_reason() -> str | None:
 
 def ensure_export(model_dir: Path, work_dir: Path, *, fused_steps: int | None = None, solver: str = "euler",
                   exporter: str = "auto", log: Callable[[str], None] = print) -> Path:
-    """The ONNX export of ``model_dir`` (single step, or a fused K-step graph), cached.
-
-    Cached under ``work_dir/exports/<dir name>-<sha[:12]>-<graph>``, keyed by the model
-    directory's content hash, so a re-run does not re-export.
+    """The ONNX export of ``model_dir`` (single step, or a fused K-step graph) from the export
+    package's one cache (:func:`anystep.export.cache.cached_onnx_export`, the server's too), rooted
+    at ``work_dir/exports``: keyed by the directory's content hash and the options, so a re-run
+    does not re-export.
 
     Returns:
         The folder holding ``model.onnx`` and ``anystep-export.json``.
     """
-    from anystep.core.modeldir import model_dir_sha256
-    from anystep.export.onnx_export import OnnxOptions, export_onnx
+    from anystep.export.cache import cached_onnx_export
+    from anystep.export.onnx_export import OnnxOptions
 
-    sha = model_dir_sha256(model_dir)[:12]
     tag = "step" if fused_steps is None else f"fused{fused_steps}-{solver}"
-    out = work_dir / "exports" / f"{model_dir.name}-{sha}-{tag}-{exporter}"
-    if (out / "model.onnx").is_file() and (out / "anystep-export.json").is_file():
-        return out
-    t0 = time.perf_counter()
-    log(f"[export] {model_dir.name}: {tag} ONNX graph -> {out}")
     opts = OnnxOptions(fused_steps=fused_steps, solver=solver, exporter=exporter)
-    export_onnx(model_dir, out, opts, overwrite=True)
-    log(f"[export] {model_dir.name}: {tag} done in {time.perf_counter() - t0:.0f} s")
-    return out
+    return cached_onnx_export(model_dir, work_dir / "exports", opts,
+                              log_fn=lambda m: log(f"[export] {model_dir.name} ({tag}): {m}"))
 
 
 class FusedOnnx:

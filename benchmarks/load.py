@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
-    command_line,
     existing_notes,
     fmt,
     int_list,
     load_average,
     machine_info,
     name_list,
+    run_cli,
     versions,
     write_results,
 )
@@ -442,18 +442,8 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
     return LoadSettings(quick=bool(args.quick), seed=args.seed, **kw)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``python -m anystep.benchmarks.load``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except LoadBenchError as e:
-        parser.error(str(e))
-    out = args.out or REPO_ROOT / "benchmarks" / "results"
-    work = args.work_dir or REPO_ROOT / "runs" / "load"
-    from anystep.errors import USER_ERRORS
-
+def _other_modes(args: argparse.Namespace, settings: LoadSettings, out: Path, work: Path, command: str) -> int | None:
+    """``--nfe-ratio`` (forwarded to :mod:`~anystep.benchmarks.load_nfe`) and ``--overhead``; None: the load run."""
     if args.nfe_ratio:
         from anystep.benchmarks import load_nfe
 
@@ -474,21 +464,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             closed_requests=600 if settings.quick else 3000)
         machine = machine_info()
         data.update(benchmark="load_overhead", machine=machine, machine_description=machine.describe(),
-                    command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-                    load_average=load_average(), duration_s=time.perf_counter() - t0,
+                    command=command, load_average=load_average(), duration_s=time.perf_counter() - t0,
                     versions=versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn", "starlette")))
         paths = write_results(out, "load_overhead", data, render_overhead(data))
         print(f"[done] {paths.json}, {paths.markdown}")
         return 0
-    try:
-        run(settings, out_dir=out, work_dir=work,
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return None
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``python -m anystep.benchmarks.load``); returns the exit status."""
+    return run_cli(argv, parser=build_parser(), settings_from_args=settings_from_args, run=run, module=MODULE,
+                   work_dir=REPO_ROOT / "runs" / "load", settings_errors=(LoadBenchError,), dispatch=_other_modes)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,7 +39,6 @@ import numpy as np
 from anystep.benchmarks.common import (
     NOTES_BEGIN,
     NOTES_END,
-    command_line,
     existing_notes,
     fmt,
     git_revision,
@@ -48,6 +47,7 @@ from anystep.benchmarks.common import (
     machine_info,
     markdown_table,
     portable_path,
+    run_cli,
     versions,
     write_results,
 )
@@ -431,24 +431,8 @@ def settings_from_args(args: argparse.Namespace) -> NfeSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``python -m anystep.benchmarks.load_nfe``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except LoadBenchError as e:
-        parser.error(str(e))
-    from anystep.errors import USER_ERRORS
-
-    try:
-        run(settings, out_dir=args.out or REPO_ROOT / "benchmarks" / "results",
-            work_dir=args.work_dir or REPO_ROOT / "runs" / "load",
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_cli(argv, parser=build_parser(), settings_from_args=settings_from_args, run=run, module=MODULE,
+                   work_dir=REPO_ROOT / "runs" / "load", settings_errors=(LoadBenchError,))
 
 if __name__ == "__main__":
     sys.exit(main())

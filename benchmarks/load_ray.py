@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
-    command_line,
     existing_notes,
     fmt,
     int_list,
@@ -44,6 +43,7 @@ from anystep.benchmarks.common import (
     machine_info,
     markdown_table,
     portable_path,
+    run_cli,
     versions,
     write_results,
 )
@@ -464,10 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (``python -m anystep.benchmarks.load_ray``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def settings_from_args(args: argparse.Namespace) -> RaySettings:
+    """Resolve ``--quick`` and explicit options into :class:`RaySettings`."""
     kw: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name, key in (
         ("model", "model"),
@@ -486,21 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw["plain"] = False
     if args.no_bare:
         kw["bare"] = False
-    from anystep.errors import USER_ERRORS
+    return RaySettings(quick=bool(args.quick), seed=args.seed, **kw)
 
-    try:
-        settings = RaySettings(quick=bool(args.quick), seed=args.seed, **kw)
-        run(
-            settings,
-            out_dir=args.out or REPO_ROOT / "benchmarks" / "results",
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True),
-        )
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``python -m anystep.benchmarks.load_ray``); returns the exit status."""
+    return run_cli(argv, parser=build_parser(), settings_from_args=settings_from_args, run=run, module=MODULE,
+                   settings_errors=(LoadBenchError,))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
-    command_line,
     existing_notes,
     git_revision,
     int_list,
     load_average,
     machine_info,
     portable_path,
+    run_cli,
     versions,
     write_results,
 )
@@ -433,28 +433,11 @@ def settings_from_args(args: argparse.Namespace) -> TritonSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``python -m anystep.benchmarks.load_triton``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except LoadBenchError as e:
-        parser.error(str(e))
-    from anystep.errors import USER_ERRORS
     from anystep.export.triton_repo import TritonUnavailableError
 
-    try:
-        run(settings, out_dir=args.out or REPO_ROOT / "benchmarks" / "results",
-            work_dir=args.work_dir or REPO_ROOT / "runs" / "load_triton",
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda m: print(m, flush=True))
-    except TritonUnavailableError as e:
-        print(f"error: Triton cannot start here: {e}", file=sys.stderr)
-        return 2
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_cli(argv, parser=build_parser(), settings_from_args=settings_from_args, run=run, module=MODULE,
+                   work_dir=REPO_ROOT / "runs" / "load_triton", settings_errors=(LoadBenchError,),
+                   error_prefixes={TritonUnavailableError: "Triton cannot start here: "})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,12 @@
 """The ``onnx`` engine: an ONNX Runtime session on the export package's single-step graph.
 
-The graph comes from the model directory (an ``anystep export`` beside it) or is
-exported once by :func:`anystep.export.onnx_export.export_onnx` (validated against
-torch, with its manifest) into a cache keyed by the directory's content hash.
+The graph comes from the model directory (an ``anystep export`` beside it) or from the
+export package's one cache (:func:`anystep.export.cache.cached_onnx_export`: exported once,
+validated against torch, keyed by the directory's content hash).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from anystep.export.cache import ONNX_NAME, cached_onnx_export, default_cache_dir
+
+__all__ = ["MANIFEST_NAME", "ONNX_NAME", "OnnxArtifact", "OnnxEngine", "default_cache_dir", "export_onnx_cached",
+           "find_onnx_artifact"]
+from anystep.export.common import MANIFEST_NAME
+
 from .engine_base import Engine, EngineError, log
 
-ONNX_NAME = "model.onnx"
-MANIFEST_NAME = "anystep-export.json"
 
 @dataclass
 class OnnxArtifact:
@@ -106,30 +109,14 @@ def find_onnx_artifact(path: str | os.PathLike) -> OnnxArtifact | None:
     return None
 
 
-def model_dir_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        f = path / name
-        if f.is_file():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """Where on-the-fly exports go: ``$ANYSTEP_CACHE_DIR`` or ``~/.cache/anystep``."""
-    return Path(os.environ.get("ANYSTEP_CACHE_DIR") or Path.home() / ".cache" / "anystep")
-
-
 def export_onnx_cached(
     model_dir: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     onnx_options: Any = None,
 ) -> OnnxArtifact:
-    """Export a model directory to ONNX once, keyed by the directory's content hash.
-
-    The export is :func:`anystep.export.onnx_export.export_onnx` (a single-step graph
-    checked against torch, with its manifest); the cache folder appears atomically.
+    """The single-step ONNX export of a model directory from the export package's one cache
+    (:func:`anystep.export.cache.cached_onnx_export`: exported once, validated against torch,
+    keyed by the directory's content hash and the options).
 
     Args:
         model_dir: a model directory (``config.json`` + ``model.safetensors``).
@@ -141,39 +128,14 @@ def export_onnx_cached(
         The cached artifact.
     """
     try:
-        from anystep.export.onnx_export import export_onnx
+        folder = cached_onnx_export(model_dir, cache_dir, onnx_options, log_fn=log.info)
     except ImportError:
         raise EngineError("the onnx engine needs the export extra: pip install 'anystep[export]'") from None
-    import shutil
-
-    src = Path(model_dir)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = model_dir_digest(src)[:24]
-    if onnx_options is not None:
-        key += "-" + hashlib.sha256(repr(onnx_options).encode()).hexdigest()[:8]
-    out_dir = root / "onnx" / key
-    found = find_onnx_artifact(out_dir)
-    if found is not None:
-        return found
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exporting %s to ONNX once (cached in %s; later starts reuse it)", src, out_dir)
-    try:
-        try:
-            export_onnx(src, tmp, onnx_options, overwrite=True)
-        except RuntimeError as e:  # ParityError: the graph disagrees with torch
-            raise EngineError(f"ONNX export of {src} failed its parity check: {e}") from None
-        if out_dir.exists():  # a concurrent export won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    found = find_onnx_artifact(out_dir)
+    except RuntimeError as e:  # ParityError: the graph disagrees with torch
+        raise EngineError(f"ONNX export of {model_dir} failed its parity check: {e}") from None
+    found = find_onnx_artifact(folder)
     if found is None:
-        raise EngineError(f"export of {src} produced no {ONNX_NAME} in {out_dir}")
+        raise EngineError(f"export of {model_dir} produced no {ONNX_NAME} in {folder}")
     return found
 
 

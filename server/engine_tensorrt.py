@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from anystep.core.modeldir import model_dir_sha256
+from anystep.export.cache import default_cache_dir
+
 from .engine_base import Engine, EngineError
-from .engine_onnx import default_cache_dir, model_dir_digest
 
 
 class TensorRTEngine(Engine):
@@ -78,7 +80,7 @@ class TensorRTEngine(Engine):
 
         gpu = torch.cuda.get_device_name(device).replace(" ", "_")
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        tag = f"{model_dir_digest(Path(model_dir))[:24]}-{gpu}-trt{trt.__version__}-b{max_batch}{'-fp16' if fp16 else ''}"
+        tag = f"{model_dir_sha256(model_dir)[:24]}-{gpu}-trt{trt.__version__}-b{max_batch}{'-fp16' if fp16 else ''}"
         out = root / "tensorrt" / hashlib.sha256(tag.encode()).hexdigest()[:24]
         if not (out / "anystep-export.json").is_file():
             opts = TensorRTOptions(fp16=fp16, batch=BatchRange(1, min(64, max_batch), max_batch), device=device)
