@@ -16,8 +16,13 @@ integer up to the server's maximum or ``"-"``.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (
     0.001,
@@ -37,6 +42,63 @@ LATENCY_BUCKETS = (
     60.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class _TickCounts:
+    """Per-bucket counts and sum of one tick histogram of one model (plain lists, no lock).
+
+    Ticks of a model are observed by one thread at a time (its scheduler's), so the hot path
+    is a :func:`bisect.bisect_left` and two additions; a scrape copies the lists.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.counts = [0] * (n_buckets + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
+class TickHistograms:
+    """``anystep_engine_batch_size`` and ``anystep_engine_call_seconds`` as one custom collector.
+
+    A ``prometheus_client.Histogram`` takes a lock and walks its buckets in Python on every
+    ``observe``; an engine tick (a few per request) only bumps two counters here, and the
+    exposition (the same names, labels and buckets as two histograms) is built at scrape time.
+    """
+
+    def __init__(self, batch_buckets: Sequence[float], second_buckets: Sequence[float]) -> None:
+        self.batch_buckets = tuple(float(b) for b in batch_buckets)
+        self.second_buckets = tuple(float(b) for b in second_buckets)
+        self._models: dict[str, tuple[_TickCounts, _TickCounts]] = {}
+
+    def observe(self, model: str, rows: int, seconds: float) -> None:
+        """One engine call of ``rows`` rows taking ``seconds``."""
+        pair = self._models.get(model)
+        if pair is None:
+            pair = self._models[model] = (_TickCounts(len(self.batch_buckets)), _TickCounts(len(self.second_buckets)))
+        rows_h, sec_h = pair
+        rows_h.counts[bisect.bisect_left(self.batch_buckets, rows)] += 1  # le semantics: rows <= bound
+        rows_h.total += rows
+        sec_h.counts[bisect.bisect_left(self.second_buckets, seconds)] += 1
+        sec_h.total += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily("anystep_engine_batch_size", "Rows per engine call (samples fused across requests).",
+                                    labels=("model",))
+        yield HistogramMetricFamily("anystep_engine_call_seconds", "Wall time of one engine call.", labels=("model",))
+
+    def collect(self) -> Iterator[Metric]:
+        rows_f, sec_f = self.describe()
+        for model, (rows_h, sec_h) in list(self._models.items()):
+            for fam, h, bounds in ((rows_f, rows_h, self.batch_buckets), (sec_f, sec_h, self.second_buckets)):
+                counts, total = list(h.counts), h.total
+                cum, buckets = 0, []
+                for bound, c in zip((*bounds, float("inf")), counts):
+                    cum += c
+                    buckets.append((floatToGoString(bound), cum))
+                fam.add_metric([model], buckets, total)
+        yield rows_f
+        yield sec_f
 
 
 class ServerMetrics:
@@ -64,20 +126,8 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "anystep_engine_batch_size",
-            "Rows per engine call (samples fused across requests).",
-            ("model",),
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.engine_seconds = Histogram(
-            "anystep_engine_call_seconds",
-            "Wall time of one engine call.",
-            ("model",),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.ticks = TickHistograms(BATCH_BUCKETS, LATENCY_BUCKETS)
+        self.registry.register(self.ticks)
         self.queue_depth = Gauge(
             "anystep_queue_depth",
             "Requests waiting for their first tick.",
@@ -109,15 +159,8 @@ class ServerMetrics:
             bound[1].observe(seconds)
 
     def observe_tick(self, model: str, rows: int, seconds: float) -> None:
-        """Record one engine call."""
-        bound = self._children.get(("t", model))
-        if bound is None:
-            bound = self._children[("t", model)] = (
-                self.batch_size.labels(model=model),
-                self.engine_seconds.labels(model=model),
-            )
-        bound[0].observe(rows)
-        bound[1].observe(seconds)
+        """Record one engine call (:class:`TickHistograms`: no lock, no formatting)."""
+        self.ticks.observe(model, rows, seconds)
 
     def set_queue(self, model: str, depth: int, inflight: int) -> None:
         """Update the queue gauges of one model."""

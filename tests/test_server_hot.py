@@ -299,3 +299,34 @@ def test_npy_answers_are_byte_for_byte_what_np_save_writes(shape):
     assert npy_bytes(x) == buf.getvalue()
     back = np.load(io.BytesIO(npy_bytes(x[::-1])), allow_pickle=False)  # non-contiguous views too
     np.testing.assert_array_equal(back, x[::-1].astype(np.float32))
+
+
+# ---- tick metrics: two counters per engine call, the exposition of two histograms -------------
+
+
+def test_tick_histograms_expose_exactly_what_prometheus_histograms_would():
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from anystep.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
+
+    m = ServerMetrics()
+    ref = CollectorRegistry()
+    rows_h = Histogram("anystep_engine_batch_size", "Rows per engine call (samples fused across requests).",
+                       ("model",), buckets=BATCH_BUCKETS, registry=ref)
+    sec_h = Histogram("anystep_engine_call_seconds", "Wall time of one engine call.", ("model",),
+                      buckets=LATENCY_BUCKETS, registry=ref)
+    rng = random.Random(0)
+    for i in range(400):  # values on the bucket bounds too (le: bound included)
+        rows = rng.choice([1, 2, 3, 4, 7, 8, 9, 64, 65, 256, 300, 5000])
+        sec = 0.025 if i % 7 == 0 else rng.random() * rng.choice([1e-4, 0.1, 10.0])
+        model = rng.choice(["a", "b"])
+        m.observe_tick(model, rows, sec)
+        rows_h.labels(model=model).observe(rows)
+        sec_h.labels(model=model).observe(sec)
+
+    def lines(text: str) -> list[str]:
+        return sorted(line for line in text.splitlines() if "anystep_engine_" in line and "_created" not in line)
+
+    assert lines(m.render().decode()) == lines(generate_latest(ref).decode())
