@@ -15,6 +15,8 @@ overhead over K). Then two closed-loop phases: 64 one-sample ``steps=1`` clients
 64 clients of the empty route (fraction of the HTTP ceiling), and the p50 of ``steps=1``
 requests to the map with and without a dopri5 solve of the teacher (rtol 1e-5) running;
 both alternate their two sides in blocks, so that a change of load on the machine lands on both.
+Last, 64 clients of ``n = 64`` requests answered as JSON and as ``.npy`` (alternating blocks):
+whether the binary answer is the cheaper one.
 """
 
 from __future__ import annotations
@@ -157,6 +159,47 @@ async def ceiling(port: int, body: bytes, concurrency: int, count: int, client_c
     return out
 
 
+async def answer_formats(port: int, model: str, n: int, concurrency: int, count: int, client_cls: Any,
+                         blocks: int = 4) -> dict[str, Any]:
+    """Closed loops of ``steps=1`` requests of ``n`` samples answered as JSON and as ``.npy``, alternating
+    in ``blocks`` blocks of ``count / blocks`` requests each: samples per second of each format."""
+    per = max(concurrency, count // blocks)
+    parts: dict[str, list[dict[str, Any]]] = {"json": [], "npy": []}
+    for _ in range(blocks):
+        for fmt_, runs in parts.items():
+            runs.append(await closed_loop(port, _body(model, steps=1, n=n, seed=0, format=fmt_), concurrency, per,
+                                          client_cls))
+    out: dict[str, Any] = {"n": n, "concurrency": concurrency, "blocks": blocks}
+    for fmt_, runs in parts.items():
+        reqs = sum(r["requests"] for r in runs)
+        wall = sum(r["requests"] / r["requests_per_s"] for r in runs)
+        out[fmt_] = {"samples_per_s": n * reqs / wall, "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+                     "errors": sum(r["errors"] for r in runs), "requests": reqs}
+    out["npy_over_json"] = out["npy"]["samples_per_s"] / out["json"]["samples_per_s"]
+    return out
+
+
+def encode_costs(shapes: dict[str, tuple[int, ...]], rounds: int = 20) -> dict[str, dict[str, float]]:
+    """Microseconds the server spends turning a ``/generate`` answer of each shape into bytes: the JSON
+    body (:func:`anystep.server.routes.json_response`) against ``.npy`` (:func:`~anystep.server.routes.npy_bytes`),
+    interleaved medians in this process."""
+    from anystep.benchmarks.timing import interleaved_timing
+    from anystep.server.routes import json_response, npy_bytes
+
+    rng = np.random.default_rng(0)
+    fns: dict[str, Callable[[], Any]] = {}
+    for name, shape in shapes.items():
+        x = rng.standard_normal(shape).astype(np.float32)
+        body = {"model": "m", "kind": "flowmap", "steps": 1, "nfe": 1, "seed": 0, "n": shape[0], "shape": list(shape),
+                "samples": x, "solver": None, "grid": np.array([0.0, 1.0]), "timing_ms": {"total": 1.0},
+                "chosen_by_budget": False}
+        fns[f"{name} json"] = lambda body=body: json_response(body)
+        fns[f"{name} npy"] = lambda x=x: npy_bytes(x)
+    res = interleaved_timing(fns, rounds=rounds, warmup=3, block_s=0.01)
+    return {name: {fmt_: 1e6 * percentile(res.seconds[f"{name} {fmt_}"], 50) for fmt_ in ("json", "npy")}
+            for name in shapes}
+
+
 async def dopri5_interference(port: int, model: str, teacher: str, count: int, client_cls: Any,
                               blocks: int = 5) -> dict[str, Any]:
     """p50 of sequential ``steps=1`` requests to ``model``, alone and with dopri5 solves of ``teacher`` running.
@@ -254,6 +297,11 @@ def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_
                                            LoopbackClient)
             log("[overhead] steps=1 p50 with and without a dopri5 solve of the teacher in flight")
             out["dopri5"] = await dopri5_interference(srv.port, model, teacher, max(50, rounds // 2), LoopbackClient)
+            log(f"[overhead] closed loop at concurrency {concurrency}: n=64 answers as JSON vs .npy")
+            out["formats"] = await answer_formats(srv.port, model, 64, concurrency, max(256, closed_requests // 3),
+                                                  LoopbackClient)
+            out["formats"]["encode_us"] = encode_costs({"checkerboard n=64 [64, 2]": (64, 2),
+                                                        "digits n=64 [64, 1, 8, 8]": (64, 1, 8, 8)})
 
         asyncio.run(go())
     out["load_at_end"] = os.getloadavg()[0]
@@ -301,6 +349,13 @@ def render_overhead(data: dict[str, Any]) -> str:
         f"{c['empty']['requests_per_s']:.0f} req/s for the empty route ({c['fraction']:.0%}).  "),
         (f"steps=1 p50 alone {d['alone_p50_ms']:.3f} ms, with dopri5 solves of the teacher in flight "
         f"{d['with_dopri5_p50_ms']:.3f} ms ({d['increase']:+.0%}, {d['dopri5_solves']} solves)."),
+        *([(f"Answer formats, closed loop at concurrency {f['concurrency']}, steps=1, n={f['n']}, alternating blocks: "
+            f"JSON {f['json']['samples_per_s']:.3g} samples/s (p50 {f['json']['p50_ms']:.1f} ms), .npy "
+            f"{f['npy']['samples_per_s']:.3g} samples/s (p50 {f['npy']['p50_ms']:.1f} ms): npy / JSON = "
+            f"{f['npy_over_json']:.2f}.  ")] if (f := data.get("formats")) else []),
+        *([("Encoding one answer in the server (in-process medians): " + "; ".join(
+            f"{name}: JSON {v['json']:.1f} us, .npy {v['npy']:.1f} us" for name, v in enc.items()) + ".  ")]
+          if (enc := (data.get("formats") or {}).get("encode_us")) else []),
         "",
         "| goal | measured | met |",
         "|---|---:|:-:|",

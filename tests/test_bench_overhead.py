@@ -45,3 +45,43 @@ def test_result_files_hold_no_paths_of_this_machine(tmp_path):
     text = paths.json.read_text() + paths.markdown.read_text()
     assert root not in text
     assert json.loads(paths.json.read_text())["model_dir"] == "models/checkerboard"
+
+
+def test_render_overhead_reports_both_answer_formats():
+    data = _data()
+    data["formats"] = {"n": 64, "concurrency": 64, "blocks": 4, "npy_over_json": 1.25,
+                       "json": {"samples_per_s": 1.2e4, "p50_ms": 300.0, "errors": 0, "requests": 512},
+                       "npy": {"samples_per_s": 1.5e4, "p50_ms": 250.0, "errors": 0, "requests": 512},
+                       "encode_us": {"digits n=64": {"json": 180.0, "npy": 2.5}}}
+    md = render_overhead(data)
+    assert "digits n=64: JSON 180.0 us, .npy 2.5 us" in md
+    assert "JSON 1.2e+04 samples/s" in md and ".npy 1.5e+04 samples/s" in md and "npy / JSON = 1.25" in md
+    assert "Answer formats" not in render_overhead(_data())  # older results without the phase still render
+
+
+def test_encode_costs_time_both_formats_of_each_shape():
+    from anystep.benchmarks.load_overhead import encode_costs
+
+    out = encode_costs({"a": (4, 2), "b": (2, 1, 8, 8)}, rounds=3)
+    assert set(out) == {"a", "b"} and all(v["json"] > 0 and v["npy"] > 0 for v in out.values())
+
+
+def test_answer_formats_alternates_blocks_and_counts_samples():
+    import asyncio
+
+    from anystep.benchmarks import load_overhead as LO
+
+    seen = []
+
+    async def fake_closed_loop(port, body, concurrency, count, client_cls):
+        fmt_ = json.loads(body)["format"]
+        seen.append(fmt_)
+        return {"requests": count, "requests_per_s": 100.0 if fmt_ == "json" else 200.0, "p50_ms": 1.0, "errors": 0}
+
+    orig, LO.closed_loop = LO.closed_loop, fake_closed_loop
+    try:
+        out = asyncio.run(LO.answer_formats(0, "m", 8, 4, 40, object, blocks=2))
+    finally:
+        LO.closed_loop = orig
+    assert seen == ["json", "npy", "json", "npy"]
+    assert out["json"]["samples_per_s"] == 800.0 and out["npy_over_json"] == 2.0 and out["npy"]["requests"] == 40
