@@ -200,7 +200,10 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.error is not None or bool(self.done.all())
+        if self.error is not None:
+            return True
+        # a live last sample answers most calls without a reduction (ticks ask every job, every tick)
+        return bool(self.done[-1]) and bool(self.done.all())
 
     def live(self) -> np.ndarray:
         """Indices of unfinished samples, least evaluated first (stable)."""

@@ -165,11 +165,15 @@ def plan_tick(
         pad: pad to a bucket size (:func:`bucket_size`).
     """
     lives = [j.live() for j in jobs]
-    # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
-    first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
-    keys = set(first.cond) if first is not None else set()
-    lives = [lv if set(j.cond) == keys else lv[:0] for j, lv in zip(jobs, lives)]
-    rows = share_rows([lv.size for lv in lives], max_batch, batching)
+    if len(jobs) == 1:  # a lone job (every lone request): its live rows, up to a full batch
+        keys = set(jobs[0].cond)
+        rows = [min(lives[0].size, int(max_batch))]
+    else:
+        # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
+        first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
+        keys = set(first.cond) if first is not None else set()
+        lives = [lv if set(j.cond) == keys else lv[:0] for j, lv in zip(jobs, lives)]
+        rows = share_rows([lv.size for lv in lives], max_batch, batching)
     plan = TickPlan()
     xs, ss, ts = [], [], []
     for job, lv, r in zip(jobs, lives, rows):

@@ -64,6 +64,40 @@ def test_plan_fuses_jobs_with_their_own_times_and_pads_to_a_bucket():
     assert unpadded.x.shape == (3, 2)
 
 
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_lone_job_plans_like_the_same_job_among_finished_ones(batching):
+    # the lone-job shortcut of plan_tick against the general path (a finished job beside it)
+    rng = np.random.default_rng(0)
+    for n, max_batch, cond in ((1, 256, False), (300, 256, False), (5, 4, True), (7, 8, True)):
+        job = Job(rng.standard_normal((n, 2)).astype(np.float32), np.linspace(0, 1, 4),
+                  cond={"y": np.arange(n)} if cond else {})
+        done = Job(np.zeros((1, 2), np.float32), np.linspace(0, 1, 2))
+        done.done[:] = True
+        lone = plan_tick([job], max_batch, flowmap=True, batching=batching)
+        general = plan_tick([done, job], max_batch, flowmap=True, batching=batching)
+        assert lone.rows == general.rows == min(n, max_batch)
+        for a, b in ((lone.x, general.x), (lone.s, general.s), (lone.t, general.t)):
+            np.testing.assert_array_equal(a, b)
+        assert lone.cond.keys() == general.cond.keys()
+        for k in lone.cond:
+            np.testing.assert_array_equal(lone.cond[k], general.cond[k])
+        assert [j for j, _ in lone.jobs] == [job] and np.array_equal(lone.jobs[0][1], general.jobs[0][1])
+
+
+def test_finished_needs_every_sample_done_or_an_error():
+    job = Job(np.zeros((3, 2), np.float32), np.linspace(0, 1, 2))
+    assert not job.finished
+    job.done[-1] = True  # the last alone: not finished
+    assert not job.finished
+    job.done[:] = [False, True, True]
+    assert not job.finished
+    job.done[:] = True
+    assert job.finished
+    other = Job(np.zeros((1, 2), np.float32), np.linspace(0, 1, 2))
+    other.error = ValueError("x")
+    assert other.finished
+
 @pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
 def test_staged_fixed_step_solvers_equal_core(method):
     def b(x, t):
