@@ -287,7 +287,7 @@ def serve(
     click.echo(
         f"serving {', '.join(f'{m.name} ({m.kind}, {m.engine.name}, max n {m.max_n})' for m in models)} "
         f"on http://{host}:{port} "
-        f"(auth {'on' if api_key else 'off'}, batching {'off' if no_batching else 'on'})",
+        f"(auth {'on' if api_key else 'off'}, batching {'off' if no_batching else 'on'}, {_uvicorn_impl()})",
         err=True,
     )
     uvicorn.run(
@@ -298,6 +298,16 @@ def serve(
         timeout_graceful_shutdown=int(request_timeout) + 5,
         access_log=log_level == "debug",
     )
+
+
+def _uvicorn_impl() -> str:
+    """Which event loop and HTTP parser ``uvicorn.run`` picks here (``auto``: uvloop and httptools when
+    installed, the ``serve`` extra's default; else asyncio and the pure-Python h11)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return f"{loop} + {http}"
 
 
 def _ray_options(
