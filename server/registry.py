@@ -22,7 +22,7 @@ import numpy as np
 
 from anystep.core.noise import base_noise_np
 from anystep.core.tableaux import DEFAULT_SOLVER, SOLVERS
-from anystep.core.units import Units, units_for
+from anystep.core.units import Units, model_units
 from anystep.errors import AnystepError
 
 from .engines import (
@@ -198,7 +198,7 @@ class ServedModel:
     @property
     def source_units(self) -> Units | None:
         """Units of a translation model's source samples (the base data set's own units), else None."""
-        return units_for(self.base, self.data_shape) if self._base_ds is not None else None
+        return self._base_ds.units if self._base_ds is not None else None
 
     @property
     def solvers(self) -> list[str]:
@@ -292,12 +292,7 @@ def _check_base(name: str, config: Any) -> None:
 
 def _units_of(config: Any) -> Units:
     """The units stored with the model (``config.units``) or derived from its data set name."""
-    stored = getattr(config, "units", None)
-    if isinstance(stored, dict):
-        return Units.from_dict(stored)
-    if isinstance(stored, Units):
-        return stored
-    return units_for(config.dataset, config.data_shape)
+    return model_units(config)
 
 
 def load_models(

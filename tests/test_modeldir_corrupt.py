@@ -206,7 +206,9 @@ def test_bundled_models_state_every_required_field(name):
 def test_optional_fields_have_documented_defaults_that_keep_the_output():
     """Only fields whose absence leaves the unconditional model unchanged may be omitted."""
     # supported_steps (issue 14) restricts which requests are served, never an answer: absent = any K
-    assert set(ModelConfig.OPTIONAL) <= {"provenance", "num_classes", "guidance_input", "supported_steps"}
-    assert ModelConfig.OPTIONAL["supported_steps"] is None
+    # units (issue 16) only converts answers to data units: absent = derived from dataset/data_shape
+    # (units_for), the rule every model directory written before the field was served with
+    assert set(ModelConfig.OPTIONAL) <= {"provenance", "num_classes", "guidance_input", "supported_steps", "units"}
+    assert ModelConfig.OPTIONAL["supported_steps"] is None and ModelConfig.OPTIONAL["units"] is None
     assert ModelConfig.optional_fields({"kind": "velocity"})["time_region"] == "both"
     assert "time_region" not in ModelConfig.optional_fields({"kind": "flowmap"})

@@ -846,6 +846,8 @@ class Trainer:
         model_cfg = ModelConfig.from_dict({
             **cfg.model.to_dict(), "provenance": provenance, "time_region": time_region,
             "supported_steps": None if supported is None else list(supported),
+            # the data set's own units (e.g. npz uint8: levels 0..255), so serving needs no data set
+            "units": self._dataset.units.to_dict(),
         })
         tmp = self.out_dir / ".model.tmp"
         if tmp.exists():

@@ -12,6 +12,7 @@ from torch import Tensor
 from .data import seeded_base_samples
 from .modeldir import LoadedModel, load_model_dir
 from .samplers import sample_flowmap, sample_ode, sample_seeds
+from .units import Units, model_units
 
 
 @dataclass
@@ -23,7 +24,9 @@ class Generated:
         nfe: network evaluations used.
         method: human-readable description (e.g. ``"flow map, 4 steps"``).
         seconds: wall time of the sampling loop.
-        dataset: the model's data set name (for unit conversion).
+        dataset: the model's data set name.
+        units: the model's data units (:func:`anystep.core.units.model_units`: the record its
+            ``config.json`` stores, else derived from ``dataset``); ``units.to_units(x)``.
     """
 
     x: Tensor
@@ -31,6 +34,7 @@ class Generated:
     method: str
     seconds: float
     dataset: str
+    units: Units
 
 
 def generate(
@@ -102,4 +106,7 @@ def generate(
         else:
             res = sample_ode(model, x0, solver=solver, steps=spec.steps, reverse=reverse)
         method = f"ODE {solver}" + (" (classifier-free guided)" if cond.guided_teacher else "")
-    return Generated(x=res.x, nfe=res.nfe * cond.nfe_per_call, method=method, seconds=time.perf_counter() - t0, dataset=cfg.dataset)
+    return Generated(
+        x=res.x, nfe=res.nfe * cond.nfe_per_call, method=method, seconds=time.perf_counter() - t0,
+        dataset=cfg.dataset, units=model_units(cfg),
+    )

@@ -94,7 +94,7 @@ def sample(model_dir, steps, grid, reverse, x0_path, source_path, n, seed, solve
         solver=solver, nfe=nfe, rtol=rtol, classes=_parse_list(classes, int, "--class"),
         guidance=_parse_list(guidance, float, "--guidance"),
     )
-    _write(out, suffix, res.x.numpy(), res.dataset, units)
+    _write(out, suffix, res.x.numpy(), res.units if units else None)
     click.echo(f"wrote {out}: {tuple(res.x.shape)} samples, {res.method}, nfe={res.nfe}, {res.seconds * 1e3:.1f} ms")
 
 
@@ -122,17 +122,16 @@ def _source(model_dir, source_path, conflict):
     return lm, torch.from_numpy(x0)
 
 
-def _write(out, suffix, x, dataset_name, units):
+def _write(out, suffix, x, units):
+    """Write ``x`` (model units) as .png, or .npy in ``units`` (an ``anystep.core.units.Units``; None: model units)."""
     from anystep.core.render import samples_png
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         Path(out).write_bytes(samples_png(x))
         return
-    if units:  # the model's units record (anystep.core.units): no data set is built
-        from anystep.core.units import units_for
-
-        x = units_for(dataset_name, x.shape[1:]).to_units(np.asarray(x))
+    if units is not None:  # the model's stored units record (or the data set's): no data set is built
+        x = units.to_units(np.asarray(x))
     np.save(out, np.asarray(x))
 
 
@@ -152,5 +151,5 @@ def data(name, n, seed, units, out):
     suffix = _check_out(out)
     ds = get_dataset(name)
     x = ds.sample(n, torch.Generator().manual_seed(seed)).numpy()
-    _write(out, suffix, x, name, units)
+    _write(out, suffix, x, ds.units if units else None)
     click.echo(f"wrote {out}: {n} samples of {name}, shape {tuple(ds.shape)}")

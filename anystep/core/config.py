@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from anystep.errors import AnystepError
 
+from .units import Units, UnitsError
+
 
 class ConfigError(AnystepError):
     """A configuration value is invalid; the message says how to fix it."""
@@ -218,6 +220,11 @@ class ModelConfig:
             (issue 14: shortcut ``[1, 2, ..., 2^(L-1)]``, consistency / trajectory regression
             ``[1]``, progressive distillation ``[N]``); sampling refuses other K and custom
             grids. Written by the trainer from the objective; null or absent: any K, any grid.
+        units: optional; the data units of the training set (:class:`anystep.core.units.Units`:
+            scale, clip range and layout users see, e.g. 8-bit levels ``0..255``), written by the
+            trainer from ``Dataset.units`` so that serving needs no data set. Absent (model
+            directories written before the field): derived from ``dataset`` and ``data_shape``
+            by :func:`anystep.core.units.units_for` (:func:`anystep.core.units.model_units`).
     """
 
     kind: str = "flowmap"
@@ -233,6 +240,7 @@ class ModelConfig:
     guidance_input: bool = False
     time_region: str | None = None
     supported_steps: tuple[int, ...] | None = None
+    units: Units | None = None
 
     # Fields a model directory's config.json may omit, with the documented value an absent
     # key means. Only fields whose default leaves the (unconditional) output unchanged
@@ -242,6 +250,7 @@ class ModelConfig:
         "num_classes": 0,  # 0: unconditional
         "guidance_input": False,  # False: no guidance-scale input
         "supported_steps": None,  # None: any step count, any grid
+        "units": None,  # None: derived from dataset and data_shape (units_for), as before the field
     }
 
     @classmethod
@@ -304,6 +313,27 @@ class ModelConfig:
                 raise ConfigError("supported_steps applies to flow maps; drop it from a velocity model's config")
             steps = _ints(self.supported_steps, "supported_steps (null = any step count)", 1, MAX_STEP_COUNT, 1, 64)
             self.supported_steps = tuple(sorted(set(steps)))
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """``units``: None, a :class:`Units` or its JSON record, for samples of ``data_shape``."""
+        fix = (
+            "fix the record or delete the 'units' key (then the units are derived from "
+            f"dataset {self.dataset!r}, as for model directories written before the field)"
+        )
+        if self.units is None:
+            return
+        if isinstance(self.units, dict):
+            try:
+                self.units = Units.from_dict(self.units)
+            except UnitsError as e:
+                raise ConfigError(f"units: {e}; {fix}") from None
+        if not isinstance(self.units, Units):
+            raise ConfigError(f"units must be a JSON object (a units record) or null, got {type(self.units).__name__}; {fix}")
+        if tuple(self.units.data_shape) != self.data_shape:
+            raise ConfigError(
+                f"units.data_shape {list(self.units.data_shape)} != data_shape {list(self.data_shape)}; {fix}"
+            )
 
     @property
     def conditional(self) -> bool:
@@ -316,6 +346,10 @@ class ModelConfig:
         for key, default in (("num_classes", 0), ("guidance_input", False), ("supported_steps", None)):
             if out.get(key) == default:
                 out.pop(key)
+        if self.units is None:  # absent: derived from the data set name (configs written before the field)
+            out.pop("units")
+        else:
+            out["units"] = self.units.to_dict()
         return out
 
     @classmethod

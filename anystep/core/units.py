@@ -6,13 +6,17 @@ Networks see model units (images in ``[-1, 1]``, channel first ``[C, H, W]``); u
 see data units (digits: grey levels ``0..16`` of shape ``[8, 8]``; 8-bit images:
 ``0..255``, ``[H, W]`` or ``[H, W, C]``; 2D sets: the identity).
 
-:func:`units_for` derives the record from a model's data set name and shape; a model
-directory may also store it (``Units.to_dict`` / ``Units.from_dict``).
-The data sets' ``to_units`` / ``from_units`` (:mod:`anystep.core.data`) apply this same record.
+The trainer stores the training data set's record (``Dataset.units``) in the model
+directory's ``config.json`` (``ModelConfig.units``, :meth:`Units.to_dict` /
+:meth:`Units.from_dict`); :func:`model_units` reads it back, and for model directories
+written before that field existed derives it with :func:`units_for` from the data set
+name and shape. The data sets' ``to_units`` / ``from_units`` (:mod:`anystep.core.data`)
+apply this same record.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +27,13 @@ from anystep.errors import AnystepError
 
 
 class UnitsError(AnystepError):
-    """Samples do not have the shape the units expect."""
+    """Samples do not have the shape the units expect, or a units record is malformed."""
+
+
+# The kinds of data units anystep knows (Units.name) and the layouts (Units.layout).
+UNITS_NAMES = ("identity", "digits-grey-levels", "uint8-levels")
+LAYOUTS = ("same", "drop-channel", "channel-last")
+_FIELDS = ("name", "data_shape", "scale", "offset", "lo", "hi", "layout")
 
 
 @dataclass(frozen=True)
@@ -104,22 +114,75 @@ class Units:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Units:
-        try:
-            u = cls(
-                name=str(d["name"]),
-                data_shape=tuple(int(v) for v in d["data_shape"]),
-                scale=float(d.get("scale", 1.0)),
-                offset=float(d.get("offset", 0.0)),
-                lo=None if d.get("lo") is None else float(d["lo"]),
-                hi=None if d.get("hi") is None else float(d["hi"]),
-                layout=str(d.get("layout", "same")),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise UnitsError(f"malformed units record {d!r}: {e}") from None
-        if u.layout not in ("same", "drop-channel", "channel-last") or u.scale == 0:
-            raise UnitsError(f"malformed units record {d!r}: layout or scale")
-        return u
+    def from_dict(cls, d: Any) -> Units:
+        """Parse and validate a stored record (``config.json``'s ``units``).
+
+        Raises:
+            UnitsError: one line naming the bad key or value and what to use instead.
+        """
+        if not isinstance(d, dict):
+            raise UnitsError(f"a units record is a JSON object with keys {list(_FIELDS)}, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_FIELDS))
+        if unknown:
+            raise UnitsError(f"unknown key(s) {unknown} in the units record; allowed: {list(_FIELDS)}")
+        missing = [k for k in ("name", "data_shape") if k not in d]
+        if missing:
+            raise UnitsError(f"the units record lacks {missing}; it needs name and data_shape")
+        name = d["name"]
+        if not isinstance(name, str):
+            raise UnitsError(f"units name must be one of {list(UNITS_NAMES)}, got {name!r}")
+        shape = d["data_shape"]
+        if (
+            not isinstance(shape, (list, tuple))
+            or not 1 <= len(shape) <= 4
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape)
+        ):
+            raise UnitsError(f"units data_shape must be a list of 1 to 4 positive integers, got {shape!r}")
+        layout = d.get("layout", "same")
+        if not isinstance(layout, str) or layout not in LAYOUTS:
+            raise UnitsError(f"unknown units layout {layout!r}; use one of {list(LAYOUTS)}")
+        nums: dict[str, float | None] = {}
+        for key, default in (("scale", 1.0), ("offset", 0.0), ("lo", None), ("hi", None)):
+            v = d.get(key, default)
+            if v is None and key in ("lo", "hi"):
+                nums[key] = None
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                what = "a finite number or null" if key in ("lo", "hi") else "a finite number"
+                raise UnitsError(f"units {key} must be {what}, got {v!r}")
+            nums[key] = float(v)
+        return cls(name=name, data_shape=tuple(int(v) for v in shape), layout=layout, **nums)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        """Refuse records whose map cannot apply to their shape (checked once, when built)."""
+        s = self.data_shape
+        if self.name not in UNITS_NAMES:
+            raise UnitsError(f"unknown units name {self.name!r}; use one of {list(UNITS_NAMES)}")
+        if self.scale == 0:
+            raise UnitsError("units scale must be non-zero (data units = (x + offset) * scale)")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise UnitsError(f"units lo={self.lo} is above hi={self.hi}; use lo <= hi")
+        if self.layout == "drop-channel" and (len(s) < 2 or s[0] != 1):
+            raise UnitsError(f"units layout 'drop-channel' needs a data_shape [1, ...], got {list(s)}; use 'same'")
+        if self.layout == "channel-last" and len(s) != 3:
+            raise UnitsError(f"units layout 'channel-last' needs a data_shape [C, H, W], got {list(s)}; use 'same'")
+
+
+def model_units(config: Any) -> Units:
+    """The units of a model: the record stored in its ``config.json``, else derived from its data set.
+
+    Args:
+        config: a :class:`~anystep.core.config.ModelConfig` (``units``, ``dataset``, ``data_shape``).
+
+    Returns:
+        ``config.units`` when the model directory stores it (written by the trainer from the
+        training data set's ``Dataset.units``); otherwise ``units_for(config.dataset,
+        config.data_shape)``, the rule every model directory written before the field used.
+    """
+    stored = getattr(config, "units", None)
+    if stored is not None:
+        return stored if isinstance(stored, Units) else Units.from_dict(stored)
+    return units_for(config.dataset, config.data_shape)
 
 
 def units_for(dataset: str, data_shape: Sequence[int]) -> Units:
