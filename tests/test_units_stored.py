@@ -228,3 +228,15 @@ def test_without_the_field_the_same_model_is_served_as_before(npz_model, tmp_pat
     assert info["units"] == "identity"
     model_x = generate(d, n=8, seed=5, steps=2).x.numpy()
     np.testing.assert_allclose(np.array(out["samples"]), model_x, atol=1e-5)
+
+
+def test_anystep_data_writes_an_npz_of_pixels_in_its_own_levels(tmp_path, capsys):
+    """``anystep data`` applies the data set's record (npz uint8: levels 0..255), not the name's identity."""
+    img = np.random.default_rng(2).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
+    np.savez(tmp_path / "p.npz", x=img)
+    out = tmp_path / "d.npy"
+    code, err = _cli(["data", f"npz:{tmp_path / 'p.npz'}", "-n", "7", "--out", str(out)], capsys)
+    assert code == 0, err
+    x = np.load(out)
+    assert x.shape == (7, *SHAPE) and np.isin(np.round(x), img).all()
+    np.testing.assert_allclose(x, np.round(x), atol=1e-3)  # whole 8-bit levels come back
