@@ -59,6 +59,11 @@ def _ff(m: int, sigma: float) -> dict[str, Any]:
     return {"model.backbone.x_features": m, "model.backbone.x_feature_scale": sigma}
 
 
+XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's lmd_xl continuation budget
+
+# Benchmark rows scored beside the variants (their run directories in runs/checkerboard).
+REFERENCES = {"lmd": "LMD (benchmark row)", "lmd_xl": "LMD, +6000 steps (benchmark row)"}
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -70,6 +75,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("ff64_s4", "LMD + Fourier features of x (64, sigma 4)", "x_features 64, sigma 4", _ff(64, 4.0)),
         Variant("base_1500", "LMD, 1500 steps", "baseline with 1.5x the steps (equal wall time check)",
                 {"max_steps": 1500}),
+        Variant("ff64_s1_xl", "LMD + Fourier features of x (64, sigma 1), +6000 steps",
+                "ff64_s1 continued like the benchmark's lmd_xl (6000 steps, lr 5e-4 cosine)",
+                {**_ff(64, 1.0), **XL}, init_from="ff64_s1"),
+        Variant("ff64_s05_xl", "LMD + Fourier features of x (64, sigma 0.5), +6000 steps",
+                "ff64_s05 continued like the benchmark's lmd_xl (6000 steps, lr 5e-4 cosine)",
+                {**_ff(64, 0.5), **XL}, init_from="ff64_s05"),
         Variant("base_both", "LMD both directions (benchmark row, retrained here)",
                 "baseline both directions", {"objective_hparams.forward_only": False}, base="lmd_both"),
         Variant("ff_both", "LMD both directions + Fourier features of x (64, sigma 1)",
@@ -104,6 +115,40 @@ def train(names: list[str]) -> None:
         (LEVER_DIR / name / "lever_record.json").write_text(json.dumps(rec.__dict__, indent=1))
 
 
+def timing(names: list[str], steps: int = 60, reps: int = 3) -> dict[str, Any]:
+    """ms per training step of ``names``, side by side: ``reps`` rounds of ``steps``-step runs
+    (A, B, A, B, ...: every variant sees the same contention), median of steps 20..``steps``.
+
+    Writes ``runs/cb_lever/timing.json``; the report prints it.
+    """
+    import statistics
+    import tempfile
+
+    import torch
+
+    from anystep.benchmarks.common import load_average
+    from anystep.training.config import apply_overrides
+    from anystep.training.trainer import Trainer, read_log
+
+    torch.set_num_threads(1)
+    per: dict[str, list[float]] = {n: [] for n in names}
+    loads = []
+    for _ in range(reps):
+        for name in names:
+            cfg = apply_overrides(_cfg(VARIANTS[name]), [f"max_steps={steps}", "log_every=10",
+                                                         f"ckpt_every={steps}", "lr_warmup_steps=5"])
+            with tempfile.TemporaryDirectory() as tmp:
+                Trainer(cfg, Path(tmp) / "run", eval_fn=None, progress=False).fit()
+                rows = {r["step"]: r["time"] for r in read_log(Path(tmp) / "run") if "loss" in r}
+            per[name].append(1000.0 * (rows[steps] - rows[20]) / (steps - 20))
+            loads.append((load_average() or [None])[0])
+            print(f"[timing] {name}: {per[name][-1]:.1f} ms/step", flush=True)
+    out = {"steps": steps, "reps": reps, "ms_per_step": {n: statistics.median(v) for n, v in per.items()},
+           "all": per, "load_avg": loads}
+    (LEVER_DIR / "timing.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def _finished(name: str) -> bool:
     d = LEVER_DIR / name
     return (d / "config.json").is_file() and (d / "model.safetensors").is_file() and (d / "lever_record.json").is_file()
@@ -115,12 +160,12 @@ def report() -> None:
     import torch
 
     from anystep.benchmarks.checkerboard_cache import EvalCache
-    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, sample_map, score_samples
+    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, score_samples
     from anystep.benchmarks.checkerboard_methods import EVAL_STEPS, Settings
     from anystep.benchmarks.common import load_average, machine_info, write_results
     from anystep.core.data import get_dataset
     from anystep.core.metrics import blur_curve
-    from anystep.core.modeldir import load_model_dir
+    from anystep.training.trainer import read_log
 
     torch.set_num_threads(1)
     settings = Settings()
@@ -140,16 +185,24 @@ def report() -> None:
     data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
     ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
     rows: list[dict[str, Any]] = []
+    for key, label in REFERENCES.items():
+        d = BENCH_DIR / key
+        if not (d / "model.safetensors").is_file():
+            continue
+        rows_log = [r for r in read_log(d) if "loss" in r]
+        scores = _scores(d, cache.key("row", d), ctx, x0, LEVER_DIR / f"ref_{key}_scores.json")
+        steps = int(rows_log[-1]["step"]) if rows_log else None
+        secs = float(rows_log[-1]["time"]) if rows_log else None
+        rows.append({"name": f"bench:{key}", "label": label, "factor": "benchmark row (trained by checkerboard.py)",
+                     "sets": {}, "base": key, "seconds": secs, "steps": steps,
+                     "ms_per_step": 1000 * secs / steps if steps else None, "load_avg": None, "params": None,
+                     "metrics": {str(k): s.__dict__ for k, s in scores.items()}})
     for name, v in VARIANTS.items():
         if not _finished(name):
             continue
         rec = json.loads((LEVER_DIR / name / "lever_record.json").read_text())
-        model = load_model_dir(LEVER_DIR / name).model.eval()
-        scores = {}
-        for k in EVAL_STEPS:
-            with torch.no_grad():
-                x1 = sample_map(model, x0, k)
-            scores[k] = score_samples(x1, ctx, nfe=k)
+        scores = _scores(LEVER_DIR / name, cache.key("row", LEVER_DIR / name), ctx, x0,
+                         LEVER_DIR / name / "lever_scores.json")
         rows.append({"name": name, "label": v.label, "factor": v.factor, "sets": v.sets, "base": v.base,
                      "seconds": rec["seconds"], "steps": rec["steps"], "ms_per_step": rec["ms_per_step"],
                      "load_avg": rec["load_avg"], "params": rec["params"],
@@ -158,8 +211,34 @@ def report() -> None:
     res = {"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "teacher_kl": m_si.kl, "teacher_blur": ctx.blur.equivalent(m_si.kl),
            "blur_curve": ctx.blur.to_dict(), "settings": settings, "rows": rows,
-           "eval_seconds": time.perf_counter() - t0, "load_avg": load_average()}
+           "eval_seconds": time.perf_counter() - t0, "load_avg": load_average(),
+           "timing": json.loads((LEVER_DIR / "timing.json").read_text()) if (LEVER_DIR / "timing.json").is_file()
+           else None}
     write_results(RESULTS, "checkerboard_lever", res, _markdown(res, EVAL_STEPS, np))
+
+
+def _scores(run_dir: Path, key: str, ctx, x0, path: Path) -> dict[int, Any]:
+    """Metrics at K = 1, 2, 4, 8 of the model in ``run_dir``; cached in the JSON file ``path``
+    under the benchmark's cache key (weights, teacher and evaluation settings)."""
+    import torch
+
+    from anystep.benchmarks.checkerboard_cache import metrics_from_json, metrics_to_json
+    from anystep.benchmarks.checkerboard_eval import sample_map, score_samples
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
+    from anystep.core.modeldir import load_model_dir
+
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return metrics_from_json(saved["metrics"])
+    model = load_model_dir(run_dir).model.eval()
+    scores = {}
+    for k in EVAL_STEPS:
+        with torch.no_grad():
+            x1 = sample_map(model, x0, k)
+        scores[k] = score_samples(x1, ctx, nfe=k)
+    path.write_text(json.dumps({"key": key, "metrics": metrics_to_json(scores)}))
+    return scores
 
 
 def _blur(b: float | None) -> str:
@@ -209,6 +288,13 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
               markdown_table(["Variant"] + [f"K={k}" for k in steps] + ["coupling K=1"], ratio_rows), "",
               "## Blur equivalent (sigma)", "",
               markdown_table(["Variant"] + [f"K={k}" for k in steps], blur_rows), ""]
+    tm = res.get("timing")
+    if tm:
+        lines += [(f"## Cost per step, side by side ({tm['reps']} interleaved rounds of {tm['steps']}-step runs, "
+                  f"median of steps 20-{tm['steps']}; 1-min load {', '.join(fmt(v) for v in tm['load_avg'])})"), "",
+                  markdown_table(["Variant", "ms/step (median)", "all rounds"],
+                                 [[n, fmt(v), ", ".join(fmt(x) for x in tm["all"][n])]
+                                  for n, v in tm["ms_per_step"].items()]), ""]
     notes = existing_notes(RESULTS / "checkerboard_lever.md")
     lines += ["## Notes", "", NOTES_BEGIN, notes or "", NOTES_END, ""]
     return "\n".join(lines)
@@ -222,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     tp = sub.add_parser("train", help="train (reuse / resume) variants, one thread")
     tp.add_argument("names", nargs="+", choices=sorted(VARIANTS))
+    tm = sub.add_parser("timing", help="ms per step of variants side by side (interleaved short runs)")
+    tm.add_argument("names", nargs="+", choices=sorted(VARIANTS))
     sub.add_parser("report", help="score the finished variants, write benchmarks/results/checkerboard_lever.*")
     sub.add_parser("list", help="list the variants")
     args = p.parse_args(argv)
@@ -235,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "train":
         train(args.names)
+    elif args.cmd == "timing":
+        timing(args.names)
     else:
         report()
     return 0

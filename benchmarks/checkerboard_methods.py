@@ -136,6 +136,16 @@ METHODS: dict[str, MethodSpec] = {
                    budget={"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500},
                    paper=_paper(0.043, 0.059, 0.032, 0.085),
                    note="lmd continued for 6,000 steps (lr 5e-4, cosine): 7x the shared budget in all"),
+        # Opt-in (not in DEFAULT_METHODS): LMD with random Fourier features of x (issue 13 lever,
+        # checkerboard_lever.md): `--methods lmd_ff,lmd_ff_xl`.
+        MethodSpec("lmd_ff", "LMD, Fourier features of x", "checkerboard-lmd-ff", teacher="si", init_from="si",
+                   config=RESIDUAL, paper=_paper(0.043, 0.059, 0.032, 0.085),
+                   note="LMD whose MLP also reads 64 random Fourier features of x (sigma 1; zero columns under the "
+                        "warm start v_st = b_s)"),
+        MethodSpec("lmd_ff_xl", "LMD, Fourier features of x, +6000 steps", "checkerboard-lmd-ff", teacher="si",
+                   init_from="lmd_ff", config=RESIDUAL, budget={"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500},
+                   paper=_paper(0.043, 0.059, 0.032, 0.085),
+                   note="lmd_ff continued for 6,000 steps (lr 5e-4, cosine), as lmd_xl"),
         MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", init_from="si", config=RESIDUAL,
                    paper=_paper(0.079, 0.029, 0.010, 0.011),
                    note="Eulerian map distillation (eq. 3.9), warm start v_st = b_s from the teacher"),

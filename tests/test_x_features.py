@@ -146,3 +146,22 @@ def test_onnx_export_parity(tmp_path):
     with torch.no_grad():
         ref = fm.eval()(x, s, t).numpy()
     np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_opt_in_preset_and_benchmark_rows_use_the_features_and_leave_the_default_rows_alone(tmp_path):
+    from anystep.benchmarks.checkerboard_methods import DEFAULT_METHODS, METHODS, Settings
+    from anystep.benchmarks.checkerboard_train import build_train_config
+    from anystep.training.presets import get_preset
+
+    cfg = get_preset("checkerboard-lmd-ff")
+    assert (cfg.model.backbone.x_features, cfg.model.backbone.x_feature_scale) == (64, 1.0)
+    assert cfg.model.ansatz == "residual" and cfg.objective == "lmd"
+    assert get_preset("checkerboard-lmd").model.backbone.x_features == 0
+    assert "lmd_ff" not in DEFAULT_METHODS and "lmd_ff_xl" not in DEFAULT_METHODS
+    ff = build_train_config(METHODS["lmd_ff"], Settings(), tmp_path)
+    base = build_train_config(METHODS["lmd"], Settings(), tmp_path)
+    assert ff.model.backbone.x_features == 64 and base.model.backbone.x_features == 0
+    assert ff.init_from == str(tmp_path / "si") and ff.teacher == str(tmp_path / "si")
+    a, b = ff.to_dict(), base.to_dict()
+    a["model"]["backbone"].update(x_features=0, x_feature_scale=1.0)
+    assert {k for k in a if a[k] != b[k]} == {"preset"}  # the same budget and objective as the LMD row

@@ -20,6 +20,7 @@ Teacher chains (pass the teacher with ``--teacher DIR``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,20 @@ def checkerboard_velocity() -> TrainConfig:
 def checkerboard_lmd() -> TrainConfig:
     """LMD one-step map distilled from a velocity teacher (paper Fig. 3, fifth panel)."""
     return _checkerboard("flowmap", "lmd")
+
+
+# Random Fourier features of x for the one-step map (issue 13, benchmarks/results/checkerboard_lever.md):
+# 64 frequencies B ~ N(0, 1) (cycles per unit); zero columns under the teacher warm start v_st = b_s.
+CHECKERBOARD_X_FEATURES = {"x_features": 64, "x_feature_scale": 1.0}
+
+
+@_register("checkerboard-lmd-ff", "LMD with random Fourier features of x (sharper one-step maps); residual ansatz "
+           "for --init-from a checkerboard-velocity teacher")
+def checkerboard_lmd_ff() -> TrainConfig:
+    """LMD one-step map whose MLP also reads 64 random Fourier features of ``x`` (sigma 1)."""
+    cfg = _checkerboard("flowmap", "lmd", ansatz="residual")
+    bb = dataclasses.replace(cfg.model.backbone, **CHECKERBOARD_X_FEATURES)
+    return cfg.replace(model=dataclasses.replace(cfg.model, backbone=bb))
 
 
 @_register("checkerboard-emd", "Eulerian map distillation (eq. 3.9); needs --teacher from checkerboard-velocity")
