@@ -240,3 +240,25 @@ def test_anystep_data_writes_an_npz_of_pixels_in_its_own_levels(tmp_path, capsys
     x = np.load(out)
     assert x.shape == (7, *SHAPE) and np.isin(np.round(x), img).all()
     np.testing.assert_allclose(x, np.round(x), atol=1e-3)  # whole 8-bit levels come back
+
+
+def test_reverse_writes_base_samples_in_base_units_not_the_data_levels(tmp_path, capsys):
+    """``--reverse`` outputs base samples: Gaussian noise is never mapped to (and clipped at) grey levels 0..16;
+    a translation map's base comes back in its base data set's units (noisy digits)."""
+    clean = tmp_path / "clean.npy"
+    assert _cli(["sample", str(REPO / "models/digits"), "-n", "4", "--model-units", "--out", str(clean)], capsys)[0] == 0
+    for model, base_units in (("digits-teacher", None), ("digits-restore", units_for("digits-noisy", (1, 8, 8)))):
+        outs = {}
+        for flag in ("--units", "--model-units"):
+            out = tmp_path / f"{model}{flag}.npy"
+            args = ["sample", str(REPO / "models" / model), "--reverse", "--x0", str(clean), "-n", "4", flag, "--out", str(out)]
+            if model == "digits-teacher":
+                args += ["--solver", "euler", "--nfe", "2"]
+            code, err = _cli(args, capsys)
+            assert code == 0, err
+            outs[flag] = np.load(out)
+        if base_units is None:
+            assert outs["--model-units"].min() < -0.5  # noise: negative values survive
+            np.testing.assert_array_equal(outs["--units"], outs["--model-units"])
+        else:
+            np.testing.assert_allclose(outs["--units"], base_units.to_units(outs["--model-units"]), atol=1e-5)

@@ -59,7 +59,9 @@ def _check_out(out: str) -> str:
 @click.option("--nfe", type=click.IntRange(min=1), default=None, help="Fixed-step solvers: evaluation budget.")
 @click.option("--rtol", type=float, default=None, help="dopri5 tolerance (default 1e-5); dopri5 only.")
 @click.option("--units/--model-units", default=True, show_default=True,
-              help=".npy in the data set's own units (digits: grey levels 0..16) or raw model units.")
+              help=".npy in the data set's own units (digits: grey levels 0..16) or raw model units. With --reverse "
+                   "the output is a base sample: Gaussian noise stays in model units (never clipped to data levels); "
+                   "a translation map's base is written in its base data set's units.")
 @click.option("--out", required=True, help="Output file: .npy (samples) or .png (scatter / image grid).")
 @click.option("--class", "classes", default=None, metavar="C[,C...]",
               help="Class-conditional models: the class of every sample, or one per sample (comma-separated). "
@@ -94,8 +96,19 @@ def sample(model_dir, steps, grid, reverse, x0_path, source_path, n, seed, solve
         solver=solver, nfe=nfe, rtol=rtol, classes=_parse_list(classes, int, "--class"),
         guidance=_parse_list(guidance, float, "--guidance"),
     )
-    _write(out, suffix, res.x.numpy(), res.units if units else None)
+    out_units = (_base_units(model_dir) if reverse else res.units) if units else None
+    _write(out, suffix, res.x.numpy(), out_units)
     click.echo(f"wrote {out}: {tuple(res.x.shape)} samples, {res.method}, nfe={res.nfe}, {res.seconds * 1e3:.1f} ms")
+
+
+def _base_units(model_dir):
+    """``--reverse`` writes base samples: a data-set base's units (translation maps), none for Gaussian noise."""
+    from anystep.core.modeldir import read_config
+    from anystep.core.units import units_for
+
+    cfg = read_config(model_dir)  # --reverse excludes --source, so this is still the path
+    base = cfg.base or "gaussian"
+    return None if base == "gaussian" else units_for(base, cfg.data_shape)
 
 
 def _source(model_dir, source_path, conflict):
