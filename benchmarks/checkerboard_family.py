@@ -9,6 +9,9 @@ residual ``|v_{s,t}(I_s) - v_tgt|^2 / d`` of the loss by the gap ``t - s`` into
 * ``bias``: ``|v - v_tgt(b_s)|^2 / d``, the MeanFlow identity's residual with the teacher's
   velocity, i.e. how far the current map is from satisfying (MF) -- what the gradient
   actually has to remove;
+* ``error``: ``|v - v*|^2 / d`` against the teacher flow's own slope ``v*`` (RK4, 64 steps
+  per jump), next to ``|v - b_s|^2`` (how far the map moved from the warm start
+  ``v_{s,t} = b_s``) and ``|v* - b_s|^2`` (how far it has to move);
 
 and reports how often the time sampler of a MeanFlow configuration draws each gap (the
 share of each batch), with ``v_tgt(u) = u + (t - s)[∂_s v + ∇v·u]`` (one JVP per ``u``).
@@ -58,6 +61,31 @@ def gap_shares(hparams: dict[str, Any], n: int = 200_000, seed: int = 0) -> list
     return out
 
 
+@torch.no_grad()
+def teacher_slope(teacher, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, steps: int = 64) -> torch.Tensor:
+    """The teacher flow's slope ``(X^b_{s,t}(x) - x) / (t - s)``, RK4 with ``steps`` steps per row ``[B]``.
+
+    Integrates ``dx/dτ = (t - s) b_{s + τ(t - s)}(x)`` over ``τ ∈ [0, 1]`` (each row its own ``s, t``).
+    """
+    from anystep.training.distill import _bcast, teacher_velocity
+
+    gap = t - s
+    h = 1.0 / steps
+    y = x.clone()
+
+    def f(y: torch.Tensor, tau: float) -> torch.Tensor:
+        return _bcast(gap, y) * teacher_velocity(teacher, y, s + tau * gap)
+
+    for i in range(steps):
+        tau = i * h
+        k1 = f(y, tau)
+        k2 = f(y + 0.5 * h * k1, tau + 0.5 * h)
+        k3 = f(y + 0.5 * h * k2, tau + 0.5 * h)
+        k4 = f(y + h * k3, tau + h)
+        y = y + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return (y - x) / _bcast(gap.clamp(min=1e-6), x)
+
+
 def residual_by_gap(model, teacher, n: int = 4096, seed: int = 0) -> list[dict[str, float]]:
     """Residual / noise / bias (module docstring) of ``model`` per gap bucket, ``n`` rows each."""
     from anystep.core.data import get_dataset
@@ -81,14 +109,29 @@ def residual_by_gap(model, teacher, n: int = 4096, seed: int = 0) -> list[dict[s
             out = jvp_times(model.slope, I_s, s, t, dx=u, ds=1.0)
             v = out.value.detach()
             targets[name] = (u + _bcast(t - s, v) * out.tangent.detach()).detach()
+        v_true = teacher_slope(teacher, I_s, s, t)
         rows.append({
             "gap": f"[{lo:g}, {hi:g}" + ("]" if hi == 1.0 else ")"),
             "residual": float(sq(v - targets["sample"]).mean()),
             "noise": float(sq(targets["sample"] - targets["teacher"]).mean()),
             "bias": float(sq(v - targets["teacher"]).mean()),
             "tangent_norm": float(sq(targets["teacher"] - b).mean()),
+            "moved": float(sq(v - b).mean()),
+            "error": float(sq(v - v_true).mean()),
+            "true_jvp": float(sq(v_true - b).mean()),
         })
     return rows
+
+
+def _warm_start(like, teacher):
+    """A copy of the model directory ``like`` whose weights give ``v_{s,t} = b_s`` (the benchmark's start)."""
+    import copy
+
+    from anystep.core.warmstart import flowmap_from_velocity
+
+    md = copy.deepcopy(like)
+    flowmap_from_velocity(md.model, teacher)
+    return md
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "one-sample noise) and the time sampler's share of each jump length.")
     p.add_argument("model", nargs="+", type=Path, help="trained MeanFlow model directories")
     p.add_argument("--teacher", type=Path, required=True, help="the benchmark's teacher velocity (runs/.../si)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="also score the warm start v_st = b_s (the first model's architecture, the teacher's weights)")
     p.add_argument("--n", type=int, default=4096, help="rows per gap bucket (default 4096)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = p.parse_args(argv)
@@ -107,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         teacher = load_model_dir(args.teacher).model.eval()
         models = {str(m): load_model_dir(m) for m in args.model}
+        if args.warm_start:
+            models = {"warm start v_st = b_s": _warm_start(next(iter(models.values())), teacher), **models}
     except (AnystepError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,8 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = residual_by_gap(md.model.eval(), teacher, n=args.n)
         result[name] = {"objective_hparams": hp, "rows": rows, "share": shares}
         print(f"\n{name} ({hp})")
-        print(markdown_table(["gap", "share of batch", "residual", "noise", "bias", "|JVP term|^2"],
-                             [[r["gap"], f"{sh:.4f}", r["residual"], r["noise"], r["bias"], r["tangent_norm"]]
+        print(markdown_table(["gap", "share of batch", "residual", "noise", "bias", "|JVP term|^2", "|v - b_s|^2",
+                              "error |v - v*|^2", "|v* - b_s|^2"],
+                             [[r["gap"], f"{sh:.4f}", r["residual"], r["noise"], r["bias"], r["tangent_norm"],
+                               r["moved"], r["error"], r["true_jvp"]]
                               for r, sh in zip(rows, shares, strict=True)]))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
