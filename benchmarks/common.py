@@ -39,6 +39,7 @@ __all__ = [
     "name_list",
     "portable_path",
     "pyplot",
+    "run_cli",
     "versions",
     "write_results",
 ]

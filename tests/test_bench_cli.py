@@ -92,8 +92,8 @@ def test_the_benchmarks_entry_points_use_it(monkeypatch):
     import importlib
 
     calls = []
-    for name in ("load", "load_nfe", "load_triton", "latency", "load_ray"):
+    for name in ("load", "load_nfe", "load_triton", "latency", "load_ray", "load_ab"):
         mod = importlib.import_module(f"anystep.benchmarks.{name}")
         monkeypatch.setattr(mod, "run_cli", lambda argv, **kw: calls.append(kw["module"]) or 0)
         assert mod.main([]) == 0
-    assert calls == [f"anystep.benchmarks.{n}" for n in ("load", "load_nfe", "load_triton", "latency", "load_ray")]
+    assert calls == [f"anystep.benchmarks.{n}" for n in ("load", "load_nfe", "load_triton", "latency", "load_ray", "load_ab")]
