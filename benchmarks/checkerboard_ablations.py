@@ -127,9 +127,13 @@ VARIANTS: dict[str, Variant] = {
         _v("mf_clip01", "meanflow", "gradient clip 0.1", sets=("grad_clip=0.1",)),
         _v("mf_jvp_wu500", "meanflow", "JVP term of the target ramped 0 -> 1 over 500 steps",
            hparams={"jvp_warmup": 500}),
+        _v("mf_xl", "meanflow", "meanflow continued for 6000 steps at lr 5e-4 (LMD +6000's schedule)",
+           init_from="meanflow", steps=6000, lr=5e-4, sets=("ckpt_every=500",)),
         _v("shortcut", "shortcut", "baseline", baseline=True),
         _v("sc_top25", "shortcut", "25% of self-consistency rows at 2d = 1", hparams={"top_frac": 0.25}),
         _v("sc_top50", "shortcut", "50% of self-consistency rows at 2d = 1", hparams={"top_frac": 0.5}),
+        _v("sc_xl", "shortcut", "shortcut continued for 6000 steps at lr 5e-4 (LMD +6000's schedule)",
+           init_from="shortcut", steps=6000, lr=5e-4, sets=("ckpt_every=500",)),
     )
 }
 
