@@ -44,10 +44,16 @@ def draw_bases(jobs: Sequence[Job], draw: Callable[[np.ndarray], np.ndarray] | N
     pending = [j for j in jobs if j.base is not None and j.error is None]
     if not pending:
         return 0
-    counts = np.fromiter((j.base.n for j in pending), dtype=np.int64, count=len(pending))
-    starts = np.fromiter((j.base.seed for j in pending), dtype=np.int64, count=len(pending))
-    ends = np.cumsum(counts)
-    seeds = np.repeat(starts - (ends - counts), counts) + np.arange(int(ends[-1]), dtype=np.int64)
+    if len(pending) == 1:  # one job starting (a lone request): its seeds directly
+        base = pending[0].base
+        ends_l, counts_l = [base.n], [base.n]
+        seeds = np.arange(base.seed, base.seed + base.n, dtype=np.int64)
+    else:
+        counts = np.fromiter((j.base.n for j in pending), dtype=np.int64, count=len(pending))
+        starts = np.fromiter((j.base.seed for j in pending), dtype=np.int64, count=len(pending))
+        ends = np.cumsum(counts)
+        seeds = np.repeat(starts - (ends - counts), counts) + np.arange(int(ends[-1]), dtype=np.int64)
+        ends_l, counts_l = ends.tolist(), counts.tolist()
     try:
         if draw is None:
             raise SchedulerError("this scheduler has no base sampler: give the job its start states x")
@@ -59,7 +65,7 @@ def draw_bases(jobs: Sequence[Job], draw: Callable[[np.ndarray], np.ndarray] | N
             j.error = e if isinstance(e, SchedulerError) else SchedulerError(f"drawing base samples failed: {e}")
         return len(pending)
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    for j, end, n in zip(pending, ends.tolist(), counts.tolist()):
+    for j, end, n in zip(pending, ends_l, counts_l):
         if rows.shape[1:] != j.x.shape[1:]:
             j.error = SchedulerError(f"base samples have shape {list(rows.shape[1:])}, the job {list(j.x.shape[1:])}")
         else:
