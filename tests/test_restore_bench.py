@@ -18,6 +18,7 @@ from anystep.benchmarks.digits_restore import (
     psnr,
     render_restoration,
     restore_data,
+    teacher_rows,
 )
 
 
@@ -71,6 +72,31 @@ def test_identity_map_restores_nothing_and_inverts_exactly():
     assert torch.equal(samples["K=2"], data.degraded)
 
 
+class _ConstantVelocity(nn.Module):
+    """b_t(x) = clean - degraded for the benchmark's batch: the straight path, exact for any solver."""
+
+    def __init__(self, delta):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, x, t):
+        return self.delta
+
+
+def test_teacher_rows_dopri5_and_euler_at_the_map_budget():
+    from anystep.benchmarks.digits_classifier import DigitsMetric
+
+    data, metric = _data(0.3), DigitsMetric.create()
+    clean = input_rows(metric, data)[0]
+    rows = teacher_rows(_ConstantVelocity(data.clean - data.degraded), metric, data, euler_steps=(1, 4))
+    assert [(r.what, r.steps) for r in rows] == [("teacher dopri5", None), ("teacher euler", 1), ("teacher euler", 4)]
+    assert [r.nfe for r in rows[1:]] == [1.0, 4.0]
+    for r in rows:  # a constant field is integrated exactly: every row lands on the clean digits
+        assert r.psnr > 60 and r.accuracy == clean.accuracy
+    assert [r.what for r in teacher_rows(_ConstantVelocity(data.clean - data.degraded), _Metric(), data)] == [
+        "teacher dopri5"]
+
+
 def test_draws_repeat_the_test_digits_with_new_noise():
     one, three = restore_data(0.6, seed=0, draws=1), restore_data(0.6, seed=0, draws=3)
     assert len(three.y) == 3 * len(one.y) == 3 * 360
@@ -84,6 +110,9 @@ def test_goal_line_and_report():
     bad = [{"what": "restored", "steps": 1, "psnr": 18.0, "accuracy": 0.93, "seconds": 0.1, "nfe": 1.0}]
     assert goal_line(rows + good).endswith("4.5 points below -> met.")
     assert goal_line(rows + bad).endswith("6.0 points below -> not met.")
+    edge = [dict(rows[0], accuracy=1790 / 1800), dict(good[0], accuracy=1700 / 1800)]  # exactly 5 points (float: 5 + 4e-15)
+    assert goal_line(edge).endswith("5.0 points below -> met.")
+    assert goal_line([edge[0], dict(good[0], accuracy=1699 / 1800)]).endswith("not met.")
     section = {"n": 720, "noise": 0.6, "draws": 2, "rows": rows,
                "maps": {"m": {"path": "models/m", "rows": bad, "encode": {
                    "encoded_minus_clean_std": 0.5, "training_noise_std": 0.6, "encoded_accuracy": 0.8,
