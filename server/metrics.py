@@ -19,8 +19,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
@@ -44,11 +44,11 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-class _TickCounts:
-    """Per-bucket counts and sum of one tick histogram of one model (plain lists, no lock).
+class _Counts:
+    """Bucket counts and sum of one labelled histogram child (plain lists, no lock).
 
-    Ticks of a model are observed by one thread at a time (its scheduler's), so the hot path
-    is a :func:`bisect.bisect_left` and two additions; a scrape copies the lists.
+    Each child is observed by one thread (a scheduler's ticks, or the event loop's requests), so the
+    hot path is a :func:`bisect.bisect_left` and two additions; a scrape copies the list.
     """
 
     __slots__ = ("counts", "total")
@@ -58,47 +58,68 @@ class _TickCounts:
         self.total = 0.0
 
 
-class TickHistograms:
-    """``anystep_engine_batch_size`` and ``anystep_engine_call_seconds`` as one custom collector.
+class LockFreeHistogram:
+    """A labelled Prometheus histogram whose observations cost two list updates.
 
-    A ``prometheus_client.Histogram`` takes a lock and walks its buckets in Python on every
-    ``observe``; an engine tick (a few per request) only bumps two counters here, and the
-    exposition (the same names, labels and buckets as two histograms) is built at scrape time.
+    ``prometheus_client.Histogram`` takes a lock and walks its buckets in Python on every
+    ``observe``; this one does a binary search and builds the exposition (the same names,
+    labels and buckets) at scrape time. Register it on a ``CollectorRegistry``.
     """
 
-    def __init__(self, batch_buckets: Sequence[float], second_buckets: Sequence[float]) -> None:
-        self.batch_buckets = tuple(float(b) for b in batch_buckets)
-        self.second_buckets = tuple(float(b) for b in second_buckets)
-        self._models: dict[str, tuple[_TickCounts, _TickCounts]] = {}
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.buckets = tuple(float(b) for b in buckets)
+        self._children: dict[tuple[str, ...], _Counts] = {}
 
-    def observe(self, model: str, rows: int, seconds: float) -> None:
-        """One engine call of ``rows`` rows taking ``seconds``."""
-        pair = self._models.get(model)
-        if pair is None:
-            pair = self._models[model] = (_TickCounts(len(self.batch_buckets)), _TickCounts(len(self.second_buckets)))
-        rows_h, sec_h = pair
-        rows_h.counts[bisect.bisect_left(self.batch_buckets, rows)] += 1  # le semantics: rows <= bound
-        rows_h.total += rows
-        sec_h.counts[bisect.bisect_left(self.second_buckets, seconds)] += 1
-        sec_h.total += seconds
+    def child(self, *labels: str) -> _Counts:
+        """The bound child of these label values (keep it: :meth:`observe_child` is the hot path)."""
+        c = self._children.get(labels)
+        if c is None:
+            c = self._children[labels] = _Counts(len(self.buckets))
+        return c
+
+    def observe_child(self, child: _Counts, value: float) -> None:
+        """One observation (``le`` semantics: a value on a bound counts in that bucket)."""
+        child.counts[bisect.bisect_left(self.buckets, value)] += 1
+        child.total += value
 
     def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily("anystep_engine_batch_size", "Rows per engine call (samples fused across requests).",
-                                    labels=("model",))
-        yield HistogramMetricFamily("anystep_engine_call_seconds", "Wall time of one engine call.", labels=("model",))
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        rows_f, sec_f = self.describe()
-        for model, (rows_h, sec_h) in list(self._models.items()):
-            for fam, h, bounds in ((rows_f, rows_h, self.batch_buckets), (sec_f, sec_h, self.second_buckets)):
-                counts, total = list(h.counts), h.total
-                cum, buckets = 0, []
-                for bound, c in zip((*bounds, float("inf")), counts):
-                    cum += c
-                    buckets.append((floatToGoString(bound), cum))
-                fam.add_metric([model], buckets, total)
-        yield rows_f
-        yield sec_f
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, c in list(self._children.items()):
+            counts, total = list(c.counts), c.total
+            cum, buckets = 0, []
+            for bound, n in zip((*self.buckets, float("inf")), counts):
+                cum += n
+                buckets.append((floatToGoString(bound), cum))
+            fam.add_metric(list(labels), buckets, total)
+        yield fam
+
+
+class LockFreeCounter:
+    """A labelled Prometheus counter whose increments are one list update (see :class:`LockFreeHistogram`)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], list[float]] = {}
+
+    def child(self, *labels: str) -> list[float]:
+        """The bound child (a one-element list) of these label values."""
+        c = self._children.get(labels)
+        if c is None:
+            c = self._children[labels] = [0.0]
+        return c
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, c in list(self._children.items()):
+            fam.add_metric(list(labels), c[0])
+        yield fam
 
 
 class ServerMetrics:
@@ -113,21 +134,23 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple, tuple] = {}  # label values -> bound collectors (no per-request lookup)
-        self.requests = Counter(
-            "anystep_requests",
-            "Requests answered, by route, model, steps and HTTP status.",
+        self.requests = LockFreeCounter(
+            "anystep_requests", "Requests answered, by route, model, steps and HTTP status.",
             ("route", "model", "steps", "status"),
-            registry=self.registry,
         )
-        self.latency = Histogram(
-            "anystep_request_latency_seconds",
-            "End-to-end latency of successful generate/encode requests.",
-            ("model", "steps"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+        self.latency = LockFreeHistogram(
+            "anystep_request_latency_seconds", "End-to-end latency of successful generate/encode requests.",
+            ("model", "steps"), LATENCY_BUCKETS,
         )
-        self.ticks = TickHistograms(BATCH_BUCKETS, LATENCY_BUCKETS)
-        self.registry.register(self.ticks)
+        self.batch_size = LockFreeHistogram(
+            "anystep_engine_batch_size", "Rows per engine call (samples fused across requests).", ("model",),
+            BATCH_BUCKETS,
+        )
+        self.engine_seconds = LockFreeHistogram(
+            "anystep_engine_call_seconds", "Wall time of one engine call.", ("model",), LATENCY_BUCKETS
+        )
+        for c in (self.requests, self.latency, self.batch_size, self.engine_seconds):
+            self.registry.register(c)
         self.queue_depth = Gauge(
             "anystep_queue_depth",
             "Requests waiting for their first tick.",
@@ -149,18 +172,22 @@ class ServerMetrics:
         bound = self._children.get(key)
         if bound is None:
             steps_label = str(steps) if steps is not None else "-"
-            counter = self.requests.labels(route=route, model=model or "-", steps=steps_label, status=str(status))
+            counter = self.requests.child(route, model or "-", steps_label, str(status))
             hist = None
             if 200 <= status < 300 and route in ("/generate", "/encode"):
-                hist = self.latency.labels(model=model or "-", steps=steps_label)
+                hist = self.latency.child(model or "-", steps_label)
             bound = self._children[key] = (counter, hist)
-        bound[0].inc()
+        bound[0][0] += 1.0
         if seconds is not None and bound[1] is not None:
-            bound[1].observe(seconds)
+            self.latency.observe_child(bound[1], seconds)
 
     def observe_tick(self, model: str, rows: int, seconds: float) -> None:
-        """Record one engine call (:class:`TickHistograms`: no lock, no formatting)."""
-        self.ticks.observe(model, rows, seconds)
+        """Record one engine call (two list updates per histogram, no lock)."""
+        bound = self._children.get(("t", model))
+        if bound is None:
+            bound = self._children[("t", model)] = (self.batch_size.child(model), self.engine_seconds.child(model))
+        self.batch_size.observe_child(bound[0], rows)
+        self.engine_seconds.observe_child(bound[1], seconds)
 
     def set_queue(self, model: str, depth: int, inflight: int) -> None:
         """Update the queue gauges of one model."""

@@ -304,10 +304,10 @@ def test_npy_answers_are_byte_for_byte_what_np_save_writes(shape):
 # ---- tick metrics: two counters per engine call, the exposition of two histograms -------------
 
 
-def test_tick_histograms_expose_exactly_what_prometheus_histograms_would():
+def test_lock_free_metrics_expose_exactly_what_prometheus_collectors_would():
     import random
 
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
     from anystep.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, ServerMetrics
 
@@ -317,6 +317,10 @@ def test_tick_histograms_expose_exactly_what_prometheus_histograms_would():
                        ("model",), buckets=BATCH_BUCKETS, registry=ref)
     sec_h = Histogram("anystep_engine_call_seconds", "Wall time of one engine call.", ("model",),
                       buckets=LATENCY_BUCKETS, registry=ref)
+    req_c = Counter("anystep_requests", "Requests answered, by route, model, steps and HTTP status.",
+                    ("route", "model", "steps", "status"), registry=ref)
+    lat_h = Histogram("anystep_request_latency_seconds", "End-to-end latency of successful generate/encode requests.",
+                      ("model", "steps"), buckets=LATENCY_BUCKETS, registry=ref)
     rng = random.Random(0)
     for i in range(400):  # values on the bucket bounds too (le: bound included)
         rows = rng.choice([1, 2, 3, 4, 7, 8, 9, 64, 65, 256, 300, 5000])
@@ -325,8 +329,17 @@ def test_tick_histograms_expose_exactly_what_prometheus_histograms_would():
         m.observe_tick(model, rows, sec)
         rows_h.labels(model=model).observe(rows)
         sec_h.labels(model=model).observe(sec)
+        route, steps, status = rng.choice(["/generate", "/encode", "/healthz"]), rng.choice([1, 4, None]), rng.choice([200, 422])
+        m.observe_request(route, model, steps, status, sec)
+        label = str(steps) if steps is not None else "-"
+        req_c.labels(route=route, model=model, steps=label, status=str(status)).inc()
+        if status == 200 and route != "/healthz":
+            lat_h.labels(model=model, steps=label).observe(sec)
 
     def lines(text: str) -> list[str]:
-        return sorted(line for line in text.splitlines() if "anystep_engine_" in line and "_created" not in line)
+        return sorted(line for line in text.splitlines()
+                      if line.lstrip("# HELPTY").startswith(("anystep_engine_", "anystep_request"))
+                      and "_created" not in line)
 
-    assert lines(m.render().decode()) == lines(generate_latest(ref).decode())
+    got, want = lines(m.render().decode()), lines(generate_latest(ref).decode())
+    assert got == want and len(got) > 100
