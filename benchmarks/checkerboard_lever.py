@@ -62,7 +62,9 @@ def _ff(m: int, sigma: float) -> dict[str, Any]:
 XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's lmd_xl continuation budget
 
 # Benchmark rows scored beside the variants (their run directories in runs/checkerboard).
-REFERENCES = {"lmd": "LMD (benchmark row)", "lmd_xl": "LMD, +6000 steps (benchmark row)"}
+REFERENCES = {"lmd": "LMD (benchmark row)", "lmd_xl": "LMD, +6000 steps (benchmark row)",
+              "lmd_both": "LMD, both directions (benchmark row)",
+              "lmd_both_xl": "LMD, both directions, +3000+8000 steps (benchmark row)"}
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -81,8 +83,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("ff64_s05_xl", "LMD + Fourier features of x (64, sigma 0.5), +6000 steps",
                 "ff64_s05 continued like the benchmark's lmd_xl (6000 steps, lr 5e-4 cosine)",
                 {**_ff(64, 0.5), **XL}, init_from="ff64_s05"),
-        Variant("base_both", "LMD both directions (benchmark row, retrained here)",
-                "baseline both directions", {"objective_hparams.forward_only": False}, base="lmd_both"),
+        Variant("start50", "LMD, half of each batch at s = 0", "start_frac 0.5 (s = 0 rows: the maps X_0t)",
+                {"objective_hparams.start_frac": 0.5}),
+        Variant("ff64_s1_start50", "LMD + Fourier features of x (64, sigma 1) + half of each batch at s = 0",
+                "x_features 64, sigma 1, start_frac 0.5", {**_ff(64, 1.0), "objective_hparams.start_frac": 0.5}),
         Variant("ff_both", "LMD both directions + Fourier features of x (64, sigma 1)",
                 "both directions, x_features 64, sigma 1", _ff(64, 1.0), base="lmd_both"),
     )

@@ -62,6 +62,7 @@ TIME_DEFAULTS: dict[str, Any] = {
     "window": 1,  # K: weight 1(|t - s| <= 1/K); K = 1 is the whole square / triangle
     "forward_only": True,  # weight 1(s <= t)
     "diag_frac": 0.0,  # fraction of each batch with s = t
+    "start_frac": 0.0,  # fraction of each batch with s = 0 (s = 0 or 1 when both directions)
     "logit_mean": 0.0,
     "logit_std": 1.0,
 }
@@ -402,6 +403,7 @@ class FlowObjective(Objective):
                 logit_mean=h.get("logit_mean", 0.0),
                 logit_std=h.get("logit_std", 1.0),
                 forward_only=h.get("forward_only", True),
+                start_frac=h.get("start_frac", 0.0),
             )
         except AnystepError as err:
             raise ObjectiveError(f"{self.name}: {err}") from err

@@ -18,6 +18,10 @@ Supported weights (``w`` is 1 on its support, 0 elsewhere):
   ``s`` interval), which is inverted in closed form, then ``s ~ U[0, 1 - u]``.
 * a diagonal fraction: the first ``round(diag_frac * B)`` rows have ``s = t``
   (self-distillation draws about 3/4 of each batch on the diagonal, successors §2).
+* a start fraction (``start_frac``): the next ``round(start_frac * B)`` rows start at an end
+  of the interval, ``s = 0`` (and ``s = 1`` for every other row when not ``forward_only``)
+  with ``t`` drawn as a single time: more of the batch on the maps ``X_{0,t}`` that make up
+  the one-step map ``X_{0,1}`` (a mixture with the weight above; the minimiser is unchanged).
 * logit-normal (``kind="logit_normal"``): each time is ``sigmoid(N(logit_mean, logit_std^2))``,
   the pair ordered when ``forward_only`` (Align Your Flow practice, successors §3).
 
@@ -110,6 +114,9 @@ class TimeSampler:
         logit_mean: mean of the normal whose sigmoid is a time (``kind="logit_normal"``).
         logit_std: its standard deviation (> 0).
         forward_only: only pairs with ``s <= t`` (weight ``1(s <= t)``).
+        start_frac: fraction in ``[0, 1)`` of each batch drawn with ``s`` at an end of
+            ``[0, 1]`` (``s = 0``; alternately ``s = 1`` when not ``forward_only``) and ``t`` a
+            single time; these rows follow the diagonal rows. 0 (default) draws none.
     """
 
     kind: str = "uniform"
@@ -118,6 +125,7 @@ class TimeSampler:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     forward_only: bool = True
+    start_frac: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in TIME_KINDS:
@@ -131,6 +139,12 @@ class TimeSampler:
         if not 0.0 <= self.diag_frac <= 1.0:
             raise TimeError(
                 f"diag_frac={self.diag_frac} must be in [0, 1] (fraction of rows with s = t)"
+            )
+        self.start_frac = float(self.start_frac)
+        if not 0.0 <= self.start_frac < 1.0 or self.diag_frac + self.start_frac > 1.0:
+            raise TimeError(
+                f"start_frac={self.start_frac} must be in [0, 1) with diag_frac + start_frac <= 1 "
+                f"(diag_frac={self.diag_frac}): the fraction of rows with s at an end of [0, 1]"
             )
         if not self.logit_std > 0 or not math.isfinite(self.logit_std):
             raise TimeError(f"logit_std={self.logit_std} must be a positive finite number")
@@ -221,10 +235,19 @@ class TimeSampler:
             raise TimeError(f"batch_size={batch_size} must be >= 1")
         B = int(batch_size)
         n_diag = self.n_diag(B)
+        n_start = min(round(self.start_frac * B), B - n_diag)
         t_diag = self.sample_t(n_diag, generator)
-        s_off, t_off = self._off_diagonal(B - n_diag, generator)
-        s = torch.cat([t_diag, s_off])
-        t = torch.cat([t_diag, t_off])
+        s_off, t_off = self._off_diagonal(B - n_diag - n_start, generator)
+        if n_start > 0:
+            t_start = self.sample_t(n_start, generator)
+            s_start = torch.zeros(n_start)
+            if not self.forward_only:
+                s_start[1::2] = 1.0  # the backward map X_{1,t} too
+            s = torch.cat([t_diag, s_start, s_off])
+            t = torch.cat([t_diag, t_start, t_off])
+        else:
+            s = torch.cat([t_diag, s_off])
+            t = torch.cat([t_diag, t_off])
         diag = torch.zeros(B, dtype=torch.bool)
         diag[:n_diag] = True
         return TimePair(s=s, t=t, diag=diag)
