@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SeededBase, SolverFailedError
 from .registry import ServedModel
@@ -81,21 +82,46 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or a 413 beyond ``limit`` bytes (checked while streaming)."""
-    length = request.headers.get("content-length")
+def _headers(request: Request) -> tuple[bytes | None, str]:
+    """``(Content-Length, media type of Content-Type)`` from the raw ASGI headers, in one pass (no
+    starlette ``Headers`` object per request)."""
+    length = ctype = None
+    for k, v in request.scope.get("headers", ()):
+        if k == b"content-length" and length is None:  # the first of repeated headers, as starlette reads them
+            length = v
+        elif k == b"content-type" and ctype is None:
+            ctype = v
+    return length, (ctype or b"").split(b";")[0].strip().lower().decode("latin-1")
+
+
+async def read_body(request: Request, limit: int) -> tuple[bytes, str]:
+    """The request body and its media type, or a 413 beyond ``limit`` bytes (checked while receiving).
+
+    Reads the ASGI ``http.request`` messages directly (what starlette's ``Request.stream`` does, without
+    its async generator); a client gone mid-body raises starlette's ``ClientDisconnect`` as it would.
+    """
+    length, ctype = _headers(request)
     if length is not None:
         if not length.isascii() or not length.strip().isdigit():
             raise ApiError(400, "bad_request", "the Content-Length header is not an integer")
         if int(length) > limit:
             raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes; send fewer samples")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes; send fewer samples")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await request.receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes; send fewer samples")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ctype
 
 
 def choose_steps(m: ServedModel, p: GenerateParams) -> int:
@@ -186,9 +212,9 @@ async def generate(request: Request, state: Any) -> Response:
     """
     t0 = time.perf_counter()
     config = state.config
-    raw = await read_body(request, config.max_body_bytes)
+    raw, ctype = await read_body(request, config.max_body_bytes)
     query = parse_query(request.query_params.multi_items(), GENERATE_QUERY_FIELDS)
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() in NPY_TYPES:
+    if ctype in NPY_TYPES:
         body, source = {}, parse_npy(raw)
     else:
         body = parse_json_body(raw)
@@ -271,8 +297,7 @@ async def encode(request: Request, state: Any) -> Response:
     """``POST /encode``: data -> base samples with the inverse map ``X_{1,0}`` (JSON or ``.npy`` body)."""
     t0 = time.perf_counter()
     config = state.config
-    raw = await read_body(request, config.max_body_bytes)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw, ctype = await read_body(request, config.max_body_bytes)
     if ctype in NPY_TYPES:
         params = parse_query(request.query_params.multi_items(), tuple(f for f in ENCODE_FIELDS if f != "x"))
         x = parse_npy(raw)
