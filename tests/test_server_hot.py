@@ -343,3 +343,50 @@ def test_lock_free_metrics_expose_exactly_what_prometheus_collectors_would():
 
     got, want = lines(m.render().decode()), lines(generate_latest(ref).decode())
     assert got == want and len(got) > 100
+
+
+# ---- the request body straight from the ASGI messages -----------------------------------------
+
+
+class _AsgiRequest:
+    """What read_body uses of a starlette Request: the scope and receive()."""
+
+    def __init__(self, messages, headers):
+        self.scope = {"headers": headers}
+        self._messages = list(messages)
+
+    async def receive(self):
+        return self._messages.pop(0)
+
+
+def _read(messages, headers, limit=100):
+    from anystep.server.routes import read_body
+
+    return asyncio.run(read_body(_AsgiRequest(messages, headers), limit))
+
+
+def test_read_body_joins_chunks_and_reads_the_media_type():
+    msgs = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"",
+                                                                          "more_body": True},
+            {"type": "http.request", "body": b"cd"}]
+    hdrs = [(b"content-type", b"Application/X-NPY; charset=x"), (b"content-type", b"text/plain")]
+    assert _read(msgs, hdrs) == (b"abcd", "application/x-npy")  # the first of repeated headers
+    assert _read([{"type": "http.request", "body": b"{}"}], []) == (b"{}", "")
+
+
+def test_read_body_limits_and_bad_lengths_are_4xx_and_a_gone_client_is_clientdisconnect():
+    from starlette.requests import ClientDisconnect
+
+    with pytest.raises(ApiError) as e:  # announced too large: no read at all
+        _read([], [(b"content-length", b"101")])
+    assert e.value.status == 413
+    with pytest.raises(ApiError) as e:  # streamed past the limit without a length
+        _read([{"type": "http.request", "body": b"x" * 60, "more_body": True},
+               {"type": "http.request", "body": b"x" * 60}], [])
+    assert e.value.status == 413
+    for bad in (b"12a", b"\xd9\xa3", b"-1"):
+        with pytest.raises(ApiError) as e:
+            _read([{"type": "http.request", "body": b""}], [(b"content-length", bad)])
+        assert e.value.status == 400
+    with pytest.raises(ClientDisconnect):
+        _read([{"type": "http.request", "body": b"x", "more_body": True}, {"type": "http.disconnect"}], [])
