@@ -110,8 +110,10 @@ def baseline_overlay(repo: Path, rev: str, work_dir: Path) -> tuple[str, Path]:
     Returns:
         ``(full commit hash, launcher script path)``.
     """
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise LoadBenchError("load_ab reads the baseline's pyproject.toml with tomllib: run it on Python >= 3.11") from None
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
                              capture_output=True, text=True).stdout.strip()
