@@ -149,10 +149,15 @@ METHODS: dict[str, MethodSpec] = {
         "meanflow", "digits-meanflow", None, 3000, 10, {**_FAST, "batch_size": 64},
         "MeanFlow identity (Eulerian eq., stop-grad target, adaptive weight p = 1)",
     ),
+    "meanflow_u0": MethodSpec(
+        "meanflow_u0", "digits-meanflow", None, 3000, 10,
+        {**_FAST, "batch_size": 64, "objective_hparams.time_kind": "uniform", "objective_hparams.adaptive_p": 0.0},
+        "MeanFlow with uniform times and unit weight (p = 0): the checkerboard benchmark row's settings",
+    ),
 }
 """The benchmark's models, in training order (teachers first)."""
 
-FAMILY_METHODS = ("shortcut", "meanflow")
+FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0")
 """Rows of issue 14, trained only when named in ``--methods``."""
 
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in FAMILY_METHODS)
