@@ -466,7 +466,7 @@ def _other_modes(args: argparse.Namespace, settings: LoadSettings, out: Path, wo
         data.update(benchmark="load_overhead", machine=machine, machine_description=machine.describe(),
                     command=command, load_average=load_average(), duration_s=time.perf_counter() - t0,
                     versions=versions(("torch", "numpy", "onnxruntime", "fastapi", "uvicorn", "starlette")))
-        paths = write_results(out, "load_overhead", data, render_overhead(data))
+        paths = write_results(out, "load_overhead", data, render_overhead(data, existing_notes(out / "load_overhead.md")))
         print(f"[done] {paths.json}, {paths.markdown}")
         return 0
     return None

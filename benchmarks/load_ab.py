@@ -12,6 +12,7 @@ and the per-step slopes between the smallest and the largest K::
 
     python -m anystep.benchmarks.load_ab --baseline 6c25c90
     python -m anystep.benchmarks.load_ab --baseline HEAD~3 --steps 1,4,16 --rounds 60
+    python -m anystep.benchmarks.load_ab --baseline 6c25c90 --dopri5 3   # + a dopri5 solve in flight
 
 Results: ``benchmarks/results/load_ab.{json,md}``; the worktree stays in ``runs/load_ab`` for
 the next run.
@@ -80,6 +81,8 @@ class AbSettings:
         engine: ``--engine`` of both servers.
         rounds: interleaved rounds.
         block: requests per case and round.
+        dopri5_runs: alternating runs per server of the overhead benchmark's dopri5 interference phase
+            (steps=1 p50 to the map with and without a dopri5 solve of ``<model>-teacher`` in flight); 0: none.
         seed: order of the cases.
     """
 
@@ -90,6 +93,7 @@ class AbSettings:
     engine: str = "onnx"
     rounds: int = 40
     block: int = 15
+    dopri5_runs: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class AbSettings:
             raise LoadBenchError(f"--steps must be integers in 1..64, got {self.steps}")
         if self.rounds < 1 or self.block < 1:
             raise LoadBenchError("--rounds and --block must be >= 1")
+        if self.dopri5_runs < 0:
+            raise LoadBenchError("--dopri5 must be >= 0")
         if self.engine not in ("torch", "onnx", "auto"):
             raise LoadBenchError(f"--engine must be torch, onnx or auto, got {self.engine!r}")
 
@@ -249,6 +255,17 @@ def run(settings: AbSettings, *, out_dir: Path, work_dir: Path, command: str,
             _wait_ready(ports[name], procs[name])
         log(f"[ab] before = {sha[:12]}, after = this checkout ({git_revision(REPO_ROOT)}): {settings.rounds} rounds")
         servers = asyncio.run(interleaved(ports, settings, log))
+        if settings.dopri5_runs:
+            if not any(m.endswith("-teacher") for m in models):
+                raise LoadBenchError(f"--dopri5 needs {settings.model}-teacher in {mdir}")
+            from anystep.benchmarks.load_overhead import dopri5_interference
+
+            log(f"[ab] dopri5 interference: {settings.dopri5_runs} alternating runs per server")
+            for _ in range(settings.dopri5_runs):
+                for name, port in ports.items():
+                    d = asyncio.run(dopri5_interference(port, settings.model, f"{settings.model}-teacher", 100,
+                                                        LoopbackClient))
+                    servers[name].setdefault("dopri5", []).append(d)
     finally:
         for p in procs.values():
             p.terminate()
@@ -298,6 +315,14 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
         for name, r in data["servers"].items():
             lines.append(f"| {name} | {r['client_per_step_us']:.1f} | {r['server_per_step_us']:.1f} |")
         lines.append("")
+    if any("dopri5" in r for r in data["servers"].values()):
+        lines += [("steps=1 p50 to the map alone / with a dopri5 solve of the teacher in flight (the overhead "
+                  "benchmark's phase, alternating runs):"), "",
+                  "| server | alone ms | with dopri5 ms | increase |", "|---|---|---|---|"]
+        for name, r in data["servers"].items():
+            for d in r.get("dopri5", []):
+                lines.append(f"| {name} | {d['alone_p50_ms']:.3f} | {d['with_dopri5_p50_ms']:.3f} | {d['increase']:+.0%} |")
+        lines.append("")
     lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
     return "\n".join(lines)
 
@@ -320,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None, choices=("torch", "onnx", "auto"), help=f"default {d.engine}")
     p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
     p.add_argument("--block", type=int, default=None, help=f"requests per case and round (default {d.block})")
+    p.add_argument("--dopri5", type=int, default=None, dest="dopri5_runs",
+                   help="alternating runs per server of the dopri5-in-flight phase (default 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--work-dir", type=Path, default=None, help="baseline worktree, logs (default runs/load_ab)")
@@ -329,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> AbSettings:
     """Explicit options into :class:`AbSettings`."""
     kw: dict[str, Any] = {}
-    for name in ("model", "steps", "engine", "rounds", "block"):
+    for name in ("model", "steps", "engine", "rounds", "block", "dopri5_runs"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     kw["models_dir"] = args.models_dir if args.models_dir is not None else bundled_models_dir()

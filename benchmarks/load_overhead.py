@@ -319,8 +319,8 @@ def run_overhead(models_dir: Path, work_dir: Path, *, rounds: int = 200, engine_
     return out
 
 
-def render_overhead(data: dict[str, Any]) -> str:
-    """Markdown of an overhead run."""
+def render_overhead(data: dict[str, Any], notes: str | None = None) -> str:
+    """Markdown of an overhead run (``notes``: the hand-written block a regenerated report keeps)."""
     p = data["probe"]
     lines = [
         "# Serving overhead (issue 16 goals)",
@@ -373,5 +373,9 @@ def render_overhead(data: dict[str, Any]) -> str:
         "per-sample figures are upper bounds here. The server-side column (the server's own clock) excludes it. "
         "See the load average above."),
     ]
+    if notes is not None:
+        from anystep.benchmarks.common import NOTES_BEGIN, NOTES_END
+
+        lines += ["", "## Notes", "", NOTES_BEGIN, notes, NOTES_END]
     return "\n".join(lines) + "\n"
 

@@ -63,10 +63,13 @@ def test_summary_and_report_side_by_side():
             "git_revision": "b", "settings": {"engine": "onnx", "model": "checkerboard", "steps": [1, 16], "rounds": 2,
                                               "block": 3}, "servers": out}
     md = AB.render_markdown(data)
-    assert "| before (aaaaaaaaaaaa) | 9 |" in md and "| after | 200.0 | 50.0 |" in md
+    assert "| before (aaaaaaaaaaaa) | 9 |" in md and "| after | 200.0 | 50.0 |" in md and "with dopri5" not in md
+    out["after"]["dopri5"] = [{"alone_p50_ms": 1.0, "with_dopri5_p50_ms": 1.5, "increase": 0.5}]
+    assert "| after | 1.000 | 1.500 | +50% |" in AB.render_markdown(data)
 
 
 def test_settings_validation():
-    for kw, msg in (({"steps": ()}, "--steps"), ({"rounds": 0}, "--rounds"), ({"engine": "trt"}, "--engine")):
+    for kw, msg in (({"steps": ()}, "--steps"), ({"rounds": 0}, "--rounds"), ({"engine": "trt"}, "--engine"),
+                    ({"dopri5_runs": -1}, "--dopri5")):
         with pytest.raises(LoadBenchError, match=msg):
             AB.AbSettings(**kw)

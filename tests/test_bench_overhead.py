@@ -85,3 +85,11 @@ def test_answer_formats_alternates_blocks_and_counts_samples():
         LO.closed_loop = orig
     assert seen == ["json", "npy", "json", "npy"]
     assert out["json"]["samples_per_s"] == 800.0 and out["npy_over_json"] == 2.0 and out["npy"]["requests"] == 40
+
+
+def test_regenerated_report_keeps_the_hand_written_notes(tmp_path):
+    md = render_overhead(_data(), "by hand: kept")
+    path = tmp_path / "load_overhead.md"
+    path.write_text(md)
+    assert common.existing_notes(path) == "by hand: kept"
+    assert common.NOTES_BEGIN not in render_overhead(_data())  # no notes yet: no empty block
