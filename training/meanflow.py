@@ -53,13 +53,17 @@ keep the flow-matching target ``dI_s``, which is what trains ``v_{s,s}``. It cos
 ``1/(|Δ|^2 + c)`` turns the small deterministic residuals into gradients of size ``~Δ/c``
 (on the Gaussian test case it stalls training). On the checkerboard it did worse than the
 published target at the benchmark's budget (results/family.md): the residual there is the
-bootstrapped target's error more than ``dI_s``'s noise.
+bootstrapped target's error more than ``dI_s``'s noise. Measured by jump length
+(``anystep.benchmarks.checkerboard_family``), the one-sample noise is 10-20 per dimension
+at the long jumps against a residual of 120-470: the rest is the network's own JVP term
+``(t - s)(∂_s v + ∇v·b_s)``, 20-100x the true flow's and growing with training.
 
 Two more options that are not in the published recipe (both off by default; results in
 ``benchmarks/results/family.md``): ``gap_kind`` redraws the off-diagonal pairs with more
 long jumps -- gap ``u = t - s`` of density 1 (``"uniform"``) or ``2u`` (``"long"``) and
 ``s ~ U[0, 1 - u]`` -- where uniform pairs on the triangle have ``2(1 - u)`` (1% of the map
-rows with ``u > 0.9``) and the published logit-normal pairs almost none (2e-5 of a batch);
+rows with ``u > 0.9``) and the published logit-normal pairs almost none (about 1e-5 of the
+map rows, 3e-6 of a batch);
 ``jvp_warmup = N`` ramps the JVP term of the target, ``v_tgt = dI_s + λ (t - s)[∂_s v +
 ∇v·dI_s]`` with ``λ = min(1, (step + 1) / N)``, so that early targets stay near flow
 matching (a curriculum; the loss is MeanFlow's from step ``N - 1`` on).
