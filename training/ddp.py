@@ -34,8 +34,10 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "broadcast_module",
+    "collective_device",
     "current",
     "init_from_env",
+    "resolve_device",
     "shutdown",
 ]
 
@@ -77,6 +79,29 @@ def current() -> DistInfo:
             backend=str(dist.get_backend()),
         )
     return DistInfo()
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The device a rank trains on: ``"auto"`` is CUDA when available; ``"cuda"`` is rank-local.
+
+    Raises:
+        ConfigError: CUDA asked for but not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from anystep.core.config import ConfigError
+
+            raise ConfigError(f"device={name!r} but CUDA is not available; use --device cpu")
+        if name == "cuda" and info.distributed:
+            name = f"cuda:{info.local_rank}"
+    return torch.device(name)
+
+
+def collective_device(device: torch.device, info: DistInfo) -> torch.device:
+    """Where tensors for collectives live: ``device`` with ``nccl``, else the CPU."""
+    return device if info.backend == "nccl" else torch.device("cpu")
 
 
 def init_from_env(device: str = "cpu", timeout_s: float = 600.0) -> DistInfo:
