@@ -154,10 +154,15 @@ METHODS: dict[str, MethodSpec] = {
         {**_FAST, "batch_size": 64, "objective_hparams.time_kind": "uniform", "objective_hparams.adaptive_p": 0.0},
         "MeanFlow with uniform times and unit weight (p = 0): the checkerboard benchmark row's settings",
     ),
+    "meanflow_uniform": MethodSpec(
+        "meanflow_uniform", "digits-meanflow", None, 3000, 10,
+        {**_FAST, "batch_size": 64, "objective_hparams.time_kind": "uniform"},
+        "MeanFlow with uniform times (more long jumps than logit-normal), published weight p = 1",
+    ),
 }
 """The benchmark's models, in training order (teachers first)."""
 
-FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0")
+FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0", "meanflow_uniform")
 """Rows of issue 14, trained only when named in ``--methods``."""
 
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in FAMILY_METHODS)
