@@ -191,6 +191,9 @@ METHODS: dict[str, MethodSpec] = {
                    hparams={"time_kind": "uniform", "adaptive_p": 0.0},
                    note="MeanFlow identity: Eulerian eq. with a stop-grad one-sample target; uniform times and "
                         "unit weight (the published p = 1 and logit-normal times: 152x at 1 step, results/family.md)"),
+        MethodSpec("meanflow_ot", "MeanFlow, OT coupling", "checkerboard-meanflow-ot", init_from="si",
+                   note="MeanFlow with minibatch-OT coupling, uniform times, p = 0 (not the paper's recipe: its "
+                        "coupling is independent); the best MeanFlow one-step map measured, results/family.md"),
         MethodSpec("shortcut", "Shortcut", "checkerboard-shortcut", init_from="si", hparams={"fm_frac": 0.25},
                    note="shortcut model: flow matching + dyadic self-consistency (75% of rows: the warm start "
                         "already fits the diagonal); trained for K = 1, 2, ..., 64 only"),

@@ -90,6 +90,21 @@ def test_family_objectives_and_presets_are_registered() -> None:
     assert get_preset("checkerboard-pd").model.ansatz == get_preset("checkerboard-fmm4").model.ansatz
 
 
+def test_meanflow_ot_is_a_named_variant_and_the_preset_keeps_the_published_recipe() -> None:
+    from anystep.benchmarks.checkerboard_methods import DEFAULT_METHODS, METHODS
+
+    published, variant = get_preset("checkerboard-meanflow"), get_preset("checkerboard-meanflow-ot")
+    assert published.coupling == "independent" and published.objective_hparams == {}
+    mf = build_objective("meanflow", LINEAR, **published.objective_hparams).hparams
+    assert (mf["time_kind"], mf["adaptive_p"], mf["diag_frac"]) == ("logit_normal", 1.0, 0.75)
+    assert variant.objective == "meanflow" and variant.coupling == "minibatch_ot"
+    assert variant.objective_hparams == {"time_kind": "uniform", "adaptive_p": 0.0}
+    assert variant.model == published.model
+    spec = METHODS["meanflow_ot"]
+    assert spec.preset == "checkerboard-meanflow-ot" and spec.init_from == "si"
+    assert "meanflow_ot" not in DEFAULT_METHODS  # opt-in like the other family rows
+
+
 def test_hyperparameters_are_validated() -> None:
     for name, bad in [
         ("meanflow", {"adaptive_p": -1.0}),
