@@ -197,6 +197,9 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("shortcut", "Shortcut", "checkerboard-shortcut", init_from="si", hparams={"fm_frac": 0.25},
                    note="shortcut model: flow matching + dyadic self-consistency (75% of rows: the warm start "
                         "already fits the diagonal); trained for K = 1, 2, ..., 64 only"),
+        MethodSpec("shortcut_ot", "Shortcut, OT coupling", "checkerboard-shortcut-ot", init_from="si",
+                   note="shortcut model with minibatch-OT coupling, fm_frac 0.25 (not the paper's recipe: its "
+                        "coupling is independent); results/family.md"),
         MethodSpec("cd", "CD", "checkerboard-cd", teacher="si", init_from="si",
                    note="consistency distillation (eq. C.9): X_{s,1} only, so K > 1 composes untrained pairs"),
         MethodSpec("ct", "CT", "checkerboard-ct", init_from="si",

@@ -90,7 +90,7 @@ def test_family_objectives_and_presets_are_registered() -> None:
     assert get_preset("checkerboard-pd").model.ansatz == get_preset("checkerboard-fmm4").model.ansatz
 
 
-def test_meanflow_ot_is_a_named_variant_and_the_preset_keeps_the_published_recipe() -> None:
+def test_ot_variants_are_named_presets_and_the_presets_keep_the_published_recipes() -> None:
     from anystep.benchmarks.checkerboard_methods import DEFAULT_METHODS, METHODS
 
     published, variant = get_preset("checkerboard-meanflow"), get_preset("checkerboard-meanflow-ot")
@@ -103,6 +103,11 @@ def test_meanflow_ot_is_a_named_variant_and_the_preset_keeps_the_published_recip
     spec = METHODS["meanflow_ot"]
     assert spec.preset == "checkerboard-meanflow-ot" and spec.init_from == "si"
     assert "meanflow_ot" not in DEFAULT_METHODS  # opt-in like the other family rows
+    sc, sc_ot = get_preset("checkerboard-shortcut"), get_preset("checkerboard-shortcut-ot")
+    assert sc.coupling == "independent" and sc.objective_hparams == {}
+    assert build_objective("shortcut", LINEAR).hparams["fm_frac"] == 0.75  # the paper's batch mix
+    assert (sc_ot.objective, sc_ot.coupling, sc_ot.objective_hparams) == ("shortcut", "minibatch_ot", {"fm_frac": 0.25})
+    assert METHODS["shortcut_ot"].preset == "checkerboard-shortcut-ot" and "shortcut_ot" not in DEFAULT_METHODS
 
 
 def test_hyperparameters_are_validated() -> None:

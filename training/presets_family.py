@@ -13,8 +13,9 @@ Teacher chains (``--teacher DIR``):
   directory to ``--init-from``). The next round: ``--set objective_hparams.steps=1`` with the
   2-step student as ``--teacher`` and ``--init-from``.
 
-``checkerboard-meanflow-ot`` is a named variant, not the published recipe (see
-:data:`MEANFLOW_OT_HPARAMS`); the ``checkerboard-meanflow`` preset keeps the paper's defaults.
+``checkerboard-meanflow-ot`` and ``checkerboard-shortcut-ot`` are named variants, not the
+published recipes (see :data:`MEANFLOW_OT_HPARAMS`, :data:`SHORTCUT_OT_HPARAMS`); the
+``checkerboard-meanflow`` / ``checkerboard-shortcut`` presets keep the papers' defaults.
 
 What each trained model supports is written in its module docstring (shortcut: dyadic
 uniform grids; CD/CT: one step ``X_{s,1}`` only, multi-step by re-noising; PD: exactly its
@@ -27,12 +28,15 @@ from collections.abc import Callable
 
 from anystep.training.config import TrainConfig
 
-__all__ = ["MEANFLOW_OT_HPARAMS", "family_presets"]
+__all__ = ["MEANFLOW_OT_HPARAMS", "SHORTCUT_OT_HPARAMS", "family_presets"]
 
 # checkerboard-meanflow-ot: the best MeanFlow one-step map measured on the checkerboard
 # (results/family.md); differs from the paper in the coupling (minibatch OT, the paper's is
 # independent), the times (uniform, not logit-normal) and the weight (p = 0, not 1)
 MEANFLOW_OT_HPARAMS = {"time_kind": "uniform", "adaptive_p": 0.0}
+# checkerboard-shortcut-ot: likewise for shortcut models (coupling minibatch OT instead of
+# independent; 75% of the rows on self-consistency instead of 25%)
+SHORTCUT_OT_HPARAMS = {"fm_frac": 0.25}
 
 
 def _specs() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
@@ -56,6 +60,9 @@ def _specs() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
         ("checkerboard-shortcut",
          "shortcut model: flow matching + dyadic self-consistency (2d = 1 .. 1/64), no teacher",
          cb("shortcut")),
+        ("checkerboard-shortcut-ot",
+         "shortcut model, not the paper's recipe: minibatch-OT coupling, fm_frac 0.25 (results/family.md)",
+         cb("shortcut", SHORTCUT_OT_HPARAMS, coupling="minibatch_ot")),
         ("checkerboard-cd",
          "consistency distillation (eq. C.9), X_{s,1} only; --teacher from checkerboard-velocity",
          cb("cd")),
