@@ -87,6 +87,9 @@ VARIANTS: dict[str, Variant] = {
                 {"objective_hparams.start_frac": 0.5}),
         Variant("ff64_s1_start50", "LMD + Fourier features of x (64, sigma 1) + half of each batch at s = 0",
                 "x_features 64, sigma 1, start_frac 0.5", {**_ff(64, 1.0), "objective_hparams.start_frac": 0.5}),
+        Variant("ff64_s1_start50_xl", "LMD + Fourier features of x + half of each batch at s = 0, +6000 steps",
+                "ff64_s1_start50 continued like the benchmark's lmd_xl (6000 steps, lr 5e-4 cosine)",
+                {**_ff(64, 1.0), "objective_hparams.start_frac": 0.5, **XL}, init_from="ff64_s1_start50"),
         Variant("ff_both", "LMD both directions + Fourier features of x (64, sigma 1)",
                 "both directions, x_features 64, sigma 1", _ff(64, 1.0), base="lmd_both"),
     )

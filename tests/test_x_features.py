@@ -165,3 +165,5 @@ def test_opt_in_preset_and_benchmark_rows_use_the_features_and_leave_the_default
     a, b = ff.to_dict(), base.to_dict()
     a["model"]["backbone"].update(x_features=0, x_feature_scale=1.0)
     assert {k for k in a if a[k] != b[k]} == {"preset"}  # the same budget and objective as the LMD row
+    start = build_train_config(METHODS["lmd_ff_start"], Settings(), tmp_path)
+    assert start.objective_hparams == {"start_frac": 0.5} and "lmd_ff_start" not in DEFAULT_METHODS
