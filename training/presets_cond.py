@@ -21,9 +21,10 @@ coupling: ``x0`` is the degraded copy of ``x1``) to clean ones. The map is train
 time directions (``forward_only = false``), so ``X_{1,0}`` maps a clean digit back to a
 degraded one (``/encode``). The bundled ``models/digits-restore`` continues ``digits-restore-lmd``
 from its previous weights (``--init-from``) against ``models/digits-restore-teacher`` (the
-velocity trained 3,000 steps more): 600 steps, 2,000 more, then 2,000 at ``--lr 1e-4 --set
-objective_hparams.diag_frac=0.25`` (its ``config.json`` provenance records each; README and
-``benchmarks/results/digits_restore.md`` give the accuracy after each).
+velocity trained 3,000 steps more): 600 steps, 2,000 more, then 2 x 2,000 at ``--lr 1e-4 --set
+objective_hparams.diag_frac=0.25`` and 600 at ``--batch-size 256 --lr 2e-4`` with the same
+``diag_frac`` (its ``config.json`` provenance records the last; the README gives the one-step
+accuracy after each).
 """
 
 from __future__ import annotations
