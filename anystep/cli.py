@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("anystep.export.cli", "export", "Export a model to ONNX, TensorRT or a Triton model repository."),
     "serve": ("anystep.server.cli", "serve", "Serve models over HTTP (POST /generate?steps=K)."),
     "generate": ("anystep.client.cli", "generate", "Ask a running anystep server for samples."),
-    "bench": ("anystep.benchmarks.cli", "bench", "Run benchmarks (checkerboard, digits, latency, load)."),
+    "bench": ("anystep.benchmarks.cli", "bench", "Run benchmarks (checkerboard, digits, digits-cond, digits-restore, latency, load, load-ray, load-triton, load-nfe)."),
 }
 
 

@@ -411,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         section, r_samples = run_restoration({"digits-restore": cfg.restore_map}, metric, noise, cfg.seed,
                                              cfg.restore_draws, cfg.restore_steps)
         data["restoration"] = section
-        write_grid(out / "digits_restore.png", [(k, v[:16]) for k, v in r_samples.items()], per_row=16)
-        grids.append("digits_restore.png")
+        # its own file: benchmarks/digits_restore.py owns digits_restore.png in the same results folder
+        write_grid(out / "digits_cond_restore.png", [(k, v[:16]) for k, v in r_samples.items()], per_row=16)
+        grids.append("digits_cond_restore.png")
     paths = write_results(out, "digits_cond", data, render_markdown(data))
     print(f"wrote {paths.markdown} and {paths.json}", file=sys.stderr)
     return 0
