@@ -151,6 +151,11 @@ METHODS: dict[str, MethodSpec] = {
                    paper=_paper(0.043, 0.059, 0.032, 0.085),
                    note="lmd_ff with start_frac 0.5 (half of each batch on the maps X_0t): the sharpest one-step "
                         "map per step, worse at 2-8 steps"),
+        MethodSpec("lmd_ff_start_xl", "LMD, Fourier features of x, half the batch at s = 0, +6000 steps",
+                   "checkerboard-lmd-ff", teacher="si", init_from="lmd_ff_start", config=RESIDUAL,
+                   hparams={"start_frac": 0.5}, budget={"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500},
+                   paper=_paper(0.043, 0.059, 0.032, 0.085),
+                   note="lmd_ff_start continued for 6,000 steps (lr 5e-4, cosine), as lmd_xl"),
         MethodSpec("emd", "EMD", "checkerboard-emd", teacher="si", init_from="si", config=RESIDUAL,
                    paper=_paper(0.079, 0.029, 0.010, 0.011),
                    note="Eulerian map distillation (eq. 3.9), warm start v_st = b_s from the teacher"),

@@ -167,3 +167,5 @@ def test_opt_in_preset_and_benchmark_rows_use_the_features_and_leave_the_default
     assert {k for k in a if a[k] != b[k]} == {"preset"}  # the same budget and objective as the LMD row
     start = build_train_config(METHODS["lmd_ff_start"], Settings(), tmp_path)
     assert start.objective_hparams == {"start_frac": 0.5} and "lmd_ff_start" not in DEFAULT_METHODS
+    xl = build_train_config(METHODS["lmd_ff_start_xl"], Settings(), tmp_path)
+    assert xl.init_from == str(tmp_path / "lmd_ff_start") and xl.max_steps == 6000 and xl.lr == 5e-4
