@@ -258,11 +258,10 @@ def _blur(b: float | None) -> str:
 
 def _markdown(res: dict[str, Any], steps, np) -> str:
     from anystep.benchmarks.common import (
-        NOTES_BEGIN,
-        NOTES_END,
         existing_notes,
         fmt,
         markdown_table,
+        notes_section,
     )
 
     t = res["teacher_kl"]
@@ -303,7 +302,7 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
                                  [[n, fmt(v), ", ".join(fmt(x) for x in tm["all"][n])]
                                   for n, v in tm["ms_per_step"].items()]), ""]
     notes = existing_notes(RESULTS / "checkerboard_lever.md")
-    lines += ["## Notes", "", NOTES_BEGIN, notes or "", NOTES_END, ""]
+    lines += notes_section(notes or None, placeholder="")
     return "\n".join(lines)
 
 

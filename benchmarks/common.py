@@ -37,6 +37,7 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "name_list",
+    "notes_section",
     "portable_path",
     "pyplot",
     "run_cli",
@@ -154,6 +155,12 @@ def existing_notes(md_path: str | os.PathLike) -> str | None:
     if NOTES_BEGIN in text and NOTES_END in text:
         return text[text.index(NOTES_BEGIN) + len(NOTES_BEGIN): text.index(NOTES_END)].strip("\n")
     return None
+
+
+def notes_section(notes: str | None, placeholder: str = "(none yet)") -> list[str]:
+    """The report's ``## Notes`` lines: the hand-written block that regenerating the report keeps
+    (:func:`existing_notes` reads it back); ``placeholder`` when there are none yet."""
+    return ["## Notes", "", NOTES_BEGIN, notes if notes is not None else placeholder, NOTES_END, ""]
 
 
 def command_line(argv: Sequence[str] | None = None, module: str | None = None) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anystep.benchmarks.common import NOTES_BEGIN, NOTES_END, fmt, markdown_table, pyplot
+from anystep.benchmarks.common import fmt, markdown_table, notes_section, pyplot
 
 if TYPE_CHECKING:
     from anystep.benchmarks.latency_methods import BenchSettings, SamplerRow
@@ -204,5 +204,5 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                 lines += [markdown_table(["Python function (cProfile)", "tottime µs / call", "cumtime µs / call"],
                                          [[o["function"], o["tottime_us_per_call"], o["cumtime_us_per_call"]]
                                           for o in p["python"][:8]]), ""]
-    lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
+    lines += notes_section(notes)
     return "\n".join(lines)

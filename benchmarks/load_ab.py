@@ -36,8 +36,6 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
-    NOTES_BEGIN,
-    NOTES_END,
     REPO_ROOT,
     existing_notes,
     git_revision,
@@ -45,6 +43,7 @@ from anystep.benchmarks.common import (
     load_average,
     machine_info,
     markdown_table,
+    notes_section,
     run_cli,
     versions,
     write_results,
@@ -323,7 +322,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
             for d in r.get("dopri5", []):
                 lines.append(f"| {name} | {d['alone_p50_ms']:.3f} | {d['with_dopri5_p50_ms']:.3f} | {d['increase']:+.0%} |")
         lines.append("")
-    lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
+    lines += notes_section(notes)
     return "\n".join(lines)
 
 

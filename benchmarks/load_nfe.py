@@ -37,8 +37,6 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
-    NOTES_BEGIN,
-    NOTES_END,
     existing_notes,
     fmt,
     git_revision,
@@ -46,6 +44,7 @@ from anystep.benchmarks.common import (
     load_average,
     machine_info,
     markdown_table,
+    notes_section,
     portable_path,
     run_cli,
     versions,
@@ -388,7 +387,7 @@ def render_markdown(data: dict[str, Any], notes: str | None = None) -> str:
                    "`X-Anystep-NFE` (the limit's numerator) is the slowest sample's. The limit at that cost, "
                    "full-batch evaluations / K, is what the flow map reaches if its requests cost nothing but its "
                    "K full-batch calls; the issue's limit NFE / K assumes every dopri5 evaluation is a full one."), ""]
-    lines += ["## Notes", "", NOTES_BEGIN, notes if notes is not None else "(none yet)", NOTES_END, ""]
+    lines += notes_section(notes)
     return "\n".join(lines)
 
 

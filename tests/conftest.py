@@ -20,3 +20,12 @@ except ImportError:  # client-only environments
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored after): deterministic kernels, no oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

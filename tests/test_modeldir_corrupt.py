@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli as _cli
 from safetensors.torch import load_file, save_file
 
-from anystep.cli import main
 from anystep.core.config import BackboneConfig, ModelConfig
 from anystep.core.flowmap import build_model
 from anystep.core.modeldir import ModelDirError, load_model_dir, read_config, save_model_dir
@@ -132,15 +132,6 @@ def _check_one_line(code: int, err: str, d: Path, case: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert str(d / fname) in lines[0] and fragment in lines[0], lines[0]
     assert not (d / "UNPICKLED").exists(), "a corrupt model directory was unpickled"
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def test_good_model_loads(good):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli as _cli
 
 from anystep.core.api import generate
 from anystep.core.config import BackboneConfig, ConfigError, ModelConfig
@@ -21,30 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE = (2, 3, 4)  # [C, H, W] of the npz images: stored, and served, in this layout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(kind: str = "flowmap", shape=SHAPE, **kw) -> ModelConfig:
     bb = BackboneConfig(name="mlp", data_shape=shape, time_inputs=1 if kind == "velocity" else 2, width=16, depth=2,
                         fourier_features=4)
     return ModelConfig(kind=kind, backbone=bb, data_shape=shape, **kw)
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str]:
-    """``anystep ARGS``: exit code and stderr (user errors: 2 and one line)."""
-    from anystep.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def _levels() -> Units:
