@@ -45,6 +45,8 @@ class Variant:
         sets: ``key=value`` overrides (dotted TrainConfig keys; values JSON).
         base: benchmark method key the config starts from.
         init_from: another variant whose weights this one continues (else the base's warm start).
+        teacher_from: another variant whose model is the frozen teacher (else the base's teacher;
+            PFMM distils a Fourier-feature FMM N=4 variant).
     """
 
     name: str
@@ -53,18 +55,31 @@ class Variant:
     sets: dict[str, Any] = field(default_factory=dict)
     base: str = "lmd"
     init_from: str | None = None
+    teacher_from: str | None = None
 
 
 def _ff(m: int, sigma: float) -> dict[str, Any]:
     return {"model.backbone.x_features": m, "model.backbone.x_feature_scale": sigma}
 
 
+def _start(frac: float) -> dict[str, Any]:
+    return {"objective_hparams.start_frac": frac}
+
+
+FF = _ff(64, 1.0)
+
+
 XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's lmd_xl continuation budget
+XXL = {"max_steps": 12000, "lr": 3e-4, "ckpt_every": 500}  # a further continuation of an _xl run
 
 # Benchmark rows scored beside the variants (their run directories in runs/checkerboard).
 REFERENCES = {"lmd": "LMD (benchmark row)", "lmd_xl": "LMD, +6000 steps (benchmark row)",
               "lmd_both": "LMD, both directions (benchmark row)",
-              "lmd_both_xl": "LMD, both directions, +3000+8000 steps (benchmark row)"}
+              "lmd_both_xl": "LMD, both directions, +3000+8000 steps (benchmark row)",
+              "fmm1": "FMM, N=1 (benchmark row)", "fmm4": "FMM, N=4 (benchmark row)",
+              "fmm4_xl": "FMM, N=4, +4000 steps (benchmark row)", "pfmm": "PFMM, N=1 (benchmark row)",
+              "pfmm_xl": "PFMM, N=1, from FMM N=4 +4000 (benchmark row)", "emd": "EMD (benchmark row)",
+              "ee": "EE (benchmark row)", "lsd": "LSD (benchmark row)", "ayf_lmd": "AYF-LMD (benchmark row)"}
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -92,6 +107,35 @@ VARIANTS: dict[str, Variant] = {
                 {**_ff(64, 1.0), "objective_hparams.start_frac": 0.5, **XL}, init_from="ff64_s1_start50"),
         Variant("ff_both", "LMD both directions + Fourier features of x (64, sigma 1)",
                 "both directions, x_features 64, sigma 1", _ff(64, 1.0), base="lmd_both"),
+        Variant("ff64_s1_start50_xxl", "LMD + Fourier features of x + half of each batch at s = 0, +6000+12000 steps",
+                "ff64_s1_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
+                {**_ff(64, 1.0), "objective_hparams.start_frac": 0.5, **XXL}, init_from="ff64_s1_start50_xl"),
+        Variant("ff64_s1_start25", "LMD + Fourier features of x + a quarter of each batch at s = 0",
+                "x_features 64, sigma 1, start_frac 0.25", {**FF, **_start(0.25)}),
+        Variant("ff64_s1_start25_xl", "LMD + Fourier features of x + a quarter of each batch at s = 0, +6000 steps",
+                "ff64_s1_start25 continued like the benchmark's lmd_xl (6000 steps, lr 5e-4 cosine)",
+                {**FF, **_start(0.25), **XL}, init_from="ff64_s1_start25"),
+        # issue 13: the same two levers on the other families (their benchmark rows' warm start and budget)
+        Variant("fmm1_ff_start50", "FMM N=1 + Fourier features of x + half of each batch at s in {0, 1}",
+                "fmm1 with x_features 64, sigma 1, start_frac 0.5 (both directions: s = 0 and s = 1 rows)",
+                {**FF, **_start(0.5)}, base="fmm1"),
+        Variant("fmm4_ff", "FMM N=4 + Fourier features of x", "fmm4 with x_features 64, sigma 1 (no start_frac: "
+                "s = 0 rows would leave the window |t - s| <= 1/4)", FF, base="fmm4"),
+        Variant("pfmm_ff_start50", "PFMM N=1 from FMM N=4 + Fourier features, half of each batch at s = 0",
+                "pfmm distilling fmm4_ff (teacher and warm start), x_features 64, sigma 1, start_frac 0.5",
+                {**FF, **_start(0.5)}, base="pfmm", init_from="fmm4_ff", teacher_from="fmm4_ff"),
+        Variant("pfmm_start50", "PFMM N=1 (benchmark's FMM N=4 teacher), half of each batch at s = 0",
+                "pfmm with start_frac 0.5 (teacher and warm start: the benchmark's fmm4, no Fourier features)",
+                _start(0.5), base="pfmm"),
+        Variant("emd_ff_start50", "EMD + Fourier features of x + half of each batch at s = 0",
+                "emd with x_features 64, sigma 1, start_frac 0.5", {**FF, **_start(0.5)}, base="emd"),
+        Variant("ee_ff_start50", "EE + Fourier features of x + half of each batch at s = 0",
+                "ee with x_features 64, sigma 1, start_frac 0.5", {**FF, **_start(0.5)}, base="ee"),
+        Variant("lsd_ff_start", "LSD + Fourier features of x + half of the off-diagonal rows at s = 0",
+                "lsd with x_features 64, sigma 1, start_frac 0.125 (LSD draws 3/4 of each batch on the diagonal)",
+                {**FF, **_start(0.125)}, base="lsd"),
+        Variant("ayf_lmd_ff_start50", "AYF-LMD + Fourier features of x + half of each batch at s = 0",
+                "ayf_lmd with x_features 64, sigma 1, start_frac 0.5", {**FF, **_start(0.5)}, base="ayf_lmd"),
     )
 }
 
@@ -105,6 +149,8 @@ def _cfg(v: Variant):
     cfg = apply_overrides(cfg, [f"{k}={json.dumps(val)}" for k, val in v.sets.items()])
     if v.init_from is not None:
         cfg = cfg.replace(init_from=str(LEVER_DIR / v.init_from))
+    if v.teacher_from is not None:
+        cfg = cfg.replace(teacher=str(LEVER_DIR / v.teacher_from))
     return cfg.replace(preset=f"{cfg.preset} (checkerboard_lever {v.name})")
 
 
