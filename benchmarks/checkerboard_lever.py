@@ -318,26 +318,37 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
         "nice 19, at most two at a time), then `python -m anystep.benchmarks.checkerboard_lever report`"),
         f"- Machine: {res['machine']}; other processes shared the 2 cores (load average per run below)",
         f"- Date: {res['date']}",
-        ("- Every variant: the benchmark's LMD row (`checkerboard-lmd`, MLP 256 x 4, 1000 Adam steps, batch "
-        "512, lr 1e-3 cosine to 1e-5, EMA 0.999, warm start v_st = b_s from the benchmark's teacher "
-        "`runs/checkerboard/si`) with the one change in its row."),
+        ("- Every variant: a benchmark row (column `base`: its preset, teacher and warm start; the shared "
+        "budget MLP 256 x 4, 1000 Adam steps, batch 512, lr 1e-3 cosine to 1e-5, EMA 0.999; LMD, EMD, "
+        "AYF-LMD, FMM, EE and LSD start from the benchmark's teacher `runs/checkerboard/si`, v_st = b_s) with "
+        "the change in its row; `_xl` / `_xxl` rows continue another variant's weights. `bench:` rows are "
+        "the benchmark's own run directories, scored here."),
         (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
         f"**{fmt(t, 4)}** (blur {_blur(res['teacher_blur'])}); ratios are KL / {fmt(t, 3)}."),
         "",
     ]
     head = ["Variant", "change", "steps", "train s", "ms/step", "load"]
     kl_rows, ratio_rows, blur_rows = [], [], []
+    bench = {r["base"]: r["metrics"] for r in res["rows"] if r["name"].startswith("bench:")}
     for r in res["rows"]:
         m = r["metrics"]
         base = [r["name"], r["factor"], r["steps"], fmt(r["seconds"]), fmt(r["ms_per_step"]), fmt(r["load_avg"])]
         kl_rows.append(base + [fmt(m[str(k)]["kl"]) for k in steps])
-        ratio_rows.append([r["name"]] + [fmt(m[str(k)]["kl"] / t) for k in steps]
-                          + [fmt(m["1"]["coupling_l2"])])
+        long = r["name"].endswith(("_xl", "_xxl")) and f"{r['base']}_xl" in bench
+        ref = bench.get(f"{r['base']}_xl" if long else r["base"])
+        vs = [fmt(m[str(k)]["kl"] / ref[str(k)]["kl"]) if ref and not r["name"].startswith("bench:") else "-"
+              for k in (1, 4)]
+        ratio_rows.append([r["name"], r["base"]] + [fmt(m[str(k)]["kl"] / t) for k in steps]
+                          + [fmt(m["1"]["coupling_l2"])] + vs)
         blur_rows.append([r["name"]] + [_blur(m[str(k)]["blur"]) for k in steps])
     lines += ["## KL(rho_1 || rho_hat_1) at K steps", "",
               markdown_table(head + [f"K={k}" for k in steps], kl_rows), "",
               "## KL / teacher's dopri5 KL, and the one-step coupling error", "",
-              markdown_table(["Variant"] + [f"K={k}" for k in steps] + ["coupling K=1"], ratio_rows), "",
+              ("`vs base` = the variant's KL over its base benchmark row's (1000 steps) at K = 1 and 4: "
+               "below 1 the change helped (`_xl` / `_xxl` variants: over the base's `_xl` row where it has "
+               "one, `lmd_xl`, 7000 steps)."), "",
+              markdown_table(["Variant", "base"] + [f"K={k}" for k in steps]
+                             + ["coupling K=1", "vs base K=1", "vs base K=4"], ratio_rows), "",
               "## Blur equivalent (sigma)", "",
               markdown_table(["Variant"] + [f"K={k}" for k in steps], blur_rows), ""]
     tm = res.get("timing")
