@@ -271,6 +271,35 @@ def test_meanflow_jvp_warmup_ramps_the_jvp_term_to_the_published_target() -> Non
         build_objective("meanflow", LINEAR, jvp_warmup=-1)
 
 
+def test_meanflow_start_and_end_frac_put_rows_on_the_one_step_characteristics() -> None:
+    """start_frac / end_frac (not published): after the diagonal rows, shares of the batch at
+    s = 0 and at t = 1 (s uniform); the rest stay the sampler's pairs; the exact map stays
+    stationary (a mixture of weights) and a wrong one does not; invalid mixes refuse."""
+    n = 100_000
+    mf = build_objective("meanflow", LINEAR, time_kind="uniform", diag_frac=0.5, start_frac=0.2, end_frac=0.2)
+    pair = mf.sample_pairs(n, gen(0))
+    start, end = slice(n // 2, n // 2 + n // 5), slice(n // 2 + n // 5, n // 2 + 2 * (n // 5))
+    assert int(pair.diag.sum()) == n // 2 and bool((pair.s[pair.diag] == pair.t[pair.diag]).all())
+    assert bool((pair.s[start] == 0).all()) and float(pair.t[start].mean()) == pytest.approx(0.5, abs=0.01)
+    assert bool((pair.t[end] == 1).all()) and float(pair.s[end].mean()) == pytest.approx(0.5, abs=0.01)
+    rest = slice(n // 2 + 2 * (n // 5), n)
+    assert float((pair.t[rest] == 1).double().mean()) == 0.0 and bool((pair.t[rest] >= pair.s[rest]).all())
+    # end_frac = 0 is MeanFlow's draw, untouched
+    ref = build_objective("meanflow", LINEAR, time_kind="uniform", diag_frac=0.5, start_frac=0.2)
+    assert torch.equal(ref.sample_pairs(64, gen(3)).t, ref.times.sample(64, gen(3)).t)
+    case = CASE_2D
+    objective = build_objective("meanflow", LINEAR, adaptive_p=0.0, time_kind="uniform", diag_frac=0.25,
+                                start_frac=0.25, end_frac=0.25)
+    mean, se = _mean_theta_grad(objective, PowerSlopeMap(case, 1.0), case)
+    mean_wrong, se_wrong = _mean_theta_grad(objective, PowerSlopeMap(case, 1.2), case)
+    assert abs(mean) < 4 * se + 1e-12
+    assert abs(mean_wrong) > 10 * se_wrong
+    for bad in ({"diag_frac": 0.75, "end_frac": 0.5}, {"end_frac": 1.0, "diag_frac": 0.0},
+                {"time_kind": "uniform", "diag_frac": 0.5, "gap_kind": "long", "end_frac": 0.2}):
+        with pytest.raises(ObjectiveError, match="end_frac"):
+            build_objective("meanflow", LINEAR, **bad)
+
+
 # ------------------------------------------------------------------------------------------
 # shortcut models
 # ------------------------------------------------------------------------------------------
@@ -330,10 +359,12 @@ class _PairLog(nn.Module):
         super().__init__()
         self.inner = inner
         self.gaps: list[Tensor] = []
+        self.starts: list[Tensor] = []
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             self.gaps.append((t - s).detach())
+            self.starts.append(s.detach())
         return self.inner(x, s, t)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
@@ -362,6 +393,41 @@ def test_shortcut_top_frac_puts_rows_on_the_one_step_jump(top_frac: float) -> No
         assert abs(mean_wrong) > 10 * se_wrong
     with pytest.raises(ObjectiveError, match="top_frac"):
         build_objective("shortcut", LINEAR, top_frac=1.5)
+
+
+def test_shortcut_start_frac_starts_rows_at_the_base() -> None:
+    """start_frac (not published) of the self-consistency rows start at t = 0 at a uniform
+    level (after the top_frac rows); 0 is the paper's draw; the exact map stays stationary."""
+    case = CASE_2D
+    B, L = 2000, 4
+    objective = build_objective("shortcut", LINEAR, levels=L, fm_frac=0.5, start_frac=0.5, top_frac=0.2)
+    logged = _PairLog(ExactGaussianFlowMap(case))
+    objective.loss(logged, case.batch(B, gen(9), dtype=torch.float64), gen(10))
+    (gaps,), (starts,) = logged.gaps, logged.starts
+    n_sc = B // 2
+    top, start, rest = slice(0, 200), slice(200, 700), slice(700, n_sc)
+    assert bool((gaps[top] == 1.0).all()) and bool((starts[:700] == 0).all())
+    # the start rows keep a uniform level: 2d = 1, 1/2, 1/4, 1/8 about equally often
+    for level in range(L):
+        assert float((gaps[start] == 2.0**-level).double().mean()) == pytest.approx(1 / L, abs=0.07)
+    # the rest start on their level's grid: at t = 0 only with probability 2d
+    assert float((starts[rest] == 0).double().mean()) == pytest.approx(float(gaps[rest].mean()), abs=0.08)
+    # only the starts of the start rows change: the paper's draw of levels and starts is kept
+    plain, moved = _PairLog(ExactGaussianFlowMap(case)), _PairLog(ExactGaussianFlowMap(case))
+    build_objective("shortcut", LINEAR, levels=L, fm_frac=0.5).loss(
+        plain, case.batch(B, gen(9), dtype=torch.float64), gen(10))
+    build_objective("shortcut", LINEAR, levels=L, fm_frac=0.5, start_frac=0.5).loss(
+        moved, case.batch(B, gen(9), dtype=torch.float64), gen(10))
+    assert torch.equal(plain.gaps[0], moved.gaps[0]) and bool((moved.starts[0][:500] == 0).all())
+    assert torch.equal(plain.starts[0][500:], moved.starts[0][500:])
+    assert float((plain.starts[0][:500] > 0).double().mean()) > 0.3
+    objective = build_objective("shortcut", LINEAR, levels=3, fm_frac=0.5, start_frac=0.5)
+    mean, se = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.0), case)
+    mean_wrong, se_wrong = _mean_theta_grad(objective, PowerGaussianFlowMap(case, 1.2), case)
+    assert abs(mean) < 4 * se + 0.02 * abs(mean_wrong)
+    assert abs(mean_wrong) > 10 * se_wrong
+    with pytest.raises(ObjectiveError, match="start_frac"):
+        build_objective("shortcut", LINEAR, top_frac=0.6, start_frac=0.5)
 
 
 # ------------------------------------------------------------------------------------------

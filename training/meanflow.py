@@ -68,6 +68,16 @@ map rows, 3e-6 of a batch);
 ∇v·dI_s]`` with ``λ = min(1, (step + 1) / N)``, so that early targets stay near flow
 matching (a curriculum; the loss is MeanFlow's from step ``N - 1`` on).
 
+Concentrating the batch on the one-step map (not published, off by default): the
+generic ``start_frac`` (``training/times.py``) puts that fraction of each batch, after the
+diagonal rows, at ``s = 0`` (the maps ``X_{0,t}``, the Lagrangian characteristic, issue 13's
+lever for LMD); ``end_frac`` puts the next fraction at ``t = 1`` (MeanFlow's ``r = 0``: the
+jumps ``X_{s,1}`` onto the data) with ``s`` a single time of ``time_kind``. (MF) is a
+derivative in ``s`` at fixed ``t``: its information travels from the diagonal ``s = t`` back
+along ``s``, so the row ``t = 1`` is the Eulerian characteristic that ends at ``X_{0,1}``.
+Both are mixtures with the base weight, so the minimiser is unchanged; they need
+``diag_frac + start_frac + end_frac <= 1`` and ``gap_kind = "triangle"``.
+
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for
 ``t < s`` (no inversion) unless ``forward_only=False`` -- (MF) holds for every pair, so
@@ -105,6 +115,7 @@ MEANFLOW_DEFAULTS: dict[str, Any] = {
     "tangent": "sample",  # "sample": dI_s (MeanFlow); "model": sg(v_{s,s}(I_s)) off the diagonal
     "gap_kind": "triangle",  # off-diagonal pairs: "triangle" (time_kind's), "uniform" / "long" gap (not published)
     "jvp_warmup": 0,  # steps over which the JVP term of the target ramps from 0 to 1 (0: MeanFlow, off)
+    "end_frac": 0.0,  # fraction of each batch with t = 1 (MeanFlow's r = 0), s a single time (0: MeanFlow, off)
 }
 
 # density of the gap u = t - s of the off-diagonal pairs for each gap_kind (s | u ~ U[0, 1 - u])
@@ -157,7 +168,8 @@ class MeanFlow(FlowObjective):
     1e-3), ``diag_frac`` (default 0.75), ``tangent`` (``"sample"``: MeanFlow's ``dI_s``;
     ``"model"``: the map's own velocity off the diagonal), ``gap_kind`` (``"triangle"``:
     the time sampler's pairs, MeanFlow; ``"uniform"`` / ``"long"``: more long jumps, not
-    published), ``jvp_warmup`` (steps of the JVP-term ramp; 0 = off, MeanFlow) and the
+    published), ``jvp_warmup`` (steps of the JVP-term ramp; 0 = off, MeanFlow), ``start_frac`` /
+    ``end_frac`` (shares of the batch at ``s = 0`` / ``t = 1``; 0 = off, MeanFlow) and the
     time settings (logit-normal ``(0.4, 1.0)`` by default; forward only). Metrics: ``loss``, ``meanflow_mse`` (the
     unweighted ``E|Δ|^2/d``), ``meanflow_fm`` (its value on the diagonal rows).
     """
@@ -188,6 +200,16 @@ class MeanFlow(FlowObjective):
                 f"meanflow: gap_kind={h['gap_kind']!r} draws its own forward pairs on the whole triangle; "
                 "set time_kind='uniform', forward_only=true and window=1 (or use gap_kind='triangle')"
             )
+        if not 0.0 <= h["end_frac"] < 1.0 or h["diag_frac"] + h["start_frac"] + h["end_frac"] > 1.0:
+            raise ObjectiveError(
+                f"meanflow: end_frac={h['end_frac']} must be in [0, 1) with diag_frac + start_frac + end_frac <= 1 "
+                f"(diag_frac={h['diag_frac']}, start_frac={h['start_frac']}): the share of rows with t = 1"
+            )
+        if h["gap_kind"] != "triangle" and (h["start_frac"] > 0 or h["end_frac"] > 0):
+            raise ObjectiveError(
+                f"meanflow: gap_kind={h['gap_kind']!r} redraws every off-diagonal row; use it with start_frac=0 and "
+                "end_frac=0 (or gap_kind='triangle')"
+            )
         if h["jvp_warmup"] < 0:
             raise ObjectiveError(f"meanflow: jvp_warmup={h['jvp_warmup']} must be >= 0 steps (0 = off)")
         if h["tangent"] not in ("sample", "model"):
@@ -205,7 +227,9 @@ class MeanFlow(FlowObjective):
         ``gap_kind = "triangle"`` (MeanFlow) keeps the time sampler's pairs. ``"uniform"`` /
         ``"long"`` redraw each off-diagonal row with gap ``u = t - s`` of density 1 / ``2u`` on
         ``[0, 1]`` and ``s ~ U[0, 1 - u]``: 10% / 19% of those rows have ``u > 0.9``, against
-        1% for uniform pairs on the triangle (density ``2(1 - u)``).
+        1% for uniform pairs on the triangle (density ``2(1 - u)``). ``end_frac > 0`` (with
+        ``gap_kind = "triangle"``) moves that share of the rows after the diagonal and the
+        ``start_frac`` rows to ``t = 1`` (:meth:`_end_rows`).
 
         Returns:
             :class:`~anystep.training.times.TimePair` (CPU, float32), diagonal rows first.
@@ -213,6 +237,8 @@ class MeanFlow(FlowObjective):
         pair = self.times.sample(batch_size, generator)
         kind = self.hparams["gap_kind"]
         n_off = int((~pair.diag).sum())
+        if self.hparams["end_frac"] > 0:
+            return self._end_rows(pair, generator)
         if kind == "triangle" or n_off == 0:
             return pair
         p = torch.rand(n_off, generator=generator, dtype=torch.float64)
@@ -221,6 +247,20 @@ class MeanFlow(FlowObjective):
         t_off = torch.clamp(s_off + u, max=1.0)
         s, t = pair.s.clone(), pair.t.clone()
         s[~pair.diag], t[~pair.diag] = s_off.float(), t_off.float()
+        return TimePair(s=s, t=t, diag=pair.diag)
+
+    def _end_rows(self, pair: TimePair, generator: torch.Generator) -> TimePair:
+        """Put ``round(end_frac * B)`` rows after the diagonal and ``start_frac`` rows at ``t = 1``.
+
+        Those rows are the sampler's i.i.d. off-diagonal draws, so replacing the leading ones
+        keeps the rest a draw of the base weight; ``s`` is a single time of ``time_kind``.
+        """
+        B = pair.s.shape[0]
+        first = pair.n_diag + min(round(self.times.start_frac * B), B - pair.n_diag)
+        n_end = min(round(self.hparams["end_frac"] * B), B - first)
+        s, t = pair.s.clone(), pair.t.clone()
+        s[first : first + n_end] = self.times.sample_t(n_end, generator)
+        t[first : first + n_end] = 1.0
         return TimePair(s=s, t=t, diag=pair.diag)
 
     def jvp_scale(self, step: int) -> float:

@@ -44,7 +44,9 @@ from anystep.training.distill import TIME_DEFAULTS, FlowObjective, ObjectiveErro
 
 __all__ = ["Shortcut", "dyadic_steps"]
 
-# top_frac (not published): fraction of the self-consistency rows put on the largest step 2d = 1
+# top_frac (not published): fraction of the self-consistency rows put on the largest step 2d = 1;
+# start_frac (not published; TIME_DEFAULTS' key, which shortcut reads this way): fraction of the
+# self-consistency rows whose jump starts at t = 0 (level still uniform)
 SHORTCUT_DEFAULTS: dict[str, Any] = {**TIME_DEFAULTS, "levels": 7, "fm_frac": 0.75, "top_frac": 0.0}
 
 
@@ -68,8 +70,12 @@ class Shortcut(FlowObjective):
     1/128 use the velocity), ``fm_frac`` (fraction of rows for flow matching, in (0, 1),
     default 0.75), ``top_frac`` (not published: the share of the self-consistency rows drawn
     at the largest step ``2d = 1`` -- the one-step jump -- the others at a uniform level;
-    default 0, every row at a uniform level as in the paper). The generic time settings are
-    not used (times are dyadic).
+    default 0, every row at a uniform level as in the paper), ``start_frac`` (not published:
+    the share of the self-consistency rows, after the ``top_frac`` ones, whose jump starts at
+    ``t = 0`` -- ``X_{0,2d}``, the first step of every dyadic chain from the base, the
+    analogue of the time samplers' ``start_frac`` (``training/times.py``) -- at a uniform
+    level; default 0, the start uniform on the level's grid as in the paper). The other
+    generic time settings are not used (times are dyadic).
     Metrics: ``loss``, ``shortcut_fm``, ``shortcut_sc``.
     """
 
@@ -93,6 +99,11 @@ class Shortcut(FlowObjective):
                 f"shortcut: top_frac={h['top_frac']} must be in [0, 1] (share of the self-consistency rows at 2d = 1; "
                 "0 = the published uniform level draw)"
             )
+        if h["top_frac"] + h["start_frac"] > 1.0:
+            raise ObjectiveError(
+                f"shortcut: top_frac + start_frac = {h['top_frac'] + h['start_frac']} must be <= 1 (shares of the "
+                "self-consistency rows at 2d = 1 and starting at t = 0)"
+            )
 
     def supported_steps(self) -> tuple[int, ...] | None:
         """Step counts the trained map supports (uniform grids only): ``1, 2, ..., 2^(L-1)``."""
@@ -100,6 +111,9 @@ class Shortcut(FlowObjective):
 
     def _top_rows(self, n_sc: int) -> int:
         return min(n_sc, round(self.hparams["top_frac"] * n_sc))
+
+    def _start_rows(self, n_sc: int) -> int:
+        return min(n_sc - self._top_rows(n_sc), round(self.hparams["start_frac"] * n_sc))
 
     def _rows(self, B: int) -> int:
         n = round(self.hparams["fm_frac"] * B)
@@ -120,6 +134,8 @@ class Shortcut(FlowObjective):
         j[: self._top_rows(n_sc)] = 0  # top_frac: the leading rows take the one-step jump 2d = 1
         sections = (2.0**j).to(torch.float64)  # 1 / (2d)
         k = torch.floor(torch.rand(n_sc, generator=generator, dtype=torch.float64) * sections)
+        n_top = self._top_rows(n_sc)
+        k[n_top : n_top + self._start_rows(n_sc)] = 0.0  # start_frac: the next rows start at t = 0
         t_sc = (k / sections).float()
         two_d = (1.0 / sections).float()
         finest = j == L - 1

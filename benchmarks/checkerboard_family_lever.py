@@ -1,0 +1,212 @@
+"""Checkerboard: do issue 13's one-step levers help MeanFlow and shortcut models (issue 14)?
+
+Each variant is a family row of the checkerboard benchmark (``meanflow``, ``meanflow_ot``,
+``shortcut``, ``shortcut_ot`` of :data:`~anystep.benchmarks.checkerboard_methods.METHODS`,
+the shared budget of :class:`~anystep.benchmarks.checkerboard_methods.Settings`, warm start
+``v_st = b_s`` from the benchmark's teacher ``runs/checkerboard/si``) with the changes in its
+row: random Fourier features of ``x`` (``model.backbone.x_features``), the minibatch-OT
+coupling, and a concentration of the batch on the pairs that make up the one-step map
+(MeanFlow: ``start_frac`` rows ``s = 0`` or ``end_frac`` rows ``t = 1``; shortcut:
+``start_frac`` self-consistency rows starting at ``t = 0``). A variant trains into
+``runs/family_lever/<name>`` (a finished run is reused, an interrupted one resumed) and is
+scored like :mod:`~anystep.benchmarks.checkerboard_lever` (the benchmark's estimator on its
+100,000 shared base points, K = 1, 2, 4, 8).
+
+Usage::
+
+    python -m anystep.benchmarks.checkerboard_family_lever train NAME [NAME ...]   # one thread
+    python -m anystep.benchmarks.checkerboard_family_lever report                  # score, print
+    python -m anystep.benchmarks.checkerboard_family_lever list
+
+Run training through the team's slot lock (one thread, nice 19). ``report`` scores every
+finished variant and writes ``runs/family_lever/report.{json,md}`` (the table that
+``benchmarks/results/family.md`` quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from anystep.benchmarks.checkerboard_lever import BENCH_DIR, Variant, _ff
+
+__all__ = ["VARIANTS", "main"]
+
+RUN_DIR = Path("runs/family_lever")
+FF = _ff(64, 1.0)  # issue 13's lever: 64 random Fourier features of x, sigma 1
+XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's +6000 continuation budget
+
+
+# Rows scored beside the variants: the benchmark rows and the OT ablations of family.md (trained there).
+REFERENCES = {
+    "bench:meanflow": (BENCH_DIR / "meanflow", "benchmark row (uniform times, p = 0, diag 0.75)"),
+    "bench:shortcut": (BENCH_DIR / "shortcut", "benchmark row (L = 7, fm_frac 0.25)"),
+    "abl:mf_ot": (Path("runs/family/cb/ablations/mf_ot"), "meanflow + minibatch OT (family.md ablation)"),
+    "abl:sc_ot": (Path("runs/family/cb/ablations/sc_ot"), "shortcut + minibatch OT (family.md ablation)"),
+}
+
+
+def _h(**kw: Any) -> dict[str, Any]:
+    return {f"objective_hparams.{k}": v for k, v in kw.items()}
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        # shortcut (benchmark row: L = 7, fm_frac 0.25)
+        Variant("sc_ff", "Shortcut + Fourier features of x", "x_features 64, sigma 1", FF, base="shortcut"),
+        Variant("sc_ot_ff", "Shortcut, OT + Fourier features of x", "minibatch OT, x_features 64, sigma 1",
+                FF, base="shortcut_ot"),
+        Variant("sc_ot_start50", "Shortcut, OT, half the self-consistency rows from t = 0",
+                "minibatch OT, start_frac 0.5", _h(start_frac=0.5), base="shortcut_ot"),
+        Variant("sc_ot_ff_start50", "Shortcut, OT + Fourier features, half the SC rows from t = 0",
+                "minibatch OT, x_features 64, sigma 1, start_frac 0.5", {**FF, **_h(start_frac=0.5)},
+                base="shortcut_ot"),
+        Variant("sc_ot_ff_top50", "Shortcut, OT + Fourier features, half the SC rows at 2d = 1",
+                "minibatch OT, x_features 64, sigma 1, top_frac 0.5", {**FF, **_h(top_frac=0.5)},
+                base="shortcut_ot"),
+        # MeanFlow (benchmark row: uniform times, p = 0, diag 0.75)
+        Variant("mf_ff", "MeanFlow + Fourier features of x", "x_features 64, sigma 1", FF, base="meanflow"),
+        Variant("mf_ot_ff", "MeanFlow, OT + Fourier features of x", "minibatch OT, x_features 64, sigma 1",
+                FF, base="meanflow_ot"),
+        Variant("mf_ot_ff_start25", "MeanFlow, OT + Fourier features, a quarter of the batch at s = 0",
+                "minibatch OT, x_features 64, sigma 1, diag 0.5, start_frac 0.25",
+                {**FF, **_h(diag_frac=0.5, start_frac=0.25)}, base="meanflow_ot"),
+        Variant("mf_ot_end25", "MeanFlow, OT, a quarter of the batch at t = 1",
+                "minibatch OT, diag 0.5, end_frac 0.25", _h(diag_frac=0.5, end_frac=0.25), base="meanflow_ot"),
+        Variant("mf_ot_ff_end25", "MeanFlow, OT + Fourier features, a quarter of the batch at t = 1",
+                "minibatch OT, x_features 64, sigma 1, diag 0.5, end_frac 0.25",
+                {**FF, **_h(diag_frac=0.5, end_frac=0.25)}, base="meanflow_ot"),
+    )
+}
+
+
+def _xl(name: str) -> Variant:
+    """``name`` continued for 6000 steps at lr 5e-4 cosine (like the benchmark's ``*_xl`` rows)."""
+    v = VARIANTS[name]
+    return Variant(f"{name}_xl", f"{v.label}, +6000 steps", f"{name} continued 6000 steps, lr 5e-4 cosine",
+                   {**v.sets, **XL}, base=v.base, init_from=name)
+
+
+for _name in ("sc_ot_ff", "sc_ot_ff_start50", "mf_ot_ff", "mf_ot_ff_end25", "mf_ot_end25"):
+    VARIANTS[f"{_name}_xl"] = _xl(_name)
+
+
+def _cfg(v: Variant):
+    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
+    from anystep.benchmarks.checkerboard_train import build_train_config
+    from anystep.training.config import apply_overrides
+
+    cfg = build_train_config(METHODS[v.base], Settings(), BENCH_DIR)
+    cfg = apply_overrides(cfg, [f"{k}={json.dumps(val)}" for k, val in v.sets.items()])
+    if v.init_from is not None:
+        cfg = cfg.replace(init_from=str(RUN_DIR / v.init_from))
+    return cfg.replace(preset=f"{cfg.preset} (checkerboard_family_lever {v.name})")
+
+
+def train(names: list[str]) -> None:
+    """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
+    import torch
+
+    from anystep.benchmarks.checkerboard_train import train_one
+
+    torch.set_num_threads(1)
+    for name in names:
+        rec = train_one(name, _cfg(VARIANTS[name]), RUN_DIR / name, fresh=False, progress=False,
+                        log=lambda m: print(m, flush=True))
+        (RUN_DIR / name / "lever_record.json").write_text(json.dumps(rec.__dict__, indent=1))
+
+
+def _finished(name: str) -> bool:
+    d = RUN_DIR / name
+    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "lever_record.json"))
+
+
+def report() -> dict[str, Any]:
+    """Score every finished variant (and the four benchmark rows) at K = 1, 2, 4, 8."""
+    import torch
+
+    from anystep.benchmarks.checkerboard_cache import EvalCache
+    from anystep.benchmarks.checkerboard_eval import EvalContext, score_samples
+    from anystep.benchmarks.checkerboard_lever import _scores
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS, Settings
+    from anystep.benchmarks.common import fmt, load_average, machine_info, markdown_table
+    from anystep.core.data import get_dataset
+
+    torch.set_num_threads(1)
+    settings = Settings()
+    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
+    target_w2 = (get_dataset("checkerboard").sample(settings.w2_samples,
+                                                    torch.Generator().manual_seed(20_000 + settings.seed))
+                 .double().numpy())
+    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
+    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
+    hit = cache.load(cache.key("teacher"))
+    if hit is None:
+        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
+                         "run python -m anystep.benchmarks.checkerboard first")
+    ctx.x_si = torch.from_numpy(hit[0]["x"])
+    teacher = score_samples(ctx.x_si, ctx).kl
+    ctx.kl_teacher = teacher
+    rows = []
+    runs = [(name, d, factor, None) for name, (d, factor) in REFERENCES.items()]
+    runs += [(n, RUN_DIR / n, v.factor, v) for n, v in VARIANTS.items() if _finished(n)]
+    for name, d, factor, v in runs:
+        if not (d / "model.safetensors").is_file():
+            continue
+        path = d / "lever_scores.json" if v is not None else RUN_DIR / f"ref_{name.split(':')[1]}_scores.json"
+        scores = _scores(d, cache.key("row", d), ctx, x0, path)
+        rec = json.loads((d / "lever_record.json").read_text()) if v is not None else {}
+        rows.append({"name": name, "base": v.base if v else name.split(":")[1], "factor": factor,
+                     "sets": v.sets if v else {}, "steps": rec.get("steps"), "seconds": rec.get("seconds"),
+                     "load_avg": rec.get("load_avg"),
+                     "kl": {str(k): scores[k].kl for k in EVAL_STEPS},
+                     "coupling_l2": scores[1].coupling_l2})
+        print(f"[{name}] KL " + ", ".join(f"K={k}: {scores[k].kl:.4f}" for k in EVAL_STEPS), flush=True)
+    res = {"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "teacher_kl": teacher, "load_avg": load_average(), "rows": rows}
+    table = [[r["name"], r["base"], r["factor"], r["steps"] or "", fmt(r["seconds"])]
+             + [f"{fmt(r['kl'][str(k)])} ({fmt(r['kl'][str(k)] / teacher)})" for k in EVAL_STEPS]
+             + [fmt(r["coupling_l2"])] for r in rows]
+    md = "\n".join([f"Teacher dopri5 KL {fmt(teacher, 4)}; {res['machine']}; {res['date']}", "",
+                    markdown_table(["variant", "base row", "change", "steps", "train s"]
+                                   + [f"K={k}" for k in EVAL_STEPS] + ["coupling K=1"], table), ""])
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / "report.json").write_text(json.dumps(res, indent=1))
+    (RUN_DIR / "report.md").write_text(md)
+    print(md, flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``train NAME...``, ``report``, ``list``."""
+    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_family_lever",
+                                description="Train and score issue 13's one-step levers on the MeanFlow and "
+                                            "shortcut rows of the checkerboard (runs/family_lever/<name>, "
+                                            "resumable).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    tp = sub.add_parser("train", help="train (reuse / resume) variants, one thread")
+    tp.add_argument("names", nargs="+", choices=sorted(VARIANTS))
+    sub.add_parser("report", help="score the finished variants, write runs/family_lever/report.*")
+    sub.add_parser("list", help="list the variants")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for v in VARIANTS.values():
+            print(f"{v.name:22s} {'done' if _finished(v.name) else '    '}  {v.base:12s} {v.factor}")
+        return 0
+    if not (BENCH_DIR / "si" / "model.safetensors").is_file():
+        print("error: the benchmark's teacher runs/checkerboard/si is missing; run from the repository root "
+              "after python -m anystep.benchmarks.checkerboard", flush=True)
+        return 2
+    if args.cmd == "train":
+        train(args.names)
+    else:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
