@@ -37,3 +37,25 @@ def test_gap_shares_follow_the_meanflow_sampler() -> None:
     assert uniform[-1] == pytest.approx(0.25 * 0.01, abs=6e-4)
     assert long[-1] == pytest.approx(0.25 * 0.19, abs=3e-3)
     assert published[-1] < 1e-4  # logit-normal times: the one-step jump is (almost) never drawn
+
+
+def test_family_lever_variants_build_valid_configs() -> None:
+    """Every variant of checkerboard_family_lever is its benchmark row plus the stated changes."""
+    from anystep.benchmarks.checkerboard_family_lever import FF, RUN_DIR, VARIANTS, _cfg
+    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
+    from anystep.benchmarks.checkerboard_train import build_train_config
+    from anystep.core.interpolants import build_interpolant
+    from anystep.training.base import build_objective
+
+    for name, v in VARIANTS.items():
+        cfg, base = _cfg(v), build_train_config(METHODS[v.base], Settings(), RUN_DIR)
+        obj = build_objective(cfg.objective, build_interpolant("linear"), **cfg.objective_hparams)
+        assert cfg.objective == base.objective and cfg.coupling == base.coupling
+        for key, value in v.sets.items():
+            if key.startswith("objective_hparams."):
+                assert obj.hparams[key.split(".", 1)[1]] == value
+        assert (cfg.model.backbone.x_features == 64) == (FF.items() <= v.sets.items())
+        if name.endswith("_xl"):
+            assert cfg.max_steps == 6000 and cfg.init_from == str(RUN_DIR / v.init_from)
+        else:
+            assert cfg.max_steps == Settings().steps and cfg.init_from.endswith("si")
