@@ -13,9 +13,19 @@ Two stages, each a resumable run directory under ``runs/cb_bundle`` (a finished 
 * ``ff_both_start``: 1000 steps, the benchmark's shared budget;
 * ``ff_both_start_xl``: continues it for ``XL_STEPS`` steps (lr 5e-4 cosine, checkpoint every 500).
 
-Usage (from the repository root, through a training slot)::
+Usage (from the repository root; ``train`` through a training slot, one thread)::
 
-    python -m anystep.benchmarks.checkerboard_bundle_train train
+    python -m anystep.benchmarks.checkerboard_bundle_train train    # both stages, resumable
+    python -m anystep.benchmarks.checkerboard_bundle_train report   # score it beside the bundle
+    python -m anystep.benchmarks.checkerboard_bundle_train bundle   # report, then models/checkerboard
+
+``report`` scores the last stage, the first one and the map in ``models/checkerboard`` with the
+benchmark's estimator (:func:`~anystep.benchmarks.checkerboard_eval.score_samples` on its 100,000
+shared base points, the teacher's dopri5 samples from its evaluation cache) at K = 1, 2, 4, 8,
+and the round trip ``/encode`` then ``/generate`` (``X_{0,1}(X_{1,0}(x1))`` on 100,000 exact board
+samples, and the other way round, at 1 and 4 steps each way); it writes
+``benchmarks/results/checkerboard_bundle.{md,json}``. ``bundle`` replaces ``models/checkerboard``
+only when the new map's one-step KL beats the bundled one's (``--force`` skips that check).
 """
 
 from __future__ import annotations
@@ -26,10 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "Stage", "main", "stage_config"]
+__all__ = ["STAGES", "Stage", "main", "round_trip_errors", "stage_config"]
 
 BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
 BUNDLE_RUNS = Path("runs/cb_bundle")
+RESULTS = Path("benchmarks/results")
+MODELS = Path("models")
+FINAL = "ff_both_start_xl"
+MODULE = "anystep.benchmarks.checkerboard_bundle_train"
+ROUND_TRIP_STEPS = (1, 4)
 XL_STEPS = 8000
 
 LEVER = {"model.backbone.x_features": 64, "model.backbone.x_feature_scale": 1.0,
@@ -88,8 +103,198 @@ def train(names: list[str]) -> None:
         print(f"[{name}] done: {rec.steps} steps, {rec.seconds:.0f} s, final loss {rec.final_loss}", flush=True)
 
 
+def round_trip_errors(model, x0, x1, steps: int) -> dict[str, float]:
+    """Per-sample round-trip errors of a map trained on both directions, at ``steps`` each way.
+
+    ``encode_generate``: ``|X_{0,1}(X_{1,0}(x1)) - x1|`` on data ``x1`` (``/encode`` then
+    ``/generate`` from the returned ``z``); ``generate_encode``: ``|X_{1,0}(X_{0,1}(x0)) - x0|``
+    on base points ``x0``. Euclidean norms per sample; mean, 99th percentile and max of each,
+    and the mean squared error (``E|.|^2``, the benchmark's ``round_trip``).
+    """
+    import torch
+
+    from anystep.core.samplers import sample_flowmap
+
+    out: dict[str, float] = {"steps": steps, "n": len(x1)}
+    with torch.no_grad():
+        for name, x, first_reverse in (("encode_generate", x1, True), ("generate_encode", x0, False)):
+            y = sample_flowmap(model, x, steps=steps, reverse=first_reverse).x
+            back = sample_flowmap(model, y, steps=steps, reverse=not first_reverse).x
+            err = (back - x).pow(2).sum(1)
+            d = err.sqrt()
+            out[f"{name}_mean"] = float(d.mean())
+            out[f"{name}_p99"] = float(d.quantile(0.99))
+            out[f"{name}_max"] = float(d.max())
+            out[f"{name}_mse"] = float(err.mean())
+    return out
+
+
+def _context():
+    """The benchmark's evaluation context (as ``checkerboard_lever.report``): shared base points,
+    W2 targets, the teacher's cached dopri5 samples, the blur curve; plus exact board samples."""
+    import torch
+
+    from anystep.benchmarks.checkerboard_cache import EvalCache
+    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, score_samples
+    from anystep.benchmarks.checkerboard_methods import Settings
+    from anystep.core.data import get_dataset
+    from anystep.core.metrics import blur_curve
+
+    settings = Settings()
+    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
+    ds = get_dataset("checkerboard")
+    target_w2 = ds.sample(settings.w2_samples, torch.Generator().manual_seed(20_000 + settings.seed)).double().numpy()
+    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
+    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
+    hit = cache.load(cache.key("teacher"))
+    if hit is None:
+        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
+                         "run python -m anystep.benchmarks.checkerboard first")
+    ctx.x_si = torch.from_numpy(hit[0]["x"])
+    m_si = score_samples(ctx.x_si, ctx)
+    ctx.kl_teacher = m_si.kl
+    data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
+    ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+    return ctx, cache, m_si, torch.from_numpy(data).float(), settings
+
+
+def _score_dir(model_dir: Path, ctx, x0) -> dict[int, Any]:
+    import torch
+
+    from anystep.benchmarks.checkerboard_eval import sample_map, score_samples
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
+    from anystep.core.modeldir import load_model_dir
+
+    model = load_model_dir(model_dir).model.eval()
+    out = {}
+    for k in EVAL_STEPS:
+        with torch.no_grad():
+            out[k] = score_samples(sample_map(model, x0, k), ctx, nfe=k)
+    return out
+
+
+def report() -> dict[str, Any]:
+    """Score the stages and the bundled map; write ``checkerboard_bundle.{md,json}``."""
+    import time
+
+    import torch
+
+    from anystep.benchmarks.checkerboard_bundle import rel_path
+    from anystep.benchmarks.checkerboard_eval import round_trip
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
+    from anystep.benchmarks.common import command_line, load_average, machine_info, write_results
+    from anystep.core.modeldir import load_model_dir, model_dir_sha256
+    from anystep.training.trainer import read_log
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    ctx, _, m_si, data, settings = _context()
+    rows = []
+    for label, d in (("bundled before (models/checkerboard)", MODELS / "checkerboard"),
+                     ("stage 1: ff_both_start", BUNDLE_RUNS / "ff_both_start"),
+                     ("stage 2: ff_both_start_xl", BUNDLE_RUNS / FINAL)):
+        if not (d / "model.safetensors").is_file():
+            continue
+        lm = load_model_dir(d)
+        scores = _score_dir(d, ctx, ctx.x0)
+        model = lm.model.eval()
+        rt = [round_trip_errors(model, ctx.x0, data, k) for k in ROUND_TRIP_STEPS]
+        log_rows = [r for r in read_log(d) if "loss" in r] if (d / "train_log.jsonl").is_file() else []
+        rows.append({"label": label, "dir": rel_path(d), "sha256": model_dir_sha256(d),
+                     "time_region": lm.config.time_region, "steps": lm.config.provenance.get("steps"),
+                     "train_seconds": float(log_rows[-1]["time"]) if log_rows else None,
+                     "metrics": {str(k): v.__dict__ for k, v in scores.items()},
+                     "round_trip": rt, "round_trip_benchmark": round_trip(model, ctx.x0, data.numpy())})
+        print(f"[{label}] KL " + ", ".join(f"K={k}: {scores[k].kl:.4f}" for k in EVAL_STEPS)
+              + f"; encode->generate mean {rt[0]['encode_generate_mean']:.4f} max {rt[0]['encode_generate_max']:.3f}",
+              flush=True)
+    res = {"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "command": command_line(["report"], module=MODULE), "teacher_kl": m_si.kl,
+           "teacher_blur": ctx.blur.equivalent(m_si.kl), "settings": settings, "stages": STAGES,
+           "rows": rows, "eval_seconds": time.perf_counter() - t0, "load_avg": load_average()}
+    write_results(RESULTS, "checkerboard_bundle", res, _markdown(res))
+    return res
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
+    from anystep.benchmarks.common import existing_notes, fmt, markdown_table, notes_section
+
+    t = res["teacher_kl"]
+    lines = [
+        "# Checkerboard: the bundled map, trained on both directions with the one-step lever (issue 13)",
+        "",
+        (f"- Command: `python -m {MODULE} train` (one thread, nice 19, through a training slot), then "
+         f"`python -m {MODULE} bundle` (runs `report`, then copies the map to `models/checkerboard` if it wins)"),
+        f"- Machine: {res['machine']}",
+        f"- Date: {res['date']}; scoring took {fmt(res['eval_seconds'])} s (load {fmt((res['load_avg'] or [None])[0])})",
+        ("- Map: the benchmark's `lmd_both` row (LMD on the whole square 0 <= s, t <= 1, MLP 256 x 4, warm start "
+         "v_st = b_s from `runs/checkerboard/si`, batch 512, EMA 0.999) with 64 random Fourier features of x "
+         "(sigma 1) and `start_frac 0.5` (a quarter of each batch at s = 0, a quarter at s = 1: the maps X_0t "
+         f"behind /generate and X_1t behind /encode); 1000 steps (lr 1e-3 cosine), then {XL_STEPS} more "
+         "(lr 5e-4 cosine)."),
+        (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
+         f"**{fmt(t, 4)}**; ratios are KL / {fmt(t, 3)}."),
+        "",
+        "## KL(rho_1 || rho_hat_1) at K steps (ratio to the teacher)",
+        "",
+    ]
+    rows = [[r["label"], r["steps"], fmt(r["train_seconds"])]
+            + [f"{fmt(r['metrics'][str(k)]['kl'])} ({fmt(r['metrics'][str(k)]['kl'] / t)}x)" for k in EVAL_STEPS]
+            + [fmt(r["metrics"]["1"]["coupling_l2"])] for r in res["rows"]]
+    lines += [markdown_table(["Map", "steps", "train s"] + [f"K={k}" for k in EVAL_STEPS] + ["coupling K=1"], rows),
+              "", "## Round trip: /encode then /generate, and /generate then /encode", "",
+              ("Per-sample Euclidean error on 100,000 points (exact board samples x1 for encode -> generate, "
+               "the shared base points x0 for generate -> encode), K steps each way; the board's squares are "
+               "1 wide, E|x0|^2 = 2."), ""]
+    rt_rows = []
+    for r in res["rows"]:
+        for rt in r["round_trip"]:
+            rt_rows.append([r["label"], rt["steps"], fmt(rt["encode_generate_mean"]), fmt(rt["encode_generate_p99"]),
+                            fmt(rt["encode_generate_max"]), fmt(rt["encode_generate_mse"]),
+                            fmt(rt["generate_encode_mean"]), fmt(rt["generate_encode_max"]),
+                            fmt(rt["generate_encode_mse"])])
+    lines += [markdown_table(["Map", "K", "enc->gen mean", "p99", "max", "E|.|^2", "gen->enc mean", "max", "E|.|^2"],
+                             rt_rows), ""]
+    lines += notes_section(existing_notes(RESULTS / "checkerboard_bundle.md"), placeholder="")
+    return "\n".join(lines)
+
+
+def bundle(force: bool = False) -> int:
+    """Score (``report``), then copy the last stage to ``models/checkerboard`` when it beats the bundle."""
+    from anystep.benchmarks.checkerboard_bundle import TEACHER_BUNDLE, bundle_model
+    from anystep.benchmarks.common import command_line
+
+    res = report()
+    rows = {r["dir"]: r for r in res["rows"]}
+    new, old = rows.get((BUNDLE_RUNS / FINAL).as_posix()), rows.get((MODELS / "checkerboard").as_posix())
+    if new is None:
+        print(f"error: {BUNDLE_RUNS / FINAL} is not trained; run python -m {MODULE} train first", flush=True)
+        return 2
+    kl_new = new["metrics"]["1"]["kl"]
+    if old is not None and not force and old["metrics"]["1"]["kl"] <= kl_new:
+        print(f"[bundle] kept models/checkerboard: one-step KL {old['metrics']['1']['kl']:.4f} <= {kl_new:.4f}")
+        return 0
+    scores = {f"K={k}": {"kl": m["kl"], "kl_ratio": m["kl"] / res["teacher_kl"], "blur": m["blur"]}
+              for k, m in ((int(k), m) for k, m in new["metrics"].items())}
+    scores["round_trip"] = new["round_trip_benchmark"]
+    scores["round_trip_per_sample"] = new["round_trip"]
+    out = bundle_model(BUNDLE_RUNS / FINAL, MODELS / "checkerboard",
+                       {"role": "best one-step checkerboard flow map (trained on both time directions, Fourier "
+                                "features of x, start_frac 0.5)",
+                        "method": FINAL, "method_label": "LMD, both directions, Fourier features of x, start_frac "
+                                                         f"0.5, 1000+{XL_STEPS} steps",
+                        "benchmark_scores": scores},
+                       command_line(["bundle"], module=MODULE),
+                       benchmark=f"{MODULE} (results: benchmarks/results/checkerboard_bundle.md)",
+                       bundled_teacher=TEACHER_BUNDLE)
+    print(f"[bundle] {BUNDLE_RUNS / FINAL} -> {out}: one-step KL {kl_new:.4f}"
+          + (f" (was {old['metrics']['1']['kl']:.4f})" if old else ""), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``train [NAME ...]`` (default: every stage, in order)."""
+    """CLI: ``train [NAME ...]`` (default: every stage, in order), ``report``, ``bundle [--force]``."""
     p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_bundle_train",
                                 description="Train the candidate for models/checkerboard (LMD both directions "
                                             "+ Fourier features of x + start_frac 0.5) into runs/cb_bundle "
@@ -97,16 +302,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     tp = sub.add_parser("train", help="train (reuse / resume) the stages, one thread")
     tp.add_argument("names", nargs="*", help=f"stages ({', '.join(STAGES)}); default: all, in order")
+    sub.add_parser("report", help="score the stages beside models/checkerboard, write "
+                                  "benchmarks/results/checkerboard_bundle.*")
+    bp = sub.add_parser("bundle", help="report, then replace models/checkerboard if the new map's one-step KL wins")
+    bp.add_argument("--force", action="store_true", help="replace models/checkerboard even if it scores better")
     args = p.parse_args(argv)
-    unknown = [n for n in args.names if n not in STAGES]
+    unknown = [n for n in getattr(args, "names", []) if n not in STAGES]
     if unknown:
         p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     if not (BENCH_DIR / "si" / "model.safetensors").is_file():
         print("error: the benchmark's teacher runs/checkerboard/si is missing; run from the repository root "
               "after python -m anystep.benchmarks.checkerboard", flush=True)
         return 2
-    train(args.names or list(STAGES))
-    return 0
+    if args.cmd == "train":
+        train(args.names or list(STAGES))
+        return 0
+    if args.cmd == "report":
+        report()
+        return 0
+    return bundle(force=args.force)
 
 
 if __name__ == "__main__":

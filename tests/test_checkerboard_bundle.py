@@ -1,0 +1,114 @@
+"""The bundled checkerboard map (models/checkerboard): how it is chosen and written, and that the
+server's /encode inverts it (issue 13 item 5; benchmarks/checkerboard_bundle[_train].py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from anystep.benchmarks.checkerboard_bundle import bundled_one_step_kl
+from anystep.benchmarks.checkerboard_bundle_train import STAGES, round_trip_errors, stage_config
+from anystep.core.data import get_dataset
+from anystep.core.modeldir import load_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "checkerboard"
+
+
+class _Shift(nn.Module):
+    """``X_{s,t}(x) = x + (t - s) c``: exact two-time map (X_{1,0} inverts X_{0,1})."""
+
+    def __init__(self, bend: float = 0.0) -> None:
+        super().__init__()
+        self.c = torch.tensor([0.5, -1.0]) if bend == 0 else torch.zeros(2)
+        self.bend = bend  # > 0: X_{s,t}(x) = (1 + bend |t - s|) x, which does not invert
+
+    def forward(self, x, s, t):
+        return x + (t - s)[:, None] * self.c + self.bend * (t - s).abs()[:, None] * x
+
+
+def test_round_trip_errors_vanish_for_an_exact_inverse_and_not_otherwise():
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(500, 2, generator=g), torch.randn(500, 2, generator=g)
+    for k in (1, 4):
+        exact = round_trip_errors(_Shift(), x0, x1, k)
+        assert exact["steps"] == k and exact["n"] == 500
+        assert exact["encode_generate_max"] < 1e-5 and exact["generate_encode_max"] < 1e-5
+    bent = round_trip_errors(_Shift(bend=0.2), x0, x1, 1)
+    # (1 + 0.2)^2 x: the error is 0.44 |x| per sample
+    assert bent["encode_generate_mean"] == pytest.approx(0.44 * float(x1.norm(dim=1).mean()), rel=1e-4)
+    assert bent["encode_generate_max"] >= bent["encode_generate_p99"] >= bent["encode_generate_mean"] > 0
+    assert bent["encode_generate_mse"] == pytest.approx(0.44**2 * float(x1.pow(2).sum(1).mean()), rel=1e-4)
+
+
+def test_a_better_bundled_map_is_recognised_only_against_the_same_teacher(tmp_path):
+    d = tmp_path / "checkerboard"
+    assert bundled_one_step_kl(d, "abc") is None  # nothing bundled yet
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"provenance": {"teacher_sha256": "abc",
+                                                              "benchmark_scores": {"K=1": {"kl": 0.2}}}}))
+    assert bundled_one_step_kl(d, "abc") == 0.2
+    assert bundled_one_step_kl(d, "other") is None  # scored against another teacher: not comparable
+    assert bundled_one_step_kl(d, None) is None
+
+
+def test_bundle_stages_train_both_directions_with_the_lever():
+    first, last = (stage_config(s) for s in STAGES.values())
+    for cfg in (first, last):
+        assert cfg.objective == "lmd" and cfg.objective_hparams["forward_only"] is False
+        assert cfg.objective_hparams["start_frac"] == 0.5
+        assert (cfg.model.backbone.x_features, cfg.model.backbone.x_feature_scale) == (64, 1.0)
+        assert cfg.teacher == "runs/checkerboard/si" and cfg.ckpt_every == 500
+    assert first.init_from == "runs/checkerboard/si" and first.max_steps == 1000
+    assert last.init_from == "runs/cb_bundle/ff_both_start" and last.lr == 5e-4 and last.max_steps > 1000
+
+
+def test_the_server_encodes_board_samples_that_the_map_generates_back():
+    """/encode (X_{1,0}, one step) on exact board samples, then X_{0,1} of the returned z: back near
+    the samples (the round trip in benchmarks/results/checkerboard_bundle.md), and z looks like the base."""
+    from fastapi.testclient import TestClient
+
+    from anystep.core.samplers import sample_flowmap
+    from anystep.server.app import ServerConfig, create_app
+    from anystep.server.registry import ModelSpec
+
+    x1 = get_dataset("checkerboard").sample(1000, torch.Generator().manual_seed(1)).float()
+    app = create_app(ServerConfig(models=[ModelSpec("cb", str(MODEL))], engine="torch"))
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.05)
+        r = c.post("/encode", json={"model": "cb", "x": x1.tolist(), "steps": 1})
+    assert r.status_code == 200, r.text
+    z = torch.tensor(r.json()["z"])
+    assert z.shape == (1000, 2) and torch.isfinite(z).all()
+    assert float(z.mean(0).abs().max()) < 0.15 and 0.8 < float(z.var(0).min()) <= float(z.var(0).max()) < 1.2
+    with torch.no_grad():
+        back = sample_flowmap(load_model_dir(MODEL).model, z, steps=1).x
+    err = (back - x1).norm(dim=1)
+    assert float(err.mean()) < 0.2, f"mean round-trip error {float(err.mean()):.3f}"
+    assert float(err.median()) < 0.1
+
+
+@pytest.mark.slow
+def test_bundled_map_exports_to_onnx_with_parity_in_both_directions(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
+
+    res = export_onnx(MODEL, tmp_path / "onnx", OnnxOptions(exporter="torchscript"))  # checks parity itself
+    sess = ort_session(res.artifact)
+    model = load_model_dir(MODEL).model.eval()
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(3)) * 1.5
+    for s0, t0 in ((0.0, 1.0), (1.0, 0.0), (0.25, 0.75), (0.9, 0.1)):  # /generate's and /encode's maps
+        s, t = torch.full((256,), s0), torch.full((256,), t0)
+        y = sess.run(None, {"x": x.numpy(), "s": s.numpy(), "t": t.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x, s, t).numpy()
+        np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
