@@ -140,6 +140,21 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def _continued(v: Variant, budget: dict[str, Any] = XL) -> Variant:
+    """``v`` continued from its own weights (teacher unchanged) with ``budget`` (default: as ``lmd_xl``)."""
+    n = budget["max_steps"]
+    return Variant(f"{v.name}_xl", f"{v.label}, +{n} steps",
+                   f"{v.name} continued {n} steps (lr {budget['lr']:g} cosine), as the benchmark's _xl rows",
+                   {**v.sets, **budget}, base=v.base, init_from=v.name, teacher_from=v.teacher_from)
+
+
+# Continuations of the family variants (fmm4 as the benchmark's fmm4_xl: 4000 steps, lr 5e-4).
+VARIANTS.update({f"{n}_xl": _continued(VARIANTS[n]) for n in (
+    "fmm1_ff_start50", "pfmm_ff_start50", "pfmm_start50", "emd_ff_start50", "ee_ff_start50", "lsd_ff_start",
+    "ayf_lmd_ff_start50")})
+VARIANTS["fmm4_ff_xl"] = _continued(VARIANTS["fmm4_ff"], {"max_steps": 4000, "lr": 5e-4, "ckpt_every": 500})
+
+
 def _cfg(v: Variant):
     from anystep.benchmarks.checkerboard_methods import METHODS, Settings
     from anystep.benchmarks.checkerboard_train import build_train_config
