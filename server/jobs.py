@@ -32,6 +32,8 @@ from anystep.core.tableaux import DEFAULT_MAX_NFE, DOPRI5, TABLEAUX
 from anystep.errors import AnystepError
 
 METHODS = ("flowmap", *TABLEAUX)
+TIME_ROWS_MAX = 1 << 16
+"""Most floats per time array a lockstep job prepares for all its steps at once (:meth:`Job.time_rows`)."""
 
 
 class SchedulerError(AnystepError):
@@ -115,10 +117,14 @@ class Job:
     tag: str = ""
     cond: dict[str, np.ndarray] = field(default_factory=dict)
     id: int = field(default_factory=_ids.__next__)
-    k: np.ndarray = field(init=False)
-    stage: np.ndarray = field(init=False)
-    nfe: np.ndarray = field(init=False)
-    done: np.ndarray = field(init=False)
+    at: int | None = field(init=False, default=None)
+    """While every sample of a flow-map job is at the same grid step -- nothing has split them: they
+    advance together whenever the job gets all its live rows in a tick -- that step ``k`` as one int,
+    and the per-sample arrays :attr:`k`, :attr:`stage`, :attr:`nfe`, :attr:`done` are made from it
+    when first read (:meth:`split`); None once those arrays are the state. A tick of such a job is
+    one copy of the engine's output (no per-sample bookkeeping)."""
+    K: int = field(init=False)
+    """Steps of the grid (fixed-step methods)."""
     kstore: np.ndarray | None = field(init=False, default=None)
     t: np.ndarray | None = field(init=False, default=None)
     h: np.ndarray | None = field(init=False, default=None)
@@ -135,6 +141,15 @@ class Job:
     every: np.ndarray = field(init=False, repr=False)
     """``arange(n)``: what :meth:`live` returns (this very array) while every sample is in
     lockstep, so flow-map stages and updates use whole-array operations instead of gathers."""
+    step_s: np.ndarray = field(init=False, repr=False)
+    """``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it."""
+    step_t: np.ndarray = field(init=False, repr=False)
+    """``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step (the inputs of a tick are two gathers)."""
+    _k: np.ndarray | None = field(init=False, default=None, repr=False)
+    _stage: np.ndarray | None = field(init=False, default=None, repr=False)
+    _nfe: np.ndarray | None = field(init=False, default=None, repr=False)
+    _done: np.ndarray | None = field(init=False, default=None, repr=False)
+    _rows: tuple[list[np.ndarray], list[np.ndarray]] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.x, SeededBase):
@@ -153,11 +168,14 @@ class Job:
         bad = [k for k, v in self.cond.items() if v.ndim < 1 or v.shape[0] != n]
         if bad:
             raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
-        self.k = np.zeros(n, dtype=np.int64)
-        self.stage = np.zeros(n, dtype=np.int64)
-        self.nfe = np.zeros(n, dtype=np.int64)
-        self.done = np.zeros(n, dtype=bool)
+        self.K = int(self.grid.size - 1)
         self.every = np.arange(n)
+        if self.method == "flowmap":
+            self.at = 0
+        else:
+            self._k, self._stage, self._nfe = (np.zeros(n, dtype=np.int64) for _ in range(3))
+            self._done = np.zeros(n, dtype=bool)
+        self.step_s, self.step_t = self.grid[:-1].astype(np.float32), self.grid[1:].astype(np.float32)
         tb = TABLEAUX.get(self.method)
         if tb is not None and tb.stages > 1:
             self.kstore = np.zeros((tb.stages, *self.x.shape), dtype=np.float32)
@@ -177,9 +195,52 @@ class Job:
         return int(self.x.shape[0])
 
     @property
-    def K(self) -> int:
-        """Steps of the grid (fixed-step methods)."""
-        return int(self.grid.size - 1)
+    def k(self) -> np.ndarray:
+        """``[n]`` int64 step of each sample."""
+        self.split()
+        return self._k
+
+    @property
+    def stage(self) -> np.ndarray:
+        """``[n]`` int64 Runge-Kutta stage of each sample's current step."""
+        self.split()
+        return self._stage
+
+    @property
+    def nfe(self) -> np.ndarray:
+        """``[n]`` int64 evaluations of each sample so far."""
+        self.split()
+        return self._nfe
+
+    @property
+    def done(self) -> np.ndarray:
+        """``[n]`` bool: the sample has reached the end of its grid."""
+        self.split()
+        return self._done
+
+    def split(self) -> None:
+        """Leave lockstep (:attr:`at`): from now on the per-sample arrays hold the state."""
+        if self.at is None:
+            return
+        n, k = self.n, self.at
+        self._k, self._nfe = np.full(n, k, dtype=np.int64), np.full(n, k, dtype=np.int64)  # a flow map: nfe = k
+        self._stage, self._done = np.zeros(n, dtype=np.int64), np.full(n, k >= self.K)
+        self.at = None
+
+    def time_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """``([n], [n])`` float32 engine times ``(grid[at], grid[at + 1])`` of every sample in lockstep.
+
+        All ``K`` rows are made once per job (two arrays of ``K n`` floats, up to :data:`TIME_ROWS_MAX`
+        of them; beyond, the two rows of each step): a tick then indexes a list.
+        """
+        rows, k = self._rows, self.at
+        if rows is None:
+            n = self.n
+            if self.K * n > TIME_ROWS_MAX:
+                return np.full(n, self.step_s[k]), np.full(n, self.step_t[k])
+            rows = self._rows = (list(np.repeat(self.step_s[:, None], n, axis=1)),
+                                 list(np.repeat(self.step_t[:, None], n, axis=1)))
+        return rows[0][k], rows[1][k]
 
     @property
     def adaptive(self) -> bool:
@@ -193,6 +254,8 @@ class Job:
     @property
     def evals_left(self) -> int:
         """Engine rows this job may still need (the ``max_nfe`` bound for dopri5)."""
+        if self.at is not None:
+            return self.n * max(0, self.K - self.at)
         live = ~self.done
         if self.adaptive:
             return int(np.sum(np.maximum(self.max_nfe - self.nfe[live], 0)))
@@ -202,11 +265,15 @@ class Job:
     def finished(self) -> bool:
         if self.error is not None:
             return True
+        if self.at is not None:
+            return self.at >= self.K
         # a live last sample answers most calls without a reduction (ticks ask every job, every tick)
-        return bool(self.done[-1]) and bool(self.done.all())
+        return bool(self._done[-1]) and bool(self._done.all())
 
     def live(self) -> np.ndarray:
         """Indices of unfinished samples, least evaluated first (stable)."""
+        if self.at is not None:  # lockstep: every sample or none
+            return self.every if self.at < self.K else self.every[:0]
         if not self.done.any() and (self.n == 1 or (self.nfe == self.nfe[0]).all()):
             return self.every  # nothing done, all equally far: the stable order is the identity
         idx = np.flatnonzero(~self.done)
@@ -240,14 +307,13 @@ def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     Flow maps: ``(x, t_k, t_{k+1})``. RK stage ``j``: ``(x + h sum_l A_jl K_l, ., t + c_j h)``
     (the middle entry repeats the time; velocity engines ignore it).
     """
-    if job.method == "flowmap" and idx is job.every:  # every sample, same k: no gathers
-        t0 = job.grid[job.k]
-        h = job.grid[job.k + 1] - t0
-        return job.x.copy(), t0.astype(np.float32), (t0 + h).astype(np.float32)
+    if job.method == "flowmap":
+        if job.at is not None and idx is job.every:  # every sample at step `at`: the job's own state
+            return (job.x, *job.time_rows())
+        k = job.k[idx]
+        return job.x[idx], job.step_s[k], job.step_t[k]  # (x, grid[k], grid[k + 1]) in float32
     t0, h = _step_times(job, idx)
     x = job.x[idx]
-    if job.method == "flowmap":
-        return x, t0.astype(np.float32), (t0 + h).astype(np.float32)
     tb = TABLEAUX[job.method]
     j = job.stage[idx]
     t_in = (t0 + np.asarray(tb.c)[j] * h).astype(np.float32)
@@ -261,11 +327,9 @@ def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
     """Consume engine outputs ``y`` of the selected samples and move them one stage on."""
-    if job.method == "flowmap" and idx is job.every:  # every sample: whole-array updates
-        job.nfe += 1
+    if job.at is not None and idx is job.every:  # a flow map's samples in lockstep: one copy, one int
         job.x[...] = y
-        job.k += 1
-        np.greater_equal(job.k, job.K, out=job.done)
+        job.at += 1
         return
     job.nfe[idx] += 1
     if job.method == "flowmap":

@@ -85,8 +85,10 @@ def share_rows(live: Sequence[int], max_batch: int, batching: bool = True) -> li
     Returns:
         ``rows[i] <= live[i]`` with ``sum(rows) <= max_batch``.
     """
-    rows = [0] * len(live)
     want = [max(0, int(v)) for v in live]
+    if batching and sum(want) <= max_batch:  # every live sample fits (a lone request, light load)
+        return want
+    rows = [0] * len(live)
     if not batching:
         for i, w in enumerate(want):
             if w:
@@ -171,21 +173,16 @@ def plan_tick(
         pad: pad to a bucket size (:func:`bucket_size`).
     """
     lives = [j.live() for j in jobs]
-    if len(jobs) == 1:  # a lone job (every lone request): its live rows, up to a full batch
-        keys = set(jobs[0].cond)
-        rows = [min(lives[0].size, int(max_batch))]
-    else:
-        # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
-        first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
-        keys = set(first.cond) if first is not None else set()
-        lives = [lv if set(j.cond) == keys else lv[:0] for j, lv in zip(jobs, lives)]
-        rows = share_rows([lv.size for lv in lives], max_batch, batching)
+    # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
+    first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
+    keys = first.cond.keys() if first is not None else {}.keys()
+    rows = share_rows([lv.size if j.cond.keys() == keys else 0 for j, lv in zip(jobs, lives)], max_batch, batching)
     plan = TickPlan()
     xs, ss, ts = [], [], []
     for job, lv, r in zip(jobs, lives, rows):
         if r == 0:
             continue
-        idx = lv if r == lv.size else lv[:r]  # lv itself may be job.every (the whole-array fast path)
+        idx = lv if r == lv.size else lv[:r]  # lv itself may be job.every (a job in lockstep: no gathers)
         x_in, s_in, t_in = stage_inputs(job, idx)
         plan.jobs.append((job, idx))
         xs.append(x_in)
@@ -198,7 +195,7 @@ def plan_tick(
     s = (ss[0] if len(ss) == 1 else np.concatenate(ss)) if flowmap else None
     plan.rows = int(x.shape[0])
     extra = (bucket_size(plan.rows, max_batch) if pad else plan.rows) - plan.rows
-    plan.x, plan.t = np.ascontiguousarray(_pad(x, extra)), _pad(t, extra)
+    plan.x, plan.t = _pad(x, extra), _pad(t, extra)
     plan.s = _pad(s, extra) if s is not None else None
     for k in sorted(keys):
         plan.cond[k] = _pad(np.concatenate([j.cond[k][idx] for j, idx in plan.jobs]), extra)
