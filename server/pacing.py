@@ -31,7 +31,7 @@ class CostModel:
         self._obs: collections.deque[tuple[int, float]] = collections.deque(maxlen=window)
         self._warm: list[tuple[int, float]] = []
         self._count = 0
-        self.refit_every = 256  # a refit is ~1 ms of numpy: keep it rare on the tick path
+        self.refit_every = 256  # a refit is ~50 us of numpy: keep it rare on the tick path
         self.a = 1e-3
         self.b = 1e-5
 
@@ -52,15 +52,15 @@ class CostModel:
         if not pts:
             return
         # robust to CPU contention: median time per power-of-two batch bucket, then a line fit
-        buckets: dict[int, list[tuple[int, float]]] = {}
-        for b, sec in pts:
-            buckets.setdefault(int(math.log2(max(1, b))), []).append((b, sec))
-        B = np.array([np.median([p[0] for p in v]) for v in buckets.values()], dtype=np.float64)
-        T = np.array([np.median([p[1] for p in v]) for v in buckets.values()], dtype=np.float64)
+        bt = np.array(pts, dtype=np.float64)
+        bucket = np.frexp(np.maximum(bt[:, 0], 1.0))[1]  # floor(log2 B) + 1
+        B, T = _group_medians(bucket, bt[:, 0]), _group_medians(bucket, bt[:, 1])
         if B.size == 1:
             a, b = 0.5 * T[0], 0.5 * T[0] / max(B[0], 1.0)
         else:
-            b, a = np.polyfit(B, T, 1)
+            dB = B - B.mean()  # least squares (what np.polyfit(B, T, 1) solves, without its lstsq)
+            b = float(dB @ (T - T.mean()) / (dB @ dB))
+            a = float(T.mean()) - b * float(B.mean())
             if b <= 0:  # flat (overhead-bound) or noisy: all cost in the intercept
                 a, b = float(np.median(T)), 0.0
         self.a = float(max(a, 1e-6))
@@ -74,6 +74,15 @@ class CostModel:
         """Estimated compute seconds of a job of ``n`` samples with ``nfe`` evaluations each."""
         chunks = math.ceil(n / max(1, max_batch))
         return nfe * chunks * self.call_seconds(min(n, max_batch))
+
+
+def _group_medians(key: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The median of ``v`` over each value of ``key`` (ascending keys), without a Python loop over groups."""
+    order = np.lexsort((v, key))
+    ks, vs = key[order], v[order]
+    starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
+    counts = np.diff(np.append(starts, ks.size))
+    return 0.5 * (vs[starts + (counts - 1) // 2] + vs[starts + counts // 2])
 
 
 ADAPTIVE_MAX_DEFER_S = 0.01

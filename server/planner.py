@@ -172,34 +172,38 @@ def plan_tick(
         batching: fuse jobs (False: the oldest job only).
         pad: pad to a bucket size (:func:`bucket_size`).
     """
-    lives = [j.live() for j in jobs]
-    # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
-    first = next((j for j, lv in zip(jobs, lives) if lv.size), None)
-    keys = first.cond.keys() if first is not None else {}.keys()
-    rows = share_rows([lv.size if j.cond.keys() == keys else 0 for j, lv in zip(jobs, lives)], max_batch, batching)
-    plan = TickPlan()
-    xs, ss, ts = [], [], []
-    for job, lv, r in zip(jobs, lives, rows):
-        if r == 0:
-            continue
-        idx = lv if r == lv.size else lv[:r]  # lv itself may be job.every (a job in lockstep: no gathers)
-        x_in, s_in, t_in = stage_inputs(job, idx)
-        plan.jobs.append((job, idx))
-        xs.append(x_in)
-        ss.append(s_in)
-        ts.append(t_in)
-    if not plan.jobs:
-        return plan
-    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-    t = ts[0] if len(ts) == 1 else np.concatenate(ts)
-    s = (ss[0] if len(ss) == 1 else np.concatenate(ss)) if flowmap else None
-    plan.rows = int(x.shape[0])
-    extra = (bucket_size(plan.rows, max_batch) if pad else plan.rows) - plan.rows
-    plan.x, plan.t = _pad(x, extra), _pad(t, extra)
-    plan.s = _pad(s, extra) if s is not None else None
-    for k in sorted(keys):
-        plan.cond[k] = _pad(np.concatenate([j.cond[k][idx] for j, idx in plan.jobs]), extra)
-    return plan
+    lives, sizes, keys = [], [], None
+    for job in jobs:
+        lv = job.live()
+        m = lv.size
+        if m:  # one engine call takes one set of conditioning inputs: jobs with other keys wait a tick
+            if keys is None:
+                keys = job.cond.keys()
+            elif job.cond.keys() != keys:
+                m = 0
+        lives.append(lv)
+        sizes.append(m)
+    if keys is None:
+        return TickPlan()
+    chosen, xs, ss, ts = [], [], [], []
+    for job, lv, r in zip(jobs, lives, share_rows(sizes, max_batch, batching)):
+        if r:
+            idx = lv if r == lv.size else lv[:r]  # lv itself may be job.every (a job in lockstep: no gathers)
+            x_in, s_in, t_in = stage_inputs(job, idx)
+            chosen.append((job, idx))
+            xs.append(x_in)
+            ss.append(s_in)
+            ts.append(t_in)
+    if len(xs) == 1:
+        x, s, t = xs[0], ss[0], ts[0]
+    else:
+        x, s, t = np.concatenate(xs), np.concatenate(ss), np.concatenate(ts)
+    rows = len(x)
+    extra = (bucket_size(rows, max_batch) if pad else rows) - rows
+    if extra:
+        x, s, t = _pad(x, extra), _pad(s, extra), _pad(t, extra)
+    cond = {k: _pad(np.concatenate([j.cond[k][idx] for j, idx in chosen]), extra) for k in sorted(keys)} if keys else {}
+    return TickPlan(jobs=chosen, x=x, s=s if flowmap else None, t=t, rows=rows, cond=cond)
 
 
 def apply_outputs(plan: TickPlan, y: np.ndarray) -> None:

@@ -147,6 +147,7 @@ class StepScheduler:
         self.foreground = foreground
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._undrawn = False  # a job waits for its base samples (drawn at the next tick)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -277,6 +278,8 @@ class StepScheduler:
             job.future = loop.create_future()
             job.submitted_at = time.perf_counter()
             self._jobs.append(job)
+            if job.base is not None:
+                self._undrawn = True
             self._cv.notify()
         if self.foreground is not None:
             if job.adaptive:
@@ -338,27 +341,26 @@ class StepScheduler:
     def _tick(self) -> None:
         """Plan one engine call, make it, hand the outputs back, settle finished jobs."""
         with self._cv:
-            if draw_bases(self._jobs, self.draw_base):  # the jobs starting now: one vectorised draw
-                for job in [j for j in self._jobs if j.error is not None]:
-                    self._fail(job, job.error)
+            jobs = self._jobs
+            if self._undrawn:  # jobs starting now: one vectorised draw of their base samples
+                self._undrawn = False
+                if draw_bases(jobs, self.draw_base):
+                    for job in [j for j in jobs if j.error is not None]:
+                        self._fail(job, job.error)
             try:
-                live = [j for j in self._jobs if not j.finished]
-                plan = plan_tick(live, self.max_batch, flowmap=self._flowmap, batching=self.batching, pad=self.pad)
+                plan = plan_tick([j for j in jobs if not j.finished], self.max_batch, flowmap=self._flowmap,
+                                 batching=self.batching, pad=self.pad)
             except Exception as e:  # a planning bug fails the queued jobs, not the thread
                 log.exception("tick planning failed")
-                for job in list(self._jobs):
+                for job in list(jobs):
                     job.error = job.error or SchedulerError(f"internal scheduling error: {e}")
                 plan = TickPlan()
-            if plan.jobs:
-                now = time.perf_counter()
-                for job, _ in plan.jobs:
-                    if job.started_at is None:
-                        job.started_at = now
         if not plan.jobs:  # every queued job is finished or failed: settle them
             for job in list(self._jobs):
                 self._finish(job)
             self._flush()
             return
+        started = time.perf_counter()
         try:
             seconds = self._execute(plan)
         except Exception as e:  # noqa: BLE001 - an engine failure fails the jobs of this tick only
@@ -368,11 +370,14 @@ class StepScheduler:
             return
         self._record(plan, seconds)
         for job, _ in plan.jobs:
+            if job.started_at is None:
+                job.started_at = started
             job.compute_s += seconds
             job.ticks += 1
             if job.finished:
                 self._finish(job)
-        self._flush()
+        if self._settle:
+            self._flush()
 
     def _execute(self, plan: TickPlan) -> float:
         """One engine call on the plan's (padded) batch; the outputs go back to the jobs."""
@@ -383,7 +388,8 @@ class StepScheduler:
             else:
                 y = self.engine.evaluate(plan.x, plan.s, plan.t)
             seconds = time.perf_counter() - t0
-        self._defer_adaptive([job for job, _ in plan.jobs])
+        if self.foreground is not None and self.foreground.busy:
+            self._defer_adaptive([job for job, _ in plan.jobs])
         if y.shape != plan.x.shape:
             raise SchedulerError(f"engine returned shape {list(y.shape)} for a batch of shape {list(plan.x.shape)}")
         apply_outputs(plan, y)
@@ -392,15 +398,16 @@ class StepScheduler:
     def _defer_adaptive(self, jobs: list[Job]) -> None:
         """On the tick thread: with only adaptive jobs to advance, wait while the foreground is busy."""
         fg = self.foreground
-        mine = threading.current_thread() is self._thread
-        if fg is not None and fg.busy and jobs and mine and all(j.adaptive for j in jobs):
+        if fg is not None and fg.busy and jobs and threading.current_thread() is self._thread and all(
+            j.adaptive for j in jobs
+        ):
             fg.wait_idle(ADAPTIVE_MAX_DEFER_S, until=lambda: self._stop or not self._adaptive_only())
 
     def _adaptive_only(self) -> bool:
         return all(j.adaptive for j in list(self._jobs))
 
     def _record(self, plan: TickPlan, seconds: float) -> None:
-        rows = int(plan.x.shape[0])
+        rows = len(plan.x)
         self.cost.observe(rows, seconds)
         st = self.stats
         st.ticks += 1
