@@ -14,13 +14,7 @@ from anystep.training.config import TrainConfig
 from anystep.training.distill import jvp_times
 from anystep.training.trainer import Trainer, read_log
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def image_model(kind: str = "velocity") -> ModelConfig:

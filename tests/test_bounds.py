@@ -70,11 +70,10 @@ def test_lagrangian_and_eulerian_bounds_hold(theta):
 
 
 @pytest.mark.slow
-def test_bounds_hold_for_trained_lmd_and_emd_maps():
+def test_bounds_hold_for_trained_lmd_and_emd_maps(one_torch_thread):
     """Train LMD and EMD MLP maps briefly (exact teacher) and check both bounds with the measured terms."""
     from test_objectives import train
 
-    torch.set_num_threads(1)
     for name in ("lmd", "emd"):
         model, _, _ = train(name, CASE, 150)
         model = model.double()

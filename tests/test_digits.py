@@ -28,17 +28,12 @@ from anystep.core.flowmap import build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One CPU thread: on a shared 2-core machine two threads oversubscribe badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one CPU thread: on a shared 2-core machine two threads oversubscribe badly
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def metric(one_thread) -> DigitsMetric:
+def metric() -> DigitsMetric:
     return DigitsMetric.create()
 
 

@@ -82,15 +82,6 @@ def test_main_requires_smoke(capsys):
 # ------------------------------------------------------------------ data + smoke runs
 
 
-@pytest.fixture
-def one_thread():
-    """Smoke runs use one CPU thread: on a shared 2-core machine two threads oversubscribe badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_synthetic_images_load_as_a_folder_dataset(tmp_path):
     from anystep.core.data import get_dataset
 
@@ -113,7 +104,7 @@ def _write_fake_cifar_bin(root, per_file=4):
     return root
 
 
-def test_cifar10_binary_root_trains_a_step(tmp_path, one_thread):
+def test_cifar10_binary_root_trains_a_step(tmp_path, one_torch_thread):
     from anystep.core.modeldir import load_model_dir
     from anystep.training.trainer import Trainer
 
@@ -130,7 +121,7 @@ def test_cifar10_binary_root_trains_a_step(tmp_path, one_thread):
 @pytest.mark.parametrize(
     "name", ["cifar10-velocity", pytest.param("cifar10-pfmm", marks=pytest.mark.slow)]
 )
-def test_smoke_run_on_synthetic_pngs(tmp_path, name, one_thread):
+def test_smoke_run_on_synthetic_pngs(tmp_path, name, one_torch_thread):
     from anystep.core.modeldir import load_model_dir
     from anystep.core.samplers import sample_flowmap
 
@@ -145,7 +136,7 @@ def test_smoke_run_on_synthetic_pngs(tmp_path, name, one_thread):
 
 
 @pytest.mark.slow
-def test_smoke_run_with_the_full_table4_unet(tmp_path, one_thread):
+def test_smoke_run_with_the_full_table4_unet(tmp_path, one_torch_thread):
     res = run_smoke("cifar10-lmd", tmp_path / "run", steps=1, batch_size=2)
     assert res.completed and np.isfinite(res.final_loss)
 

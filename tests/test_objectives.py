@@ -85,13 +85,8 @@ def one_step_error(model: nn.Module, case: GaussianCase, n: int = 4096) -> float
         return float((model(x0, zero, one) - case.flow_map(x0, zero, one)).pow(2).sum(1).mean())
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny networks train fastest on one thread (and do not fight other processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny networks train fastest on one thread (and do not fight other processes)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def train(name: str, case: GaussianCase, n_steps: int, lr: float = 1e-3, seed: int = 0, **hparams):

@@ -30,13 +30,7 @@ from anystep.training.pd import pd_schedule
 from anystep.training.presets import PRESETS, get_preset
 from anystep.training.shortcut import Shortcut, dyadic_steps
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class PowerSlopeMap(PowerGaussianFlowMap):

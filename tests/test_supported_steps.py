@@ -16,20 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli
 
-from anystep.cli import main
 from anystep.core.config import BackboneConfig, ConfigError, ModelConfig
 from anystep.core.flowmap import build_model
 from anystep.core.modeldir import load_model_dir, read_config, save_model_dir
 from anystep.core.params import ParamError, UnsupportedStepsError, resolve_sampling
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _cfg(supported=None) -> ModelConfig:
@@ -134,25 +128,15 @@ def test_the_trainer_records_the_objectives_supported_steps(objective, hparams, 
 # ------------------------------------------------------------------------------------------
 # CLI and HTTP
 # ------------------------------------------------------------------------------------------
-def _cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def test_sample_cli_refuses_unsupported_steps_with_exit_2_and_one_line(tmp_path, capsys):
     d = _save(tmp_path / "cm", [1])
     out = tmp_path / "x.npy"
     for args, field in ((["--steps", "2"], "steps=2"), (["--grid", "0,0.5,1"], "custom grid")):
-        code, _, err = _cli(["sample", str(d), *args, "-n", "4", "--out", str(out), "--model-units"], capsys)
+        code, err = run_cli(["sample", str(d), *args, "-n", "4", "--out", str(out), "--model-units"], capsys)
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and field in err and "[1]" in err
         assert not out.exists()
-    code, _, err = _cli(["sample", str(d), "--steps", "1", "-n", "4", "--out", str(out), "--model-units"], capsys)
+    code, err = run_cli(["sample", str(d), "--steps", "1", "-n", "4", "--out", str(out), "--model-units"], capsys)
     assert code == 0, err
     assert np.isfinite(np.load(out)).all()
 

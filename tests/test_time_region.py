@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli as _cli
 
-from anystep.cli import main
 from anystep.core.config import (
     BackboneConfig,
     ConfigError,
@@ -26,12 +26,7 @@ from anystep.core.modeldir import load_model_dir, read_config, save_model_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _tiny(kind="flowmap", interpolant="linear"):
@@ -43,15 +38,6 @@ def _tiny(kind="flowmap", interpolant="linear"):
 def _save(path: Path, cfg: ModelConfig) -> Path:
     torch.manual_seed(0)
     return save_model_dir(path, build_model(cfg), cfg)
-
-
-def _cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def test_code_default_is_the_conservative_forward_region():

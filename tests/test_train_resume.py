@@ -8,21 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from cli_run import run_cli
 from safetensors.torch import save_file
 
-from anystep.cli import main
 from anystep.core.config import BackboneConfig, ModelConfig
 from anystep.training.config import TrainConfig
 from anystep.training.trainer import Trainer, read_log
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _cfg(width: int = 16, **kw) -> TrainConfig:
@@ -41,12 +34,7 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def _train_cli(args, capsys) -> tuple[int, str]:
-    try:
-        main(["train", *args, "--no-progress"])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
+    return run_cli(["train", *args, "--no-progress"], capsys)
 
 
 def _one_line(code: int, err: str, *fragments: str) -> str:

@@ -24,14 +24,8 @@ from anystep.training.config import TrainConfig, apply_overrides, learning_rate,
 from anystep.training.ema import EMA
 from anystep.training.trainer import Trainer, read_log
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and deterministically) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models run fastest (and deterministically) on one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_model(kind: str = "velocity", data_shape=(2,), width: int = 16, ansatz: str = "residual") -> ModelConfig:
