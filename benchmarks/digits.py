@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from anystep.benchmarks.common import int_list
 from anystep.benchmarks.digits_bundle import bundle_models
 from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric
 from anystep.benchmarks.digits_eval import EvalRow, evaluate_flowmap, evaluate_teacher
@@ -169,16 +170,6 @@ def run_benchmark(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     return result
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use comma-separated integers, e.g. 1,2,4,8; got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"step counts must be integers >= 1, got {text!r}")
-    return vals
-
-
 def _method_list(text: str) -> tuple[str, ...]:
     vals = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [v for v in vals if v not in METHODS]
@@ -201,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=None, help="training run folders (default runs/digits or runs/digits-quick)")
     parser.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
                         help="comma list of " + ",".join(METHODS) + " (default: all but " + ",".join(FAMILY_METHODS) + ")")
-    parser.add_argument("--steps", type=_int_list, default=DEFAULT_STEPS, help="flow-map step counts (default 1,2,4,8)")
+    parser.add_argument("--steps", type=int_list, default=DEFAULT_STEPS, help="flow-map step counts (default 1,2,4,8)")
     parser.add_argument("-n", "--n", type=int, default=None, help="samples per sampler (default 2000; --quick 256)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses base-noise seed SEED+i")
     parser.add_argument("--rtol", type=float, default=1e-5, help="teacher dopri5 tolerance")

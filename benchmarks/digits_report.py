@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anystep.benchmarks.common import _cpu_model, load_average
 from anystep.benchmarks.digits_eval import EvalRow
 from anystep.benchmarks.digits_methods import BenchError
 
@@ -125,19 +126,9 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover - non-Linux
-        pass
+    cpu = _cpu_model()
     threads = torch.get_num_threads()
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - non-Unix
-        load = None
+    load = load_average()
     return {
         "load_average_at_end": load,
         "hostname": socket.gethostname(),
