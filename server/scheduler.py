@@ -319,12 +319,15 @@ class StepScheduler:
                     self._cv.wait()
                 if self._stop:
                     return
+            fg = self.foreground
+            if fg is None:  # no pacing: nothing to look at between ticks
+                self._tick()
+                continue
             jobs = list(self._jobs)
             self._defer_adaptive(jobs)
             t0 = time.perf_counter()
             self._tick()
-            fg = self.foreground
-            if fg is not None and jobs and all(j.adaptive for j in jobs) and fg.recently_busy():
+            if jobs and all(j.adaptive for j in jobs) and fg.recently_busy():
                 # pace: leave the CPU to the requests; a fixed-step job joining (submit notifies) ends the pause
                 deadline = time.perf_counter() + adaptive_pause(time.perf_counter() - t0)
                 with self._cv:
@@ -406,8 +409,8 @@ class StepScheduler:
     def _defer_adaptive(self, jobs: list[Job]) -> None:
         """On the tick thread: with only adaptive jobs to advance, wait while the foreground is busy."""
         fg = self.foreground
-        if fg is not None and fg.busy and jobs and threading.current_thread() is self._thread and all(
-            j.adaptive for j in jobs
+        if fg is not None and fg.busy and jobs and all(j.adaptive for j in jobs) and (
+            threading.current_thread() is self._thread
         ):
             fg.wait_idle(ADAPTIVE_MAX_DEFER_S, until=lambda: self._stop or not self._adaptive_only())
 
