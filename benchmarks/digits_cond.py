@@ -42,10 +42,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anystep.benchmarks.common import command_line, machine_info, markdown_table, write_results
+from anystep.benchmarks.common import (
+    command_line,
+    machine_info,
+    markdown_table,
+    portable_path,
+    write_results,
+)
 from anystep.benchmarks.digits import write_grid
 from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric
-from anystep.errors import AnystepError
 
 __all__ = ["CondRow", "evaluate_conditional", "main", "render_markdown"]
 
@@ -54,10 +59,6 @@ MODELS_DIR = REPO_ROOT / "models"
 GOAL_ACCURACY = 0.97
 GOAL_FD_RATIO = 1.5
 GOAL_NFE_RATIO = 50.0
-
-
-class BenchError(AnystepError):
-    """Invalid benchmark option; the message says how to fix it."""
 
 
 @dataclass
@@ -261,15 +262,6 @@ BUNDLES = (
 """(run folder, bundled model name) pairs copied by ``--bundle RUNS``."""
 
 
-def _portable(value: str) -> str:
-    """A path recorded by a run, made checkout-relative (or reduced to its name)."""
-    p = Path(value)
-    try:
-        return str(p.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return p.name
-
-
 def bundle_models(
     runs: Path, models_dir: Path = MODELS_DIR, bundles: tuple[tuple[str, str], ...] = BUNDLES
 ) -> dict[str, str]:
@@ -300,14 +292,14 @@ def bundle_models(
         for holder in (prov, prov.get("train_config", {})):
             for key in ("teacher", "init_from"):
                 if holder.get(key):
-                    holder[key] = _portable(holder[key])
+                    holder[key] = portable_path(holder[key], REPO_ROOT)
         prov["bundled_from"] = f"run '{run}' (anystep train {prov.get('preset', run)})"
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         dst = models_dir / name
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
-        out[name] = _rel(str(dst)) or name
+        out[name] = portable_path(dst, REPO_ROOT) or name
     return out
 
 
@@ -345,15 +337,6 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
         cfg.per_class, cfg.guidance, cfg.steps, cfg.restore_steps, cfg.restore_draws = 10, (1.0, 2.0), (1, 2), (1,), 1
         cfg.rtol = 1e-3
     return cfg, (Path(a.bundle) if a.bundle else None)
-
-
-def _rel(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info().describe(),
         "command": command_line(argv, "anystep.benchmarks.digits_cond"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "models": {"cond_map": _rel(cfg.cond_map), "teacher": _rel(cfg.teacher), "restore_map": _rel(cfg.restore_map)},
+        "models": {"cond_map": portable_path(cfg.cond_map, REPO_ROOT), "teacher": portable_path(cfg.teacher, REPO_ROOT),
+                   "restore_map": portable_path(cfg.restore_map, REPO_ROOT) if cfg.restore_map else None},
         "per_class": cfg.per_class,
         "n": 10 * cfg.per_class,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cond_map", "teacher", "restore_map", "cache")},

@@ -38,7 +38,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anystep.benchmarks.common import command_line, machine_info, markdown_table, write_results
+from anystep.benchmarks.common import (
+    command_line,
+    machine_info,
+    markdown_table,
+    portable_path,
+    write_results,
+)
 from anystep.benchmarks.digits_classifier import REPO_ROOT, DigitsMetric
 
 __all__ = ["RESTORE_GOAL_POINTS", "RestoreRow", "evaluate_restoration", "main", "oracle_rows", "render_restoration"]
@@ -214,13 +220,6 @@ def render_restoration(section: dict[str, Any], heading: str = "##") -> list[str
     return lines
 
 
-def _rel(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return Path(path).name
-
-
 def run(maps: dict[str, str], metric: DigitsMetric, noise: float, seed: int = 0, draws: int = 5,
         steps: tuple[int, ...] = (1, 2, 4), teacher: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Score every map (and the teacher, the oracles) on the same degraded digits; the results section and samples."""
@@ -231,12 +230,12 @@ def run(maps: dict[str, str], metric: DigitsMetric, noise: float, seed: int = 0,
     if teacher:
         rows += teacher_rows(load_model_dir(teacher).model, metric, data, euler_steps=steps)
     section: dict[str, Any] = {"n": len(data.y), "noise": noise, "draws": draws, "seed": seed,
-                               "teacher": _rel(teacher) if teacher else None,
+                               "teacher": portable_path(teacher, REPO_ROOT) if teacher else None,
                                "rows": [asdict(r) for r in rows], "maps": {}}
     samples = {"clean": data.clean, "degraded": data.degraded}
     for name, path in maps.items():
         r_rows, stats, s = evaluate_restoration(load_model_dir(path).model, metric, data, steps)
-        section["maps"][name] = {"path": _rel(path), "rows": [asdict(r) for r in r_rows], "encode": stats}
+        section["maps"][name] = {"path": portable_path(path, REPO_ROOT), "rows": [asdict(r) for r in r_rows], "encode": stats}
         samples.update({f"{name} {k}": v for k, v in s.items()})
         print(f"  {name}: " + ", ".join(f"K={r.steps} acc {r.accuracy:.3f}" for r in r_rows), file=sys.stderr)
     return section, samples
