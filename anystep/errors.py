@@ -16,6 +16,15 @@ class AnystepError(ValueError):
     """Base class for errors whose message tells the user how to fix their input."""
 
 
+def one_line(e: object) -> str:
+    """``str(e)`` with every run of whitespace (newlines included) collapsed to one space.
+
+    Wraps the message of a lower-level error into one of ours without breaking the
+    one-line contract of user errors (CLI: exit 2 with one line).
+    """
+    return " ".join(str(e).split())
+
+
 # (module, class name) of every user-input error outside this module
 _USER_ERROR_CLASSES = (
     ("anystep.core.config", "ConfigError"),

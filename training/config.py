@@ -26,7 +26,6 @@ from anystep.training.train_config import (  # noqa: F401 - re-exported
     PRECISIONS,
     ConfigError,
     TrainConfig,
-    _one_line,
 )
 from anystep.training.validate import (  # noqa: F401 - re-exported
     ValidatedConfig,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from anystep.core.config import ConfigError, ModelConfig
+from anystep.errors import one_line
 
 __all__ = ["ConfigError", "TrainConfig"]
 
@@ -30,10 +31,6 @@ OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DDP_BATCH_MODES = ("shard", "split")
 COUPLING_NAMES = ("independent", "paired", "minibatch_ot")
-
-
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
 
 
 @dataclass
@@ -225,13 +222,13 @@ class TrainConfig:
             try:
                 kwargs["model"] = ModelConfig.from_dict(m)
             except TypeError as e:
-                raise ConfigError(f"model: {_one_line(e)}") from None
+                raise ConfigError(f"model: {one_line(e)}") from None
         if "betas" in kwargs and isinstance(kwargs["betas"], list):
             kwargs["betas"] = tuple(kwargs["betas"])
         try:
             return cls(**kwargs)
         except TypeError as e:
-            raise ConfigError(_one_line(e)) from None
+            raise ConfigError(one_line(e)) from None
 
     def to_json(self) -> str:
         """Pretty JSON text of :meth:`to_dict`."""
@@ -252,7 +249,7 @@ class TrainConfig:
         try:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p} is not valid JSON: {_one_line(e)}") from None
+            raise ConfigError(f"{p} is not valid JSON: {one_line(e)}") from None
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from anystep.core.config import ConfigError, ModelConfig
-from anystep.training.train_config import TrainConfig, _one_line
+from anystep.errors import one_line
+from anystep.training.train_config import TrainConfig
 
 __all__ = ["ValidatedConfig", "trained_time_region", "validate_config"]
 
@@ -67,7 +68,7 @@ def _read_model_config(path: str, role: str) -> ModelConfig:
     try:
         cfg = read_config(path)
     except ModelDirError as e:
-        raise ConfigError(f"{role} {path!r}: {_one_line(e)}") from None
+        raise ConfigError(f"{role} {path!r}: {one_line(e)}") from None
     if not (Path(path) / "model.safetensors").is_file():
         raise ConfigError(f"{role} {path!r} has no model.safetensors; train it first or fix the path")
     return cfg
@@ -101,13 +102,13 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
     try:
         objective = cls(build_interpolant(config.model.interpolant), **config.objective_hparams)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"objective {config.objective!r} hyper-parameters: {_one_line(e)}") from None
+        raise ConfigError(f"objective {config.objective!r} hyper-parameters: {one_line(e)}") from None
 
     shape = tuple(config.model.data_shape)
     try:
         ds = get_dataset(config.dataset, **config.dataset_kwargs)
     except DataError as e:
-        raise ConfigError(f"dataset: {_one_line(e)}") from None
+        raise ConfigError(f"dataset: {one_line(e)}") from None
     if tuple(ds.shape) != shape:
         raise ConfigError(
             f"data set {config.dataset!r} has samples of shape {tuple(ds.shape)} but model.data_shape is "
@@ -117,7 +118,7 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
         try:
             base_ds = get_dataset(config.base)
         except DataError as e:
-            raise ConfigError(f"base: {_one_line(e)}") from None
+            raise ConfigError(f"base: {one_line(e)}") from None
         if tuple(base_ds.shape) != shape:
             raise ConfigError(
                 f"base data set {config.base!r} has samples of shape {tuple(base_ds.shape)} but the model's "

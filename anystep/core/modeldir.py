@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anystep.errors import AnystepError
+from anystep.errors import AnystepError, one_line
 
 from .config import ConfigError, ModelConfig
 from .flowmap import build_model
@@ -28,10 +28,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-
-
-def _one_line(e: object) -> str:
-    return " ".join(str(e).split())
 
 
 class ModelDirError(AnystepError):
@@ -121,13 +117,13 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
             raise ModelDirError(f"{cfg_path} is over {MAX_CONFIG_BYTES} bytes; it is not an anystep config.json")
         data = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ModelDirError(f"{cfg_path} is not valid JSON: {_one_line(e)}") from None
+        raise ModelDirError(f"{cfg_path} is not valid JSON: {one_line(e)}") from None
     except OSError as e:
-        raise ModelDirError(f"{cfg_path} cannot be read: {_one_line(e)}") from None
+        raise ModelDirError(f"{cfg_path} cannot be read: {one_line(e)}") from None
     try:
         return ModelConfig.from_dict(data, strict=True)
     except (ConfigError, TypeError, ValueError) as e:
-        raise ModelDirError(f"{cfg_path}: {_one_line(e)}") from None
+        raise ModelDirError(f"{cfg_path}: {one_line(e)}") from None
 
 
 def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -156,12 +152,12 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         with torch.device("meta"):
             expected = {k: (tuple(v.shape), v.dtype) for k, v in build_model(config).state_dict().items()}
     except (ConfigError, ValueError, TypeError) as e:
-        raise ModelDirError(f"{p / CONFIG_NAME}: {_one_line(e)}") from None
+        raise ModelDirError(f"{p / CONFIG_NAME}: {one_line(e)}") from None
     try:
         with safe_open(str(w_path), framework="pt") as f:
             header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelDirError(f"{w_path} is not a readable safetensors file: {_one_line(e)}") from None
+        raise ModelDirError(f"{w_path} is not a readable safetensors file: {one_line(e)}") from None
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
@@ -177,7 +173,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     try:
         state = load_file(str(w_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelDirError(f"{w_path} is not a readable safetensors file: {_one_line(e)}") from None
+        raise ModelDirError(f"{w_path} is not a readable safetensors file: {one_line(e)}") from None
     for k, v in state.items():
         if not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
