@@ -92,14 +92,9 @@ import torch
 from torch import Tensor, nn
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import (
-    TIME_DEFAULTS,
-    FlowObjective,
-    ObjectiveError,
-    _bcast,
-    jvp_times,
-    sq,
-)
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import bcast as _bcast
+from anystep.training.jvp import jvp_times, sq
 from anystep.training.times import TimePair
 
 __all__ = ["GAP_KINDS", "MeanFlow", "adaptive_weight", "slope_fn"]

@@ -40,7 +40,9 @@ import torch
 from torch import Tensor
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import TIME_DEFAULTS, FlowObjective, ObjectiveError, _bcast, sq
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import bcast as _bcast
+from anystep.training.jvp import sq
 
 __all__ = ["Shortcut", "dyadic_steps"]
 
