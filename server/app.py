@@ -177,7 +177,7 @@ def create_app(config: ServerConfig | None = None, models: list[ServedModel] | N
                 executor=config.executor,
                 draw_base=_gaussian_rows(m.data_shape) if m.base == "gaussian" else None,
                 foreground=state.foreground if config.adaptive_yield else None,
-                on_tick=lambda rows, sec, jobs, _name=m.name: state.metrics.observe_tick(_name, rows, sec),
+                on_tick=state.metrics.tick_observer(m.name),
             )
             await m.scheduler.start()
         state.warm_task = asyncio.get_running_loop().create_task(_warm_all())

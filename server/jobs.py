@@ -175,7 +175,8 @@ class Job:
         else:
             self._k, self._stage, self._nfe = (np.zeros(n, dtype=np.int64) for _ in range(3))
             self._done = np.zeros(n, dtype=bool)
-        self.step_s, self.step_t = self.grid[:-1].astype(np.float32), self.grid[1:].astype(np.float32)
+        grid32 = self.grid.astype(np.float32)
+        self.step_s, self.step_t = grid32[:-1], grid32[1:]
         tb = TABLEAUX.get(self.method)
         if tb is not None and tb.stages > 1:
             self.kstore = np.zeros((tb.stages, *self.x.shape), dtype=np.float32)
@@ -238,8 +239,9 @@ class Job:
             n = self.n
             if self.K * n > TIME_ROWS_MAX:
                 return np.full(n, self.step_s[k]), np.full(n, self.step_t[k])
-            rows = self._rows = (list(np.repeat(self.step_s[:, None], n, axis=1)),
-                                 list(np.repeat(self.step_t[:, None], n, axis=1)))
+            st = np.empty((2, self.K, n), dtype=np.float32)
+            st[0], st[1] = self.step_s[:, None], self.step_t[:, None]
+            rows = self._rows = (list(st[0]), list(st[1]))
         return rows[0][k], rows[1][k]
 
     @property

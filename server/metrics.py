@@ -17,7 +17,7 @@ integer up to the server's maximum or ``"-"``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -183,11 +183,22 @@ class ServerMetrics:
 
     def observe_tick(self, model: str, rows: int, seconds: float) -> None:
         """Record one engine call (two list updates per histogram, no lock)."""
+        self.tick_observer(model)(rows, seconds, 0)
+
+    def tick_observer(self, model: str) -> Callable[[int, float, int], None]:
+        """A scheduler's ``on_tick(rows, seconds, jobs)`` for ``model``: :meth:`observe_tick` with the
+        model's histogram children looked up once."""
         bound = self._children.get(("t", model))
         if bound is None:
             bound = self._children[("t", model)] = (self.batch_size.child(model), self.engine_seconds.child(model))
-        self.batch_size.observe_child(bound[0], rows)
-        self.engine_seconds.observe_child(bound[1], seconds)
+        rows_child, seconds_child = bound
+        observe_rows, observe_seconds = self.batch_size.observe_child, self.engine_seconds.observe_child
+
+        def on_tick(rows: int, seconds: float, _jobs: int) -> None:
+            observe_rows(rows_child, rows)
+            observe_seconds(seconds_child, seconds)
+
+        return on_tick
 
     def set_queue(self, model: str, depth: int, inflight: int) -> None:
         """Update the queue gauges of one model."""

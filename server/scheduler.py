@@ -399,7 +399,7 @@ class StepScheduler:
             else:
                 y = self.engine.evaluate(plan.x, plan.s, plan.t)
             seconds = time.perf_counter() - t0
-        if self.foreground is not None and self.foreground.busy:
+        if plan.jobs[0][0].adaptive and self.foreground is not None and self.foreground.busy:
             self._defer_adaptive([job for job, _ in plan.jobs])
         if y.shape != plan.x.shape:
             raise SchedulerError(f"engine returned shape {list(y.shape)} for a batch of shape {list(plan.x.shape)}")
