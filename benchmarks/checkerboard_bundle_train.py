@@ -46,7 +46,9 @@ FINAL = "ff_both_start_xl"
 MODULE = "anystep.benchmarks.checkerboard_bundle_train"
 ROUND_TRIP_STEPS = (1, 4)
 XL_STEPS = 8000
+DEFAULT_STAGES = ["ff_both_start", "ff_both_start_xl"]
 
+_LABEL = "LMD, both directions, Fourier features of x (64, sigma 1)"
 LEVER = {"model.backbone.x_features": 64, "model.backbone.x_feature_scale": 1.0,
          "objective_hparams.start_frac": 0.5}
 
@@ -59,19 +61,26 @@ class Stage:
         name: run directory name under ``runs/cb_bundle``.
         sets: ``key=value`` overrides (dotted TrainConfig keys; values JSON).
         init_from: the stage whose weights this one continues (else the teacher warm start).
+        label: the whole schedule up to this stage, in words (the bundled map's ``method_label``).
     """
 
     name: str
     sets: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    label: str = ""
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("ff_both_start", {**LEVER, "ckpt_every": 500}),
+        Stage("ff_both_start", {**LEVER, "ckpt_every": 500}, label=f"{_LABEL}, start_frac 0.5, 1000 steps"),
         Stage("ff_both_start_xl", {**LEVER, "max_steps": XL_STEPS, "lr": 5e-4, "ckpt_every": 500},
-              init_from="ff_both_start"),
+              init_from="ff_both_start", label=f"{_LABEL}, start_frac 0.5, 1000+{XL_STEPS} steps"),
+        # optional third stage (not in the default ``train``): start_frac 0.5 leaves the mid-interval
+        # maps (X_{0,1/2}, X_{1/2,1}: two steps) short of rows; a quarter of the batch at the ends instead
+        Stage("ff_both_start_xl_ft", {**LEVER, "objective_hparams.start_frac": 0.25, "max_steps": 3000,
+                                      "lr": 2.5e-4, "ckpt_every": 500}, init_from="ff_both_start_xl",
+              label=f"{_LABEL}, start_frac 0.5 then 0.25, 1000+{XL_STEPS}+3000 steps"),
     )
 }
 
@@ -180,6 +189,7 @@ def report() -> dict[str, Any]:
     import torch
 
     from anystep.benchmarks.checkerboard_bundle import rel_path
+    from anystep.benchmarks.checkerboard_cache import metrics_to_json
     from anystep.benchmarks.checkerboard_eval import round_trip
     from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
     from anystep.benchmarks.common import command_line, load_average, machine_info, write_results
@@ -188,25 +198,35 @@ def report() -> dict[str, Any]:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    ctx, _, m_si, data, settings = _context()
+    ctx, cache, m_si, data, settings = _context()
     rows = []
-    for label, d in (("bundled before (models/checkerboard)", MODELS / "checkerboard"),
-                     ("stage 1: ff_both_start", BUNDLE_RUNS / "ff_both_start"),
-                     ("stage 2: ff_both_start_xl", BUNDLE_RUNS / FINAL)):
+    cands = [("models/checkerboard", MODELS / "checkerboard")]
+    cands += [(f"runs/cb_bundle/{name}", BUNDLE_RUNS / name) for name in STAGES]
+    for where, d in cands:
         if not (d / "model.safetensors").is_file():
             continue
         lm = load_model_dir(d)
-        scores = _score_dir(d, ctx, ctx.x0)
-        model = lm.model.eval()
-        rt = [round_trip_errors(model, ctx.x0, data, k) for k in ROUND_TRIP_STEPS]
+        prov = lm.config.provenance
+        label = f"{where} ({prov.get('method', prov.get('preset'))})" if where.startswith("models") else where
+        key = cache.key("row", d)  # weights, teacher and evaluation settings
+        saved = BUNDLE_RUNS / "scores" / f"{key}.json"
+        hit = json.loads(saved.read_text()) if saved.is_file() else None
+        if hit is None or hit.get("round_trip_steps") != list(ROUND_TRIP_STEPS):
+            model = lm.model.eval()
+            hit = {"metrics": metrics_to_json(_score_dir(d, ctx, ctx.x0)), "round_trip_steps": list(ROUND_TRIP_STEPS),
+                   "round_trip": [round_trip_errors(model, ctx.x0, data, k) for k in ROUND_TRIP_STEPS],
+                   "round_trip_benchmark": round_trip(model, ctx.x0, data.numpy())}
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(hit))
         log_rows = [r for r in read_log(d) if "loss" in r] if (d / "train_log.jsonl").is_file() else []
         rows.append({"label": label, "dir": rel_path(d), "sha256": model_dir_sha256(d),
-                     "time_region": lm.config.time_region, "steps": lm.config.provenance.get("steps"),
+                     "time_region": lm.config.time_region, "steps": prov.get("steps"),
                      "train_seconds": float(log_rows[-1]["time"]) if log_rows else None,
-                     "metrics": {str(k): v.__dict__ for k, v in scores.items()},
-                     "round_trip": rt, "round_trip_benchmark": round_trip(model, ctx.x0, data.numpy())})
-        print(f"[{label}] KL " + ", ".join(f"K={k}: {scores[k].kl:.4f}" for k in EVAL_STEPS)
-              + f"; encode->generate mean {rt[0]['encode_generate_mean']:.4f} max {rt[0]['encode_generate_max']:.3f}",
+                     "metrics": hit["metrics"], "round_trip": hit["round_trip"],
+                     "round_trip_benchmark": hit["round_trip_benchmark"]})
+        m, rt = hit["metrics"], hit["round_trip"][0]
+        print(f"[{label}] KL " + ", ".join(f"K={k}: {m[str(k)]['kl']:.4f}" for k in EVAL_STEPS)
+              + f"; encode->generate mean {rt['encode_generate_mean']:.4f} max {rt['encode_generate_max']:.3f}",
               flush=True)
     res = {"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": command_line(["report"], module=MODULE), "teacher_kl": m_si.kl,
@@ -260,17 +280,17 @@ def _markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bundle(force: bool = False) -> int:
-    """Score (``report``), then copy the last stage to ``models/checkerboard`` when it beats the bundle."""
+def bundle(stage: str = FINAL, force: bool = False) -> int:
+    """Score (``report``), then copy ``stage`` to ``models/checkerboard`` when it beats the bundle."""
     from anystep.benchmarks.checkerboard_bundle import TEACHER_BUNDLE, bundle_model
     from anystep.benchmarks.common import command_line
 
+    if not (BUNDLE_RUNS / stage / "model.safetensors").is_file():
+        print(f"error: {BUNDLE_RUNS / stage} is not trained; run python -m {MODULE} train {stage} first", flush=True)
+        return 2
     res = report()
     rows = {r["dir"]: r for r in res["rows"]}
-    new, old = rows.get((BUNDLE_RUNS / FINAL).as_posix()), rows.get((MODELS / "checkerboard").as_posix())
-    if new is None:
-        print(f"error: {BUNDLE_RUNS / FINAL} is not trained; run python -m {MODULE} train first", flush=True)
-        return 2
+    new, old = rows[(BUNDLE_RUNS / stage).as_posix()], rows.get((MODELS / "checkerboard").as_posix())
     kl_new = new["metrics"]["1"]["kl"]
     if old is not None and not force and old["metrics"]["1"]["kl"] <= kl_new:
         print(f"[bundle] kept models/checkerboard: one-step KL {old['metrics']['1']['kl']:.4f} <= {kl_new:.4f}")
@@ -279,16 +299,15 @@ def bundle(force: bool = False) -> int:
               for k, m in ((int(k), m) for k, m in new["metrics"].items())}
     scores["round_trip"] = new["round_trip_benchmark"]
     scores["round_trip_per_sample"] = new["round_trip"]
-    out = bundle_model(BUNDLE_RUNS / FINAL, MODELS / "checkerboard",
-                       {"role": "best one-step checkerboard flow map (trained on both time directions, Fourier "
-                                "features of x, start_frac 0.5)",
-                        "method": FINAL, "method_label": "LMD, both directions, Fourier features of x, start_frac "
-                                                         f"0.5, 1000+{XL_STEPS} steps",
+    out = bundle_model(BUNDLE_RUNS / stage, MODELS / "checkerboard",
+                       {"role": "best one-step checkerboard flow map (trained on both time directions, so that "
+                                "/encode inverts it)",
+                        "method": stage, "method_label": STAGES[stage].label,
                         "benchmark_scores": scores},
-                       command_line(["bundle"], module=MODULE),
+                       command_line(["bundle", "--stage", stage], module=MODULE),
                        benchmark=f"{MODULE} (results: benchmarks/results/checkerboard_bundle.md)",
                        bundled_teacher=TEACHER_BUNDLE)
-    print(f"[bundle] {BUNDLE_RUNS / FINAL} -> {out}: one-step KL {kl_new:.4f}"
+    print(f"[bundle] {BUNDLE_RUNS / stage} -> {out}: one-step KL {kl_new:.4f}"
           + (f" (was {old['metrics']['1']['kl']:.4f})" if old else ""), flush=True)
     return 0
 
@@ -305,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("report", help="score the stages beside models/checkerboard, write "
                                   "benchmarks/results/checkerboard_bundle.*")
     bp = sub.add_parser("bundle", help="report, then replace models/checkerboard if the new map's one-step KL wins")
+    bp.add_argument("--stage", default=FINAL, help=f"the stage to bundle (default {FINAL})")
     bp.add_argument("--force", action="store_true", help="replace models/checkerboard even if it scores better")
     args = p.parse_args(argv)
     unknown = [n for n in getattr(args, "names", []) if n not in STAGES]
@@ -315,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
               "after python -m anystep.benchmarks.checkerboard", flush=True)
         return 2
     if args.cmd == "train":
-        train(args.names or list(STAGES))
+        train(args.names or DEFAULT_STAGES)
         return 0
     if args.cmd == "report":
         report()
         return 0
-    return bundle(force=args.force)
+    if args.stage not in STAGES:
+        p.error(f"unknown stage {args.stage}; choose from {', '.join(STAGES)}")
+    return bundle(args.stage, force=args.force)
 
 
 if __name__ == "__main__":

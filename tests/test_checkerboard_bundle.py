@@ -59,14 +59,15 @@ def test_a_better_bundled_map_is_recognised_only_against_the_same_teacher(tmp_pa
 
 
 def test_bundle_stages_train_both_directions_with_the_lever():
-    first, last = (stage_config(s) for s in STAGES.values())
-    for cfg in (first, last):
+    first, last, ft = (stage_config(STAGES[s]) for s in ("ff_both_start", "ff_both_start_xl", "ff_both_start_xl_ft"))
+    for cfg in (first, last, ft):
         assert cfg.objective == "lmd" and cfg.objective_hparams["forward_only"] is False
-        assert cfg.objective_hparams["start_frac"] == 0.5
+        assert cfg.objective_hparams["start_frac"] == (0.25 if cfg is ft else 0.5)
         assert (cfg.model.backbone.x_features, cfg.model.backbone.x_feature_scale) == (64, 1.0)
         assert cfg.teacher == "runs/checkerboard/si" and cfg.ckpt_every == 500
     assert first.init_from == "runs/checkerboard/si" and first.max_steps == 1000
     assert last.init_from == "runs/cb_bundle/ff_both_start" and last.lr == 5e-4 and last.max_steps > 1000
+    assert ft.init_from == "runs/cb_bundle/ff_both_start_xl"
 
 
 def test_the_server_encodes_board_samples_that_the_map_generates_back():
