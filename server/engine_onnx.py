@@ -219,22 +219,22 @@ class OnnxEngine(Engine):
         self._time_rank = {n: ranks.get(n, 1) for n in names[1:]}
         outs = [o.name for o in self.session.get_outputs()]
         self.output_name = artifact.output_name if artifact.output_name in outs else outs[0]
+        self._outputs = [self.output_name]
+        self._time_names = names[1:]  # [B] times, or [B, 1, ...] where the graph takes them so
+        self._time_shapes = [None if self._time_rank[n] <= 1 else (-1, *([1] * (self._time_rank[n] - 1))) for n in names[1:]]
         self.providers = self.session.get_providers()
 
     def _run(self, x: np.ndarray, *times: np.ndarray, **cond: np.ndarray) -> np.ndarray:
-        missing = [n for n in self.cond_names if n not in cond]
-        if missing or set(cond) - set(self.cond_names):
-            raise EngineError(f"this graph takes conditioning {self.cond_names}, got {sorted(cond)}")
-        feeds = {n: np.ascontiguousarray(cond[n], dtype=np.int64 if n == "y" else np.float32) for n in self.cond_names}
+        feeds = {}
+        if cond or self.cond_names:
+            if cond.keys() != set(self.cond_names):
+                raise EngineError(f"this graph takes conditioning {self.cond_names}, got {sorted(cond)}")
+            feeds = {n: np.ascontiguousarray(cond[n], dtype=np.int64 if n == "y" else np.float32) for n in self.cond_names}
         feeds[self.input_names[0]] = x
-        for name, tt in zip(self.input_names[1:], times):
-            feeds[name] = (
-                tt.reshape(-1, *([1] * (self._time_rank[name] - 1)))
-                if self._time_rank[name] > 1
-                else tt
-            )
-        (y,) = self.session.run([self.output_name], feeds)
-        return np.asarray(y, dtype=np.float32)
+        for name, tt, shape in zip(self._time_names, times, self._time_shapes):
+            feeds[name] = tt if shape is None else tt.reshape(shape)
+        (y,) = self.session.run(self._outputs, feeds)
+        return y if y.dtype == np.float32 else y.astype(np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {
