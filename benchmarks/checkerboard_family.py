@@ -67,14 +67,15 @@ def teacher_slope(teacher, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, st
 
     Integrates ``dx/dτ = (t - s) b_{s + τ(t - s)}(x)`` over ``τ ∈ [0, 1]`` (each row its own ``s, t``).
     """
-    from anystep.training.distill import _bcast, teacher_velocity
+    from anystep.training.jvp import bcast
+    from anystep.training.teacher import teacher_velocity
 
     gap = t - s
     h = 1.0 / steps
     y = x.clone()
 
     def f(y: torch.Tensor, tau: float) -> torch.Tensor:
-        return _bcast(gap, y) * teacher_velocity(teacher, y, s + tau * gap)
+        return bcast(gap, y) * teacher_velocity(teacher, y, s + tau * gap)
 
     for i in range(steps):
         tau = i * h
@@ -83,13 +84,14 @@ def teacher_slope(teacher, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, st
         k3 = f(y + 0.5 * h * k2, tau + 0.5 * h)
         k4 = f(y + h * k3, tau + h)
         y = y + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return (y - x) / _bcast(gap.clamp(min=1e-6), x)
+    return (y - x) / bcast(gap.clamp(min=1e-6), x)
 
 
 def residual_by_gap(model, teacher, n: int = 4096, seed: int = 0) -> list[dict[str, float]]:
     """Residual / noise / bias (module docstring) of ``model`` per gap bucket, ``n`` rows each."""
     from anystep.core.data import get_dataset
-    from anystep.training.distill import _bcast, jvp_times, sq, teacher_velocity
+    from anystep.training.jvp import bcast, jvp_times, sq
+    from anystep.training.teacher import teacher_velocity
 
     g = torch.Generator().manual_seed(seed)
     data = get_dataset("checkerboard")
@@ -108,7 +110,7 @@ def residual_by_gap(model, teacher, n: int = 4096, seed: int = 0) -> list[dict[s
         for name, u in (("sample", dI), ("teacher", b)):
             out = jvp_times(model.slope, I_s, s, t, dx=u, ds=1.0)
             v = out.value.detach()
-            targets[name] = (u + _bcast(t - s, v) * out.tangent.detach()).detach()
+            targets[name] = (u + bcast(t - s, v) * out.tangent.detach()).detach()
         v_true = teacher_slope(teacher, I_s, s, t)
         rows.append({
             "gap": f"[{lo:g}, {hi:g}" + ("]" if hi == 1.0 else ")"),

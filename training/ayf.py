@@ -47,15 +47,9 @@ import torch
 from torch import Tensor
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import (
-    TIME_DEFAULTS,
-    FlowObjective,
-    ObjectiveError,
-    _bcast,
-    jvp_times,
-    sq,
-    teacher_velocity,
-)
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import bcast, jvp_times, sq
+from anystep.training.teacher import teacher_velocity
 
 __all__ = ["AYFEMD", "AYFLMD"]
 
@@ -191,7 +185,7 @@ class _AYF(FlowObjective):
             g, g_full = self._tangent(model, x, pair.s, pair.t, teacher, r)
             g_norm = g.flatten(1).norm(dim=1)
             if self.hparams["tangent_norm"]:
-                g = g / _bcast(g_norm + self.hparams["norm_c"], g)
+                g = g / bcast(g_norm + self.hparams["norm_c"], g)
         X_theta = model(x, pair.s, pair.t)
         inner = (X_theta * g).flatten(1).mean(dim=1)  # <X_θ, sg(g)> / d
         w_sign = pair.t - pair.s  # w' sign(t - s) with w' = |t - s|
@@ -232,7 +226,7 @@ class AYFEMD(_AYF):
     def _tangent(self, model, x, s, t, teacher, r):
         b_s = teacher_velocity(teacher, x, s)
         out = jvp_times(model.slope, x, s, t, dx=b_s, ds=1.0)  # v, ∂_s v + ∇v·b_s
-        gap = _bcast(t - s, x)
+        gap = bcast(t - s, x)
         base = b_s - out.value
         return base + r * gap * out.tangent, base + gap * out.tangent
 
@@ -251,7 +245,7 @@ class AYFLMD(_AYF):
     def _tangent(self, model, x, s, t, teacher, r):
         out = jvp_times(model.slope, x, s, t, dt=1.0)  # v, ∂_t v
         v, dv = out.value, out.tangent
-        gap = _bcast(t - s, x)
+        gap = bcast(t - s, x)
         b_t = teacher_velocity(teacher, x + gap * v, t)
         base = v - b_t
         return base + r * gap * dv, base + gap * dv

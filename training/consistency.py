@@ -52,14 +52,10 @@ from torch import Tensor, nn
 
 from anystep.core.samplers import SampleResult, make_grid
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import (
-    FlowObjective,
-    ObjectiveError,
-    _bcast,
-    sq,
-    teacher_velocity,
-)
 from anystep.training.ema import EMA
+from anystep.training.flow_objective import FlowObjective, ObjectiveError
+from anystep.training.jvp import bcast, sq
+from anystep.training.teacher import teacher_velocity
 
 __all__ = [
     "ConsistencyDistillation",
@@ -218,7 +214,7 @@ class ConsistencyDistillation(_Consistency):
             raise ObjectiveError(f"cd: solver={self.hparams['solver']!r} must be 'heun' or 'euler'")
 
     def _next_point(self, batch, x, s, s_next, teacher) -> Tensor:
-        h = _bcast(s_next - s, x)
+        h = bcast(s_next - s, x)
         b0 = teacher_velocity(teacher, x, s)
         euler = x + h * b0
         if self.hparams["solver"] == "euler":

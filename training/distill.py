@@ -1,12 +1,14 @@
 """Map distillation from a known velocity ``b_t``: LMD (Alg. 1, eq. 3.7) and EMD (Alg. 2, eq. 3.9).
 
-The pieces every flow-map objective shares live in their own modules and are
-re-exported here, where the objectives have always imported them from:
+The pieces every flow-map objective shares live in their own modules, which the
+objectives import directly; the public names are re-exported here for callers of the
+pre-split module:
 
 * :mod:`anystep.training.flow_objective`: :class:`FlowObjective` (hyper-parameter
   defaults/validation and the time sampler), :class:`ObjectiveError`, ``TIME_DEFAULTS``.
 * :mod:`anystep.training.jvp`: :func:`jvp_times` (forward-mode ``∂_t X_{s,t}`` and
-  ``∂_s X_{s,t} + ∇X_{s,t}·b_s``, the derivatives eqs. 3.7 and 3.9 need) and :func:`sq`.
+  ``∂_s X_{s,t} + ∇X_{s,t}·b_s``, the derivatives eqs. 3.7 and 3.9 need), :func:`sq`
+  and :func:`bcast`.
 * :mod:`anystep.training.conditioning`: :class:`Condition` / :func:`draw_condition`
   (labels, label dropout, guidance scales of class-conditional training).
 * :mod:`anystep.training.teacher`: :func:`teacher_velocity` / :func:`teacher_target`
@@ -24,19 +26,8 @@ import torch
 
 from anystep.training.base import LossOutput, register
 from anystep.training.conditioning import COND_DEFAULTS, Condition, conditioning_of, draw_condition
-from anystep.training.flow_objective import (  # noqa: F401 - re-exported
-    TIME_DEFAULTS,
-    FlowObjective,
-    ObjectiveError,
-    _coerce,
-)
-from anystep.training.jvp import (  # noqa: F401 - re-exported (_bcast: ayf, consistency, meanflow, shortcut)
-    Tangent,
-    _bcast,
-    _full_precision,
-    jvp_times,
-    sq,
-)
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import Tangent, bcast, jvp_times, sq
 from anystep.training.teacher import teacher_target, teacher_velocity
 
 __all__ = [
@@ -48,6 +39,7 @@ __all__ = [
     "FlowObjective",
     "ObjectiveError",
     "Tangent",
+    "bcast",
     "conditioning_of",
     "draw_condition",
     "jvp_times",

@@ -25,7 +25,8 @@ from typing import Any, ClassVar
 import torch
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import TIME_DEFAULTS, FlowObjective, jvp_times, sq
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective
+from anystep.training.jvp import jvp_times, sq
 
 __all__ = ["Denoiser", "EulerianEstimation", "NaiveEulerianEstimation"]
 

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import torch
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import TIME_DEFAULTS, FlowObjective, ObjectiveError, jvp_times, sq
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import jvp_times, sq
 
 __all__ = ["FMM", "PFMM", "progressive_schedule", "teacher_grid"]
 

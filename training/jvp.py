@@ -10,6 +10,7 @@
 * :func:`sq`: the per-sample squared error ``|a|^2 / d`` (mean over coordinates; the paper's
   ``|·|^2`` divided by the constant dimension ``d``, which keeps loss values comparable
   across data sets without changing any minimiser).
+* :func:`bcast`: per-sample times ``[B]`` shaped ``[B, 1, ..., 1]`` to broadcast against ``x``.
 
 Time convention: ``t = 0`` base, ``t = 1`` data.
 """
@@ -26,7 +27,7 @@ from torch.func import jvp
 
 from anystep.training.flow_objective import ObjectiveError
 
-__all__ = ["Tangent", "jvp_times", "sq"]
+__all__ = ["Tangent", "bcast", "jvp_times", "sq"]
 
 
 def sq(a: Tensor) -> Tensor:
@@ -41,8 +42,16 @@ def sq(a: Tensor) -> Tensor:
     return a.pow(2).flatten(1).mean(dim=1)
 
 
-def _bcast(t: Tensor, x: Tensor) -> Tensor:
-    """``[B] -> [B, 1, ..., 1]`` to broadcast per-sample times against ``x [B, *shape]``."""
+def bcast(t: Tensor, x: Tensor) -> Tensor:
+    """``[B] -> [B, 1, ..., 1]`` to broadcast per-sample times against ``x [B, *shape]``.
+
+    Args:
+        t: ``[B]`` per-sample values (e.g. the gap ``t - s``).
+        x: ``[B, *shape]`` the tensor they multiply.
+
+    Returns:
+        ``t`` viewed as ``[B, 1, ..., 1]`` with ``x.ndim`` dimensions.
+    """
     return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 

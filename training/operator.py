@@ -34,7 +34,9 @@ from torch import Tensor, nn
 
 from anystep.core.solvers import dopri5
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import FlowObjective, ObjectiveError, sq, teacher_velocity
+from anystep.training.flow_objective import FlowObjective, ObjectiveError
+from anystep.training.jvp import sq
+from anystep.training.teacher import teacher_velocity
 
 __all__ = ["TrajectoryBank", "TrajectoryRegression", "generate_trajectories"]
 

@@ -32,7 +32,8 @@ from typing import Any, ClassVar
 import torch
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import FlowObjective, ObjectiveError, sq
+from anystep.training.flow_objective import FlowObjective, ObjectiveError
+from anystep.training.jvp import sq
 
 __all__ = ["ProgressiveDistillation", "pd_schedule"]
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import TIME_DEFAULTS, FlowObjective, ObjectiveError, jvp_times, sq
+from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
+from anystep.training.jvp import jvp_times, sq
 
 __all__ = ["ESD", "LSD", "PSD", "SelfDistillation"]
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from anystep.training.base import LossOutput, register
-from anystep.training.distill import FlowObjective, draw_condition, sq
+from anystep.training.conditioning import draw_condition
+from anystep.training.flow_objective import FlowObjective
+from anystep.training.jvp import sq
 
 __all__ = ["VelocityMatching"]
 
