@@ -67,7 +67,7 @@ def test_plan_fuses_jobs_with_their_own_times_and_pads_to_a_bucket():
 
 @pytest.mark.parametrize("batching", [True, False])
 def test_a_lone_job_plans_like_the_same_job_among_finished_ones(batching):
-    # the lone-job shortcut of plan_tick against the general path (a finished job beside it)
+    # a job alone plans as it does beside a finished job (the same rows, inputs and conditioning)
     rng = np.random.default_rng(0)
     for n, max_batch, cond in ((1, 256, False), (300, 256, False), (5, 4, True), (7, 8, True)):
         job = Job(rng.standard_normal((n, 2)).astype(np.float32), np.linspace(0, 1, 4),
@@ -83,6 +83,53 @@ def test_a_lone_job_plans_like_the_same_job_among_finished_ones(batching):
         for k in lone.cond:
             np.testing.assert_array_equal(lone.cond[k], general.cond[k])
         assert [j for j, _ in lone.jobs] == [job] and np.array_equal(lone.jobs[0][1], general.jobs[0][1])
+
+
+def _drive_flowmap(job, max_batch):
+    """Tick ``job`` to the end with the exact map X_st(x) = x + (t - s) (x + s); the plans' (s, t) seen."""
+    seen = []
+    while not job.finished:
+        plan = plan_tick([job], max_batch, flowmap=True)
+        seen.append((plan.s[: plan.rows].copy(), plan.t[: plan.rows].copy()))
+        apply_outputs(plan, (plan.x + (plan.t - plan.s)[:, None] * (plan.x + plan.s[:, None])).astype(np.float32))
+    return seen
+
+
+def test_a_flow_map_job_in_lockstep_steps_as_one_int_and_splits_when_its_arrays_are_read():
+    grid = np.array([0.0, 0.1, 0.35, 0.7, 1.0])
+    x0 = base_noise_np(3, 3, (2,))
+    lock = Job(x0, grid)
+    assert lock.at == 0 and lock.live() is lock.every and lock.evals_left == 3 * 4
+    seen = _drive_flowmap(lock, 256)
+    assert lock.at == 4 and lock.finished and lock.result_nfe() == 4
+    for k, (s, t) in enumerate(seen):  # every tick fed grid[k] -> grid[k + 1] in float32, to every sample
+        np.testing.assert_array_equal(s, np.full(3, grid[k], np.float32))
+        np.testing.assert_array_equal(t, np.full(3, grid[k + 1], np.float32))
+    # the same job split after two steps (its arrays read), and one whose rows are scarce, end bit-identical
+    split = Job(x0, grid)
+    for _ in range(2):
+        plan = plan_tick([split], 256, flowmap=True)
+        apply_outputs(plan, (plan.x + (plan.t - plan.s)[:, None] * (plan.x + plan.s[:, None])).astype(np.float32))
+    assert split.k.tolist() == [2, 2, 2] and split.nfe.tolist() == [2, 2, 2] and split.at is None
+    _drive_flowmap(split, 256)
+    scarce = Job(x0, grid)
+    _drive_flowmap(scarce, 2)
+    assert scarce.at is None and scarce.done.all() and scarce.nfe.tolist() == [4, 4, 4]
+    np.testing.assert_array_equal(split.x, lock.x)
+    np.testing.assert_array_equal(scarce.x, lock.x)
+
+
+def test_lockstep_time_rows_beyond_the_prepared_size_are_the_same_times(monkeypatch):
+    from anystep.server import jobs as jobs_mod
+
+    grid = np.linspace(1.0, 0.0, 4)  # a decreasing grid (encode)
+    x0 = base_noise_np(0, 2, (2,))
+    prepared = _drive_flowmap(Job(x0, grid), 256)
+    monkeypatch.setattr(jobs_mod, "TIME_ROWS_MAX", 1)
+    per_step = _drive_flowmap(Job(x0, grid), 256)
+    for (s0, t0), (s1, t1) in zip(prepared, per_step):
+        np.testing.assert_array_equal(s0, s1) and np.testing.assert_array_equal(t0, t1)
+        assert s1.dtype == t1.dtype == np.float32
 
 
 def test_finished_needs_every_sample_done_or_an_error():
@@ -282,3 +329,26 @@ def test_auto_executor_keeps_velocity_models_on_a_thread():
         return mode
 
     assert asyncio.run(go()) == "thread"
+
+
+def test_loop_executor_answers_a_finished_request_before_the_next_tick():
+    # ticks run back to back for a while, but a tick that ends a request yields at once: its future is
+    # settled while the long job beside it has taken part in no further tick
+    eng = CountingEngine(kind="flowmap")
+
+    async def go():
+        sched = StepScheduler(eng, executor="loop")
+        await sched.start()
+        long = Job(x=base_noise_np(0, 1, (2,)), grid=np.linspace(0, 1, 2001))
+        short = Job(x=base_noise_np(1, 1, (2,)), grid=np.linspace(0, 1, 4))
+        with sched.hold():
+            f_long, f_short = sched.submit(long), sched.submit(short)
+        seen = []
+        f_short.add_done_callback(lambda _f: seen.append(long.ticks))
+        r = await f_short
+        sched.cancel(long)
+        await sched.close()
+        return r, seen, f_long.cancelled()
+
+    r, seen, cancelled = asyncio.run(go())
+    assert r.ticks == 3 and seen == [3] and cancelled
