@@ -17,7 +17,10 @@ batching). Stages come from :data:`anystep.core.tableaux.TABLEAUX`:
   (:data:`~anystep.core.tableaux.DOPRI5`) resizes ``h``; FSAL reuses ``k_7`` as the next
   ``k_1``. A sample that would exceed ``max_nfe`` evaluations fails the job.
 
-Everything here is row-wise, so a sample's result depends only on its own inputs.
+Everything here is row-wise, so a sample's result depends only on its own inputs. A
+flow-map job whose samples all advance together keeps their common step as one int
+(:attr:`Job.at`) until something splits them: a tick of it is then the engine call and
+one copy of its output, with no per-sample bookkeeping.
 """
 
 from __future__ import annotations

@@ -95,8 +95,9 @@ class StepScheduler:
             and the engine's kernel caches stay bounded.
         executor: where ticks run. ``"thread"``: a tick thread (the engine overlaps the
             event loop; for engine calls of milliseconds). ``"loop"``: on the event loop
-            itself, yielding between ticks (no thread hand-off per request: for cheap
-            engine calls, where two hand-offs cost more than the call). ``"auto"``: the
+            itself, yielding after a tick that ends a request and at least every
+            :data:`LOOP_YIELD_S` (no thread hand-off per request: for cheap engine calls,
+            where two hand-offs cost more than the call). ``"auto"``: the
             loop when warm-up measures a full-batch call under ``inline_below_s``.
         inline_below_s: the ``auto`` threshold.
         draw_base: ``[m] int64 seeds -> [m, *shape]`` start states of the model's base; jobs
