@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,6 @@ def _machine() -> dict[str, Any]:
     load = load_average()
     return {
         "load_average_at_end": load,
-        "hostname": socket.gethostname(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
