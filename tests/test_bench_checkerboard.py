@@ -18,7 +18,9 @@ from anystep.core.modeldir import load_model_dir
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "checkerboard"
 TEACHER = REPO / "models" / "checkerboard-teacher"
-ROUND_TRIP_MAX = 0.05  # E|X_10(X_01(x0)) - x0|^2 relative to E|x0|^2 = 2
+# E|X_10(X_01(x0)) - x0|^2 relative to E|x0|^2 = 2; measured when bundled: 0.006 / 2 = 0.003 on 20,000 points
+# (benchmarks/results/checkerboard_bundle.md; the previous bundled map: 0.027 / 2)
+ROUND_TRIP_MAX = 0.01
 
 
 # --------------------------------------------------------------------------------------
@@ -90,9 +92,10 @@ def test_bundled_map_inverts_itself():
 def test_bundled_flowmap_against_its_sharp_ode_teacher(tmp_path):
     """One and four steps of the bundled map against the teacher's dopri5 KL (20,000 points, 50x50 cells).
 
-    Measured when bundled (benchmarks/results/checkerboard.md): 7.8x at one step, 1.4x at four;
-    the bounds leave room for sampling noise, not for a worse map. The issue's goal (1.5x at
-    one step) is not met at this budget against a teacher this sharp.
+    Measured when bundled (``python -m anystep.benchmarks.checkerboard_bundle_train bundle``) on this
+    estimator: 1.84x at one step, 1.65x at four (the previous bundled map: 7.8x and 1.4x); the
+    bounds leave room for sampling noise, not for a worse map. The issue's goal (1.5x at one
+    step) is not met at this budget against a teacher this sharp.
     """
     from click.testing import CliRunner
 
@@ -109,7 +112,7 @@ def test_bundled_flowmap_against_its_sharp_ode_teacher(tmp_path):
     kl_teacher = _kl50(generate(TEACHER, n=20000, seed=7, solver="dopri5", rtol=1e-4).x.numpy())
     x0 = torch.randn(20000, 2, generator=torch.Generator().manual_seed(7)).numpy()
     assert kl_map < 0.3 * _kl50(x0), "the bundled map barely moves the base noise"
-    assert kl_map <= 10 * kl_teacher, f"one-step KL {kl_map:.3f} vs teacher {kl_teacher:.3f}"
+    assert kl_map <= 3 * kl_teacher, f"one-step KL {kl_map:.3f} vs teacher {kl_teacher:.3f}"
     assert kl_map4 <= 2 * kl_teacher, f"four-step KL {kl_map4:.3f} vs teacher {kl_teacher:.3f}"
     assert kl_teacher < 0.1, f"the bundled teacher is not sharp: KL {kl_teacher:.3f} on this estimator"
     assert float(np.mean(checkerboard_density(x) <= 0)) < 0.15
