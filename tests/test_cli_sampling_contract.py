@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from anystep.cli import main
+from cli_run import exit_code
 
 CB = "models/checkerboard"
 TEACHER = "models/checkerboard-teacher"
@@ -14,12 +13,7 @@ TEACHER = "models/checkerboard-teacher"
 
 def _run(tmp_path, *args):
     out = tmp_path / "x.npy"
-    code = 0
-    try:
-        main(["sample", *args, "-n", "8", "--out", str(out), "--model-units"])
-    except SystemExit as e:
-        code = e.code
-    return code, out
+    return exit_code(["sample", *args, "-n", "8", "--out", str(out), "--model-units"]), out
 
 
 @pytest.mark.parametrize(

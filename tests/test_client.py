@@ -11,6 +11,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
+from cli_run import exit_code
 from PIL import Image
 
 from anystep.client import AnystepConnectionError, AnystepHTTPError, AsyncClient, Client
@@ -245,14 +246,8 @@ def test_generate_cli(server, tmp_path, capsys):
     assert Image.open(tmp_path / "grid.png").size[0] > 32 and "seed=0" in r.stderr
 
     # ... and in-process for the other outputs and errors
-    from anystep.cli import main
-
     def cli(*args) -> int:
-        try:
-            main(["generate", "--url", server.url, *args])
-        except SystemExit as e:
-            return int(e.code or 0)
-        return 0
+        return exit_code(["generate", "--url", server.url, *args])
 
     assert (
         cli(

@@ -6,20 +6,15 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from cli_run import run_cli_out
 from test_export_common import leftovers, model_dirs  # noqa: F401  (fixture)
 
-from anystep.cli import main
 from anystep.export.manifest import load_manifest
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(["export", *args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """``anystep export ARGS``: exit code, stdout and stderr."""
+    return run_cli_out(["export", *args], capsys)
 
 
 def test_export_onnx_and_triton_from_the_cli(model_dirs, tmp_path, capsys):  # noqa: F811

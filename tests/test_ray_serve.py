@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+from cli_run import run_cli as _cli
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -85,14 +86,6 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RayServeError, match=r"anystep\[ray\]"):
         import_serve()
-
-
-def _cli(argv, capsys):
-    from anystep.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_run import exit_code
 
 pytest.importorskip("fastapi")
 
@@ -61,13 +62,7 @@ def test_client_checks_sources_before_sending(source, n, text):
 
 
 def _cli(*args) -> int:
-    from anystep.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+    return exit_code(list(args))
 
 
 def test_generate_and_sample_cli_with_a_source(server, noisy, tmp_path, capsys):
