@@ -43,6 +43,7 @@ BUNDLE_RUNS = Path("runs/cb_bundle")
 RESULTS = Path("benchmarks/results")
 MODELS = Path("models")
 FINAL = "ff_both_start_xl"
+REFERENCE = "lmd_both_xl"  # the benchmark's best both-directions row, bundled before the lever map
 MODULE = "anystep.benchmarks.checkerboard_bundle_train"
 ROUND_TRIP_STEPS = (1, 4)
 XL_STEPS = 8000
@@ -200,7 +201,8 @@ def report() -> dict[str, Any]:
     t0 = time.perf_counter()
     ctx, cache, m_si, data, settings = _context()
     rows = []
-    cands = [("models/checkerboard", MODELS / "checkerboard")]
+    cands = [("models/checkerboard", MODELS / "checkerboard"),
+             (f"{BENCH_DIR.as_posix()}/{REFERENCE} (the benchmark's bundled map before this one)", BENCH_DIR / REFERENCE)]
     cands += [(f"runs/cb_bundle/{name}", BUNDLE_RUNS / name) for name in STAGES]
     for where, d in cands:
         if not (d / "model.safetensors").is_file():
@@ -262,7 +264,7 @@ def _markdown(res: dict[str, Any]) -> str:
     rows = [[r["label"], r["steps"], fmt(r["train_seconds"])]
             + [f"{fmt(r['metrics'][str(k)]['kl'])} ({fmt(r['metrics'][str(k)]['kl'] / t)}x)" for k in EVAL_STEPS]
             + [fmt(r["metrics"]["1"]["coupling_l2"])] for r in res["rows"]]
-    lines += [markdown_table(["Map", "steps", "train s"] + [f"K={k}" for k in EVAL_STEPS] + ["coupling K=1"], rows),
+    lines += [markdown_table(["Map", "steps (this stage)", "train s"] + [f"K={k}" for k in EVAL_STEPS] + ["coupling K=1"], rows),
               "", "## Round trip: /encode then /generate, and /generate then /encode", "",
               ("Per-sample Euclidean error on 100,000 points (exact board samples x1 for encode -> generate, "
                "the shared base points x0 for generate -> encode), K steps each way; the board's squares are "
