@@ -113,3 +113,46 @@ def test_bundled_map_exports_to_onnx_with_parity_in_both_directions(tmp_path):
         with torch.no_grad():
             ref = model(x, s, t).numpy()
         np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def _with_provenance(src: Path, dest: Path, prov: dict) -> Path:
+    from anystep.core.config import ModelConfig
+    from anystep.core.modeldir import save_model_dir
+
+    lm = load_model_dir(src)
+    return save_model_dir(dest, lm.model, ModelConfig.from_dict({**lm.config.to_dict(), "provenance": prov}))
+
+
+def test_a_benchmark_rerun_keeps_a_better_bundled_map_and_replaces_a_worse_one(tmp_path):
+    """bundle_models (python -m anystep.benchmarks.checkerboard) does not put a worse map over a better one
+    trained against the same teacher; against another teacher, or when worse, the new map is written."""
+    from anystep.benchmarks.checkerboard_bundle import bundle_models
+    from anystep.benchmarks.checkerboard_methods import METHODS
+    from anystep.core.modeldir import model_dir_sha256
+    from anystep.server.testing import make_tiny_models
+
+    tiny = make_tiny_models(tmp_path / "tiny", seed=1, digits=False)
+    work, bundle = tmp_path / "runs", tmp_path / "models"
+    _with_provenance(tiny["checkerboard-teacher"], work / "si", {"preset": "checkerboard-velocity"})
+    _with_provenance(tiny["checkerboard"], work / "lmd_both_xl",
+                     {"preset": "checkerboard-lmd", "teacher": str(work / "si"), "teacher_sha256": "T"})
+    new = {"K=1": {"kl": 0.3}}
+    bundled_better = {"teacher_sha256": "T", "method": "lever", "benchmark_scores": {"K=1": {"kl": 0.1}}}
+    _with_provenance(tiny["checkerboard"], bundle / "checkerboard", bundled_better)
+    said = []
+    out = bundle_models(bundle, METHODS["lmd_both_xl"], work, "python -m x", new, {}, log=said.append)
+    assert load_model_dir(bundle / "checkerboard").config.provenance["method"] == "lever"
+    assert said and "kept" in said[0] and (bundle / "checkerboard-teacher" / "config.json").is_file()
+    assert set(out) == {"checkerboard", "checkerboard-teacher"}
+    # another teacher: the scores are not comparable, the benchmark's map is written
+    _with_provenance(tiny["checkerboard"], bundle / "checkerboard", {**bundled_better, "teacher_sha256": "U"})
+    bundle_models(bundle, METHODS["lmd_both_xl"], work, "python -m x", new, {}, log=said.append)
+    prov = load_model_dir(bundle / "checkerboard").config.provenance
+    assert prov["method"] == "lmd_both_xl" and prov["teacher"] == "models/checkerboard-teacher"
+    assert prov["source_run_sha256"] == model_dir_sha256(work / "lmd_both_xl")
+    assert not any(str(v).startswith("/") for v in prov.values())
+    # a worse bundled map is replaced
+    _with_provenance(tiny["checkerboard"], bundle / "checkerboard",
+                     {**bundled_better, "benchmark_scores": {"K=1": {"kl": 0.5}}})
+    bundle_models(bundle, METHODS["lmd_both_xl"], work, "python -m x", new, {}, log=said.append)
+    assert load_model_dir(bundle / "checkerboard").config.provenance["method"] == "lmd_both_xl"
