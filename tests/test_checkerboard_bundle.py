@@ -98,7 +98,6 @@ def test_the_server_encodes_board_samples_that_the_map_generates_back():
     assert float(err.median()) < 0.1
 
 
-@pytest.mark.slow
 def test_bundled_map_exports_to_onnx_with_parity_in_both_directions(tmp_path):
     pytest.importorskip("onnxruntime")
     from anystep.export.onnx_export import OnnxOptions, export_onnx, ort_session
