@@ -259,8 +259,9 @@ class Job:
     @property
     def evals_left(self) -> int:
         """Engine rows this job may still need (the ``max_nfe`` bound for dopri5)."""
-        if self.at is not None:
-            return self.n * max(0, self.K - self.at)
+        at = self.at  # read once: the tick thread may split the job meanwhile
+        if at is not None:
+            return self.n * max(0, self.K - at)
         live = ~self.done
         if self.adaptive:
             return int(np.sum(np.maximum(self.max_nfe - self.nfe[live], 0)))
