@@ -147,7 +147,7 @@ class Job:
     step_s: np.ndarray = field(init=False, repr=False)
     """``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it."""
     step_t: np.ndarray = field(init=False, repr=False)
-    """``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step (the inputs of a tick are two gathers)."""
+    """``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step."""
     _k: np.ndarray | None = field(init=False, default=None, repr=False)
     _stage: np.ndarray | None = field(init=False, default=None, repr=False)
     _nfe: np.ndarray | None = field(init=False, default=None, repr=False)
