@@ -9,7 +9,7 @@ Because the times are per sample, the scheduler fuses the samples of concurrent
 requests with different step counts into one call (step-level batching). Engines are
 thin adapters: building and validating artifacts is :mod:`anystep.export`'s job. They
 read their inputs and never write them (the scheduler may hand over a job's own state
-array) and return an array of their own.
+array).
 """
 
 from __future__ import annotations
