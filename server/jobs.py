@@ -35,6 +35,11 @@ from anystep.core.tableaux import DEFAULT_MAX_NFE, DOPRI5, TABLEAUX
 from anystep.errors import AnystepError
 
 METHODS = ("flowmap", *TABLEAUX)
+_C = {name: np.asarray(tb.c, dtype=np.float64) for name, tb in TABLEAUX.items()}
+_A = {name: np.asarray(tb.a, dtype=np.float32) for name, tb in TABLEAUX.items()}
+_B = {name: np.asarray(tb.b, dtype=np.float32) for name, tb in TABLEAUX.items()}
+_B_ERR = {name: np.asarray(tb.b_err, dtype=np.float32) for name, tb in TABLEAUX.items() if tb.b_err is not None}
+"""Each tableau's coefficients as the arrays the stages use (made once, not per evaluation)."""
 TIME_ROWS_MAX = 1 << 16
 """Most floats per time array a lockstep job prepares for all its steps at once (:meth:`Job.time_rows`)."""
 
@@ -121,11 +126,14 @@ class Job:
     cond: dict[str, np.ndarray] = field(default_factory=dict)
     id: int = field(default_factory=_ids.__next__)
     at: int | None = field(init=False, default=None)
-    """While every sample of a flow-map job is at the same grid step -- nothing has split them: they
-    advance together whenever the job gets all its live rows in a tick -- that step ``k`` as one int,
-    and the per-sample arrays :attr:`k`, :attr:`stage`, :attr:`nfe`, :attr:`done` are made from it
-    when first read (:meth:`split`); None once those arrays are the state. A tick of such a job is
-    one copy of the engine's output (no per-sample bookkeeping)."""
+    """While every sample of a fixed-step job (a flow map or a fixed-step solver) is at the same grid
+    step -- nothing has split them: they advance together whenever the job gets all its live rows in
+    a tick -- that step ``k`` as one int (and the stage as :attr:`at_stage`), and the per-sample arrays
+    :attr:`k`, :attr:`stage`, :attr:`nfe`, :attr:`done` are made from them when first read
+    (:meth:`split`); None once those arrays are the state. A tick of such a flow-map job is one copy
+    of the engine's output (no per-sample bookkeeping)."""
+    at_stage: int = field(init=False, default=0)
+    """The Runge-Kutta stage of every sample while :attr:`at` is set."""
     K: int = field(init=False)
     """Steps of the grid (fixed-step methods)."""
     kstore: np.ndarray | None = field(init=False, default=None)
@@ -173,7 +181,7 @@ class Job:
             raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
         self.K = int(self.grid.size - 1)
         self.every = np.arange(n)
-        if self.method == "flowmap":
+        if not self.adaptive:  # dopri5 samples choose their own steps: per-sample arrays from the start
             self.at = 0
         else:
             self._k, self._stage, self._nfe = (np.zeros(n, dtype=np.int64) for _ in range(3))
@@ -226,9 +234,9 @@ class Job:
         """Leave lockstep (:attr:`at`): from now on the per-sample arrays hold the state."""
         if self.at is None:
             return
-        n, k = self.n, self.at
-        self._k, self._nfe = np.full(n, k, dtype=np.int64), np.full(n, k, dtype=np.int64)  # a flow map: nfe = k
-        self._stage, self._done = np.zeros(n, dtype=np.int64), np.full(n, k >= self.K)
+        n, k, j = self.n, self.at, self.at_stage
+        self._k, self._nfe = np.full(n, k, dtype=np.int64), np.full(n, k * self.stages + j, dtype=np.int64)
+        self._stage, self._done = np.full(n, j, dtype=np.int64), np.full(n, k >= self.K)
         self.at = None
 
     def time_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +269,7 @@ class Job:
         """Engine rows this job may still need (the ``max_nfe`` bound for dopri5)."""
         at = self.at  # read once: the tick thread may split the job meanwhile
         if at is not None:
-            return self.n * max(0, self.K - at)
+            return self.n * max(0, (self.K - at) * self.stages - self.at_stage)
         live = ~self.done
         if self.adaptive:
             return int(np.sum(np.maximum(self.max_nfe - self.nfe[live], 0)))
@@ -318,24 +326,29 @@ def stage_inputs(job: Job, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
             return (job.x, *job.time_rows())
         k = job.k[idx]
         return job.x[idx], job.step_s[k], job.step_t[k]  # (x, grid[k], grid[k + 1]) in float32
+    if job.at is not None and idx is job.every:  # a fixed-step solver's samples in lockstep: scalar times
+        t0 = job.grid[job.at]
+        h, j = job.grid[job.at + 1] - t0, job.at_stage
+        t_in = np.full(job.n, t0 + _C[job.method][j] * h, dtype=np.float32)
+        if job.kstore is None or j == 0:
+            return job.x, t_in, t_in
+        incr = np.einsum("ms,sm...->m...", _A[job.method][np.full(job.n, j)], job.kstore)  # as below, bit for bit
+        return (job.x + np.float32(h) * incr).astype(np.float32, copy=False), t_in, t_in
     t0, h = _step_times(job, idx)
     x = job.x[idx]
-    tb = TABLEAUX[job.method]
     j = job.stage[idx]
-    t_in = (t0 + np.asarray(tb.c)[j] * h).astype(np.float32)
+    t_in = (t0 + _C[job.method][j] * h).astype(np.float32)
     if job.kstore is None or not np.any(j):
         return x, t_in, t_in
-    coeff = np.asarray(tb.a, dtype=np.float32)[j]  # [m, S]
-    incr = np.einsum("ms,sm...->m...", coeff, job.kstore[:, idx])
+    incr = np.einsum("ms,sm...->m...", _A[job.method][j], job.kstore[:, idx])  # coefficients [m, S]
     x_in = x + _col(h.astype(np.float32), x.ndim) * incr
     return x_in.astype(np.float32, copy=False), t_in, t_in
 
 
 def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
     """Consume engine outputs ``y`` of the selected samples and move them one stage on."""
-    if job.at is not None and idx is job.every:  # a flow map's samples in lockstep: one copy, one int
-        job.x[...] = y
-        job.at += 1
+    if job.at is not None and idx is job.every:  # every sample in lockstep: whole arrays, ints
+        _advance_lockstep(job, y)
         return
     job.nfe[idx] += 1
     if job.method == "flowmap":
@@ -363,14 +376,33 @@ def advance(job: Job, idx: np.ndarray, y: np.ndarray) -> None:
     hb = _col(h.astype(np.float32), y.ndim)
     ks = job.kstore[:, li]
     x = job.x[li]
-    x_new = x + hb * np.einsum("s,sm...->m...", np.asarray(tb.b, dtype=np.float32), ks)
+    x_new = x + hb * np.einsum("s,sm...->m...", _B[job.method], ks)
     if not job.adaptive:
         job.x[li] = x_new
         job.k[li] += 1
         job.stage[li] = 0
         job.done[li] = job.k[li] >= job.K
         return
-    _dopri5_control(job, li, x, x_new, hb * np.einsum("s,sm...->m...", np.asarray(tb.b_err, dtype=np.float32), ks))
+    _dopri5_control(job, li, x, x_new, hb * np.einsum("s,sm...->m...", _B_ERR[job.method], ks))
+
+
+def _advance_lockstep(job: Job, y: np.ndarray) -> None:
+    """:func:`advance` of every sample of a job in lockstep: the same arithmetic on whole arrays."""
+    if job.method == "flowmap":  # one copy, one int
+        job.x[...] = y
+        job.at += 1
+        return
+    S = job.stages
+    if S > 1:
+        job.kstore[job.at_stage] = y
+        if job.at_stage < S - 1:
+            job.at_stage += 1
+            return
+        y = np.einsum("s,sm...->m...", _B[job.method], job.kstore)  # the step's weighted stages
+    h = job.grid[job.at + 1] - job.grid[job.at]
+    job.x[...] = job.x + np.float32(h) * y
+    job.at += 1
+    job.at_stage = 0
 
 
 def _dopri5_control(job: Job, li: np.ndarray, x: np.ndarray, x5: np.ndarray, err: np.ndarray) -> None:

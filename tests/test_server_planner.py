@@ -119,6 +119,38 @@ def test_a_flow_map_job_in_lockstep_steps_as_one_int_and_splits_when_its_arrays_
     np.testing.assert_array_equal(scarce.x, lock.x)
 
 
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+def test_a_fixed_step_solver_in_lockstep_equals_its_split_and_scarce_runs_bit_for_bit(method):
+    def b(x, t):
+        return (np.cos(3 * t)[:, None] * x + t[:, None]).astype(np.float32)
+
+    def drive(job, max_batch, split_after=None):
+        evals = 0
+        while not job.finished:
+            if evals == split_after:
+                job.split()
+            plan = plan_tick([job], max_batch, flowmap=False)
+            apply_outputs(plan, b(plan.x, plan.t.astype(np.float64)))
+            evals += 1
+        return evals
+
+    x0, grid = base_noise_np(2, 3, (2,)), np.linspace(0, 1, 5)
+    lock, split, scarce = (Job(x=x0, grid=grid, method=method) for _ in range(3))
+    stages = lock.stages
+    assert lock.at == 0 and lock.evals_left == 3 * 4 * stages
+    assert drive(lock, 256) == 4 * stages and lock.at == 4  # never split: one int per job all along
+    drive(split, 256, split_after=stages + 1)  # leaves lockstep mid-step (at a stage > 0 for heun, rk4)
+    drive(scarce, 2)  # max_batch 2 < n: the samples part at once
+    assert split.at is None and scarce.at is None
+    np.testing.assert_array_equal(split.x, lock.x)
+    np.testing.assert_array_equal(scarce.x, lock.x)
+    assert split.nfe.tolist() == scarce.nfe.tolist() == [4 * stages] * 3
+    want = solvers.solve_fixed(
+        lambda x, t: torch.cos(3 * t)[:, None] * x + t[:, None], torch.from_numpy(x0), method=method, steps=4
+    )
+    np.testing.assert_allclose(lock.x, want.x.numpy(), atol=2e-6)
+
+
 def test_lockstep_time_rows_beyond_the_prepared_size_are_the_same_times(monkeypatch):
     from anystep.server import jobs as jobs_mod
 
