@@ -75,6 +75,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("mf_ot_ff_start25", "MeanFlow, OT + Fourier features, a quarter of the batch at s = 0",
                 "minibatch OT, x_features 64, sigma 1, diag 0.5, start_frac 0.25",
                 {**FF, **_h(diag_frac=0.5, start_frac=0.25)}, base="meanflow_ot"),
+        Variant("mf_ot_ff_tm", "MeanFlow, OT + Fourier features, the map's own velocity as tangent",
+                "minibatch OT, x_features 64, sigma 1, tangent 'model' (one-sample noise dominates the long "
+                "jumps with Fourier features)", {**FF, **_h(tangent="model")}, base="meanflow_ot"),
         Variant("mf_ot_end25", "MeanFlow, OT, a quarter of the batch at t = 1",
                 "minibatch OT, diag 0.5, end_frac 0.25", _h(diag_frac=0.5, end_frac=0.25), base="meanflow_ot"),
         Variant("mf_ot_ff_end25", "MeanFlow, OT + Fourier features, a quarter of the batch at t = 1",
@@ -91,7 +94,7 @@ def _xl(name: str) -> Variant:
                    {**v.sets, **XL}, base=v.base, init_from=name)
 
 
-for _name in ("sc_ot_ff", "sc_ot_ff_start50", "mf_ot_ff", "mf_ot_ff_start25", "mf_ot_ff_end25"):
+for _name in ("sc_ot_ff", "sc_ot_ff_start50", "mf_ot_ff", "mf_ot_ff_start25", "mf_ot_ff_tm", "mf_ot_ff_end25"):
     VARIANTS[f"{_name}_xl"] = _xl(_name)
 
 
