@@ -108,6 +108,22 @@ def test_noise_rows_depend_only_on_their_seed_and_numpy_equals_torch():
     assert noise.base_noise_np(0, 3, (1, 8, 8)).shape == (3, 1, 8, 8)
 
 
+def test_small_draws_take_the_same_bits_as_the_array_path():
+    """The Python-int path of tiny draws (``SMALL_WORDS``) equals the uint64 array path bit for bit."""
+    rng = np.random.default_rng(0)
+    seeds = np.concatenate([[0, 1, noise.MAX_SEED, 2**32 - 1, 2**53 + 1], rng.integers(0, noise.MAX_SEED, 60)])
+    for dim in (1, 2, 3, 5, 8, 16):
+        big = noise.normal_rows_np(seeds.astype(np.int64), dim)  # one call: over SMALL_WORDS, array path
+        assert seeds.size * (dim + 1) // 2 * 2 > noise.SMALL_WORDS
+        for i, s in enumerate(seeds):
+            one = noise.normal_rows_np(np.array([s], dtype=np.int64), dim)
+            np.testing.assert_array_equal(one, big[i : i + 1])
+    pair = noise.normal_rows_np(seeds[:2].astype(np.int64), 2)
+    np.testing.assert_array_equal(pair, noise.normal_rows_np(seeds[:20].astype(np.int64), 2)[:2])
+    t = noise.normal_rows_torch(seeds[:1], 3).numpy()
+    np.testing.assert_allclose(noise.normal_rows_np(seeds[:1].astype(np.int64), 3), t, rtol=0, atol=1e-12)
+
+
 def test_noise_is_standard_normal():
     z = noise.base_noise_np(0, 100_000, (2,)).ravel()
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
