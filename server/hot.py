@@ -79,15 +79,15 @@ class FrontDoor:
         scheme, _, token = auth.partition(b" ")
         return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self._key)
 
-    async def _answer(self, handler: Any, scope: dict, receive: Any, send: Any) -> None:
+    async def _respond(self, handler: Any, scope: dict, receive: Any) -> Any:
+        """The handler's response, its :class:`ApiError` as a JSON error, or the last-resort 500."""
         try:
-            response = await handler(HotRequest(scope, receive), self.state)
+            return await handler(HotRequest(scope, receive), self.state)
         except ApiError as e:
-            response = error_response(e)
+            return error_response(e)
         except Exception:  # last resort: a bug, not bad input
             log.exception("unhandled error on %s", scope.get("path"))
-            response = JSONResponse(INTERNAL, status_code=500)
-        await response(scope, receive, send)
+            return JSONResponse(INTERNAL, status_code=500)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -112,22 +112,24 @@ class FrontDoor:
             return
         scope["anystep.labels"] = ("-", None)
         status = [500]
-
-        async def send_wrapper(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         handler = self._hot.get((scope.get("method"), path))
         try:
-            if handler is not None:
+            if handler is not None:  # the status is the response's own: no wrapper around send
                 fg = self.state.foreground  # adaptive solves yield while sampling requests are in flight
                 fg.enter()
                 try:
-                    await self._answer(handler, scope, receive, send_wrapper)
+                    response = await self._respond(handler, scope, receive)
+                    status[0] = response.status_code
+                    await response(scope, receive, send)
                 finally:
                     fg.leave()
             else:
+
+                async def send_wrapper(message: dict) -> None:
+                    if message["type"] == "http.response.start":
+                        status[0] = message["status"]
+                    await send(message)
+
                 await self.app(scope, receive, send_wrapper)
         finally:
             model, steps = scope.get("anystep.labels", ("-", None))

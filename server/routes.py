@@ -45,22 +45,39 @@ _ORJSON = orjson.OPT_SERIALIZE_NUMPY
 
 
 class BytesResponse(Response):
-    """A 200 response of ready bytes: the headers encoded once, without starlette's header merging."""
+    """A 200 response of ready bytes: the headers encoded once, without starlette's header merging.
 
-    def __init__(self, body: bytes, media_type: str, headers: dict[str, str] | None = None) -> None:
+    Args:
+        body: the bytes.
+        media_type: the ``Content-Type``.
+        headers: further headers (names sent lower-case).
+        raw_headers: further headers already encoded, ``(lower-case name, value)`` bytes (after ``headers``).
+    """
+
+    def __init__(
+        self,
+        body: bytes,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.body = body
         raw = [(b"content-length", str(len(body)).encode()), (b"content-type", media_type.encode("latin-1"))]
         if headers:
             raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if raw_headers:
+            raw += raw_headers
         self.raw_headers = raw
 
 
-def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: dict[str, Any], headers: dict[str, str] | None = None, raw_headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
     """A JSON response encoded by orjson: numpy arrays directly, float32 in its shortest form
     (about 20x faster than ``json.dumps`` of nested lists for 256 2D samples)."""
-    return BytesResponse(orjson.dumps(body, option=_ORJSON), "application/json", headers)
+    return BytesResponse(orjson.dumps(body, option=_ORJSON), "application/json", headers, raw_headers)
 
 
 @functools.lru_cache(maxsize=256)
@@ -80,6 +97,23 @@ def npy_bytes(x: np.ndarray) -> bytes:
 def retry_after(seconds: float) -> dict[str, str]:
     """A ``Retry-After`` header of at least one second."""
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    """The query string's ``(name, value)`` pairs: ``request.query_params.multi_items()`` (``parse_qsl`` of the
+    latin-1 text, blank values kept), split directly when it holds no ``%`` or ``+`` escape (then
+    ``parse_qsl`` only splits: no ``QueryParams`` per request)."""
+    qs = request.scope.get("query_string")
+    if not qs:
+        return []
+    if b"%" in qs or b"+" in qs:
+        return request.query_params.multi_items()
+    out = []
+    for part in qs.decode("latin-1").split("&"):
+        if part:  # parse_qsl skips empty fields; a name without "=" has the value ""
+            name, _, value = part.partition("=")
+            out.append((name, value))
+    return out
 
 
 def _headers(request: Request) -> tuple[bytes | None, str]:
@@ -195,6 +229,12 @@ async def run_job(request: Request, m: ServedModel, job: Job, timeout_s: float, 
         watchdog.unwatch(watch)
 
 
+@functools.lru_cache(maxsize=256)
+def _model_headers(name: str, kind: str) -> tuple[tuple[bytes, bytes], ...]:
+    """``X-Anystep-Model`` and ``X-Anystep-Kind`` of a model's answers, encoded once."""
+    return (b"x-anystep-model", name.encode("latin-1")), (b"x-anystep-kind", kind.encode("latin-1"))
+
+
 def _timing(t0: float, r: JobResult) -> dict[str, float]:
     return {
         "total": round(1000.0 * (time.perf_counter() - t0), 3),
@@ -213,7 +253,7 @@ async def generate(request: Request, state: Any) -> Response:
     t0 = time.perf_counter()
     config = state.config
     raw, ctype = await read_body(request, config.max_body_bytes)
-    query = parse_query(request.query_params.multi_items(), GENERATE_QUERY_FIELDS)
+    query = parse_query(query_items(request), GENERATE_QUERY_FIELDS)
     if ctype in NPY_TYPES:
         body, source = {}, parse_npy(raw)
     else:
@@ -249,28 +289,27 @@ async def generate(request: Request, state: Any) -> Response:
     nfe = result.nfe * (cond.nfe_per_call if cond is not None else 1)
     x_units = m.units.to_units(result.x)
     timing = _timing(t0, result)
-    headers = {
-        "X-Anystep-Model": m.name,
-        "X-Anystep-Kind": m.kind,
-        "X-Anystep-Steps": str(result.steps),
-        "X-Anystep-NFE": str(nfe),
-        "X-Anystep-Seed": str(p.seed),
-        "X-Anystep-N": str(p.n),
-        "X-Anystep-Shape": ",".join(str(d) for d in x_units.shape),
-        "X-Anystep-Time-Ms": f"{timing['total']:.3f}",
-        "X-Anystep-Queue-Ms": f"{timing['queue']:.3f}",
-        "X-Anystep-Compute-Ms": f"{timing['compute']:.3f}",
-        "X-Anystep-Chosen-By-Budget": "true" if chosen else "false",
-    }
+    headers = [  # X-Anystep-* as raw ASGI headers (lower-case names, as BytesResponse sends them)
+        *_model_headers(m.name, m.kind),
+        (b"x-anystep-steps", str(result.steps).encode()),
+        (b"x-anystep-nfe", str(nfe).encode()),
+        (b"x-anystep-seed", str(p.seed).encode()),
+        (b"x-anystep-n", str(p.n).encode()),
+        (b"x-anystep-shape", ",".join([str(d) for d in x_units.shape]).encode()),
+        (b"x-anystep-time-ms", f"{timing['total']:.3f}".encode()),
+        (b"x-anystep-queue-ms", f"{timing['queue']:.3f}".encode()),
+        (b"x-anystep-compute-ms", f"{timing['compute']:.3f}".encode()),
+        (b"x-anystep-chosen-by-budget", b"true" if chosen else b"false"),
+    ]
     if p.solver:
-        headers["X-Anystep-Solver"] = p.solver
+        headers.append((b"x-anystep-solver", p.solver.encode("latin-1")))
     if p.format == "npy":
-        return BytesResponse(npy_bytes(x_units), "application/x-npy", headers)
+        return BytesResponse(npy_bytes(x_units), "application/x-npy", raw_headers=headers)
     if p.format == "png":
         from anystep.core.render import samples_png
 
         png = await asyncio.to_thread(samples_png, result.x)
-        return BytesResponse(png, "image/png", headers)
+        return BytesResponse(png, "image/png", raw_headers=headers)
     body_out = {
         "model": m.name,
         "kind": m.kind,
@@ -290,7 +329,7 @@ async def generate(request: Request, state: Any) -> Response:
     if job_cond:
         body_out["class"] = job_cond["y"].tolist()
         body_out["guidance"] = cond.w.tolist() if cond.w is not None else None
-    return json_response(body_out, headers)
+    return json_response(body_out, raw_headers=headers)
 
 
 async def encode(request: Request, state: Any) -> Response:
@@ -299,7 +338,7 @@ async def encode(request: Request, state: Any) -> Response:
     config = state.config
     raw, ctype = await read_body(request, config.max_body_bytes)
     if ctype in NPY_TYPES:
-        params = parse_query(request.query_params.multi_items(), tuple(f for f in ENCODE_FIELDS if f != "x"))
+        params = parse_query(query_items(request), tuple(f for f in ENCODE_FIELDS if f != "x"))
         x = parse_npy(raw)
     else:
         body = parse_json_body(raw)

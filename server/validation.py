@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from anystep.core.conditioning import ConditioningError, resolve_conditioning
 from anystep.core.grid import GridError
 from anystep.core.params import (
     ParamError,
@@ -140,12 +141,51 @@ def _resolve(m: ServedModel, default_max_nfe: int, kw: dict[str, Any]) -> Sampli
         raise ApiError.from_param(e, "invalid_grid" if getattr(e, "field", None) == "grid" else "invalid_parameter") from None
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What a generate request's parameters (all but ``seed``) resolve to on one model: the same for
+    every request of those parameters (:func:`validate_generate` keeps it per parameter set)."""
+
+    models: dict[str, ServedModel]
+    model: ServedModel
+    spec: SamplingSpec
+    n: int
+    format: str
+    latency_ms: float | None
+    steps_cap: int | None
+    classes: Any
+    guidance: Any
+
+
+_CHECKED: dict[tuple, _Checked] = {}
+"""Checked parameter sets without a source, keyed by ``id(models)`` and every ``(name, type, value)``
+but the seed (the type too: ``1``, ``1.0`` and ``True`` are equal keys of a dict, not equal inputs; floats
+by their bits, ``0.0`` is not ``-0.0``)."""
+_MAX_CHECKED = 4096
+
+
 def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel], source: Any = None) -> GenerateParams:
     """Merged query + body parameters (without ``source``) and the source samples -> :class:`GenerateParams`.
+
+    Every check but the seed's depends on the parameters and the model only: a parameter set without
+    ``source`` or ``grid`` that passed them once is not checked again (the strict schema included) -- a repeated
+    request re-checks its seed (a seed the schema might refuse takes the full path, so errors are the
+    same) and its conditioning.
 
     Raises:
         ApiError: a 4xx naming the field (``source`` on a Gaussian-base model, of the wrong shape, ...).
     """
+    key = None
+    if source is None:
+        key = (id(models), *[(k, v.hex()) if type(v) is float else (k, type(v), v) for k, v in raw.items() if k != "seed"])
+        try:
+            hit = _CHECKED.get(key)
+        except TypeError:  # a list (grid, per-sample class or guidance): not kept
+            key = hit = None
+        if hit is not None and hit.models is models and models.get(hit.model.name) is hit.model:
+            seed = raw.get("seed")
+            if seed is None or (type(seed) is int and 0 <= seed <= MAX_SEED):  # what the schema accepts
+                return _seeded(hit, seed)
     try:
         req = GenerateRequest.model_validate(raw)
     except ValidationError as e:
@@ -183,12 +223,24 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel], sourc
         check_budget(n, spec, m.limits.max_compute)  # with a latency budget: at least one step
     except ParamError as e:
         raise ApiError(422, "over_budget", str(e), e.field) from None
-    seed = req.seed if req.seed is not None else random.randrange(0, 2**31)
-    check_range("seed", seed + n - 1, 0, MAX_SEED, "(sample i uses seed + i: seed + n - 1 must stay in range)")
-    from anystep.core.conditioning import ConditioningError, resolve_conditioning
+    checked = _Checked(models, m, spec, n, fmt, req.latency_ms, steps_cap, req.class_, req.guidance)
+    params = _seeded(checked, req.seed, x0)
+    if key is not None and req.grid is None:  # all passed: the next request of these parameters skips them
+        # (a custom grid's spec is the request's own, writable: not shared)
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+    return params
 
+
+def _seeded(c: _Checked, seed: int | None, x0: np.ndarray | None = None) -> GenerateParams:
+    """The per-request part of :func:`validate_generate`: the seed (drawn when absent), its range, the
+    conditioning of the seeds ``seed .. seed + n - 1`` (and its budget)."""
+    m, n, spec = c.model, c.n, c.spec
+    seed = seed if seed is not None else random.randrange(0, 2**31)
+    check_range("seed", seed + n - 1, 0, MAX_SEED, "(sample i uses seed + i: seed + n - 1 must stay in range)")
     try:  # the seeds of sample_seeds(seed, n) as a range: no per-seed objects
-        cond = resolve_conditioning(m.config, range(int(seed), int(seed) + n), req.class_, req.guidance)
+        cond = resolve_conditioning(m.config, range(int(seed), int(seed) + n), c.classes, c.guidance)
     except ConditioningError as e:
         fld = "class" if "class" in str(e) and "guidance" not in str(e) else "guidance"
         raise ApiError(422, "invalid_conditioning", f"{m.name}: {e}", fld) from None
@@ -203,10 +255,10 @@ def validate_generate(raw: dict[str, Any], models: dict[str, ServedModel], sourc
         spec=spec,
         n=n,
         seed=int(seed),
-        format=fmt,
+        format=c.format,
         solver=None if m.kind == "flowmap" else spec.method,
-        latency_ms=req.latency_ms,
-        steps_cap=steps_cap,
+        latency_ms=c.latency_ms,
+        steps_cap=c.steps_cap,
         x0=x0,
     )
 
