@@ -1,0 +1,39 @@
+"""The lever study's variants (benchmarks/checkerboard_lever.py) are runnable configs.
+
+No training here: every variant's TrainConfig is built from its benchmark row, and its
+objective accepts the hyper-parameters (e.g. LSD's diagonal 3/4 leaves room for its
+``start_frac``), so a ``train NAME`` chain never dies on a config error after hours of others.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from anystep.benchmarks.checkerboard_lever import LEVER_DIR, VARIANTS, _cfg
+from anystep.benchmarks.checkerboard_methods import METHODS
+from anystep.core.interpolants import build_interpolant
+from anystep.training.base import build_objective
+
+
+def test_every_variant_names_a_benchmark_row_and_existing_variants():
+    for v in VARIANTS.values():
+        assert v.base in METHODS, v.name
+        for other in (v.init_from, v.teacher_from):
+            assert other is None or other in VARIANTS, (v.name, other)
+
+
+def test_every_variant_builds_a_config_its_objective_accepts():
+    for v in VARIANTS.values():
+        cfg = _cfg(v)
+        obj = build_objective(cfg.objective, build_interpolant(), **cfg.objective_hparams)
+        frac = cfg.objective_hparams.get("start_frac", 0.0)
+        pair = obj.times.sample(512, torch.Generator().manual_seed(0))
+        if frac:  # the s = 0 (and, both directions, s = 1) rows are there
+            assert int(((pair.s == 0) | (pair.s == 1)).sum()) >= round(frac * 512), v.name
+        for key, val in v.sets.items():
+            if key.startswith("model.backbone."):
+                assert getattr(cfg.model.backbone, key.split(".")[-1]) == val, (v.name, key)
+        if v.init_from is not None:
+            assert cfg.init_from == str(LEVER_DIR / v.init_from)
+        if v.teacher_from is not None:
+            assert cfg.teacher == str(LEVER_DIR / v.teacher_from)
