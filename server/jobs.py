@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,13 @@ _B_ERR = {name: np.asarray(tb.b_err, dtype=np.float32) for name, tb in TABLEAUX.
 """Each tableau's coefficients as the arrays the stages use (made once, not per evaluation)."""
 TIME_ROWS_MAX = 1 << 16
 """Most floats per time array a lockstep job prepares for all its steps at once (:meth:`Job.time_rows`)."""
+GRID_CACHE_MAX = 256
+"""Most grids whose derived arrays (:class:`GridArrays`) are kept; the cache is emptied when full."""
+GRID_CACHE_SIZE = 1025
+"""Longest grid (times) that is cached: longer ones are derived per job."""
+_ARANGE = np.arange(4096)
+_ARANGE.setflags(write=False)
+"""Sample indices ``0 .. 4095``, shared read-only: a job's :attr:`Job.every` is a view of them when it fits."""
 
 
 class SchedulerError(AnystepError):
@@ -54,6 +62,23 @@ class SolverFailedError(SchedulerError):
 
 class NonFiniteError(SchedulerError):
     """The model produced NaN or Inf for some samples of a job."""
+
+
+FINITE_SUM_MAX = 64
+"""Most values whose finiteness :func:`all_finite` reads from a float64 sum of Python floats."""
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of the float32 array ``x`` is finite.
+
+    A finite sum means every value is finite (NaN and Inf propagate): one reduction in the common
+    case. Up to :data:`FINITE_SUM_MAX` values the sum is Python's over ``tolist()`` (float64: at most
+    64 float32 values cannot overflow it), cheaper than a numpy reduction on a few values; a larger
+    array whose float32 sum overflowed is checked value by value.
+    """
+    if x.size <= FINITE_SUM_MAX:
+        return math.isfinite(sum(x.reshape(-1).tolist()))
+    return math.isfinite(float(x.sum())) or bool(np.isfinite(x).all())
 
 
 @dataclass
@@ -95,6 +120,44 @@ class SeededBase:
     seed: int
     n: int
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GridArrays:
+    """What a job derives from its grid alone, made once per grid and shared read-only by every job of it.
+
+    Attributes:
+        step_s: ``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it.
+        step_t: ``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step.
+        times: ``[2, K, 1]`` float32 ``(step_s, step_t)`` as columns, what :meth:`Job.time_rows` repeats.
+    """
+
+    step_s: np.ndarray
+    step_t: np.ndarray
+    times: np.ndarray
+
+
+_GRIDS: dict[bytes, GridArrays] = {}
+
+
+def grid_arrays(grid: np.ndarray) -> GridArrays:
+    """The :class:`GridArrays` of a ``[K + 1]`` float64 grid (cached by its bytes: equal grids share them).
+
+    The arrays are read-only: engines never write their inputs, and a job only reads them. Grids
+    longer than :data:`GRID_CACHE_SIZE` times are derived each call (not kept).
+    """
+    key = grid.tobytes() if grid.size <= GRID_CACHE_SIZE else None
+    arrays = _GRIDS.get(key) if key is not None else None
+    if arrays is None:
+        grid32 = grid.astype(np.float32)
+        times = np.stack([grid32[:-1], grid32[1:]])[:, :, None]
+        times.setflags(write=False)  # its step views below inherit it
+        arrays = GridArrays(step_s=times[0, :, 0], step_t=times[1, :, 0], times=times)
+        if key is not None:
+            if len(_GRIDS) >= GRID_CACHE_MAX:
+                _GRIDS.clear()
+            _GRIDS[key] = arrays
+    return arrays
 
 
 _ids = itertools.count()
@@ -150,17 +213,19 @@ class Job:
     cancelled: bool = field(init=False, default=False)
     base: SeededBase | None = field(init=False, default=None)
     every: np.ndarray = field(init=False, repr=False)
-    """``arange(n)``: what :meth:`live` returns (this very array) while every sample is in
+    """``arange(n)`` (read-only): what :meth:`live` returns (this very array) while every sample is in
     lockstep, so flow-map stages and updates use whole-array operations instead of gathers."""
     step_s: np.ndarray = field(init=False, repr=False)
-    """``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it."""
+    """``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it
+    (read-only, shared by the jobs of equal grids: :func:`grid_arrays`)."""
     step_t: np.ndarray = field(init=False, repr=False)
-    """``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step."""
+    """``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step (read-only, shared)."""
+    _times: np.ndarray = field(init=False, repr=False)
     _k: np.ndarray | None = field(init=False, default=None, repr=False)
     _stage: np.ndarray | None = field(init=False, default=None, repr=False)
     _nfe: np.ndarray | None = field(init=False, default=None, repr=False)
     _done: np.ndarray | None = field(init=False, default=None, repr=False)
-    _rows: tuple[list[np.ndarray], list[np.ndarray]] | None = field(init=False, default=None, repr=False)
+    _rows: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.x, SeededBase):
@@ -180,14 +245,14 @@ class Job:
         if bad:
             raise SchedulerError(f"conditioning inputs {bad} must have one row per sample ({n})")
         self.K = int(self.grid.size - 1)
-        self.every = np.arange(n)
+        self.every = _ARANGE[:n] if n <= _ARANGE.size else np.arange(n)
         if not self.adaptive:  # dopri5 samples choose their own steps: per-sample arrays from the start
             self.at = 0
         else:
             self._k, self._stage, self._nfe = (np.zeros(n, dtype=np.int64) for _ in range(3))
             self._done = np.zeros(n, dtype=bool)
-        grid32 = self.grid.astype(np.float32)
-        self.step_s, self.step_t = grid32[:-1], grid32[1:]
+        arrays = grid_arrays(self.grid)
+        self.step_s, self.step_t, self._times = arrays.step_s, arrays.step_t, arrays.times
         tb = TABLEAUX.get(self.method)
         if tb is not None and tb.stages > 1:
             self.kstore = np.zeros((tb.stages, *self.x.shape), dtype=np.float32)
@@ -242,18 +307,16 @@ class Job:
     def time_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """``([n], [n])`` float32 engine times ``(grid[at], grid[at + 1])`` of every sample in lockstep.
 
-        All ``K`` rows are made once per job (two arrays of ``K n`` floats, up to :data:`TIME_ROWS_MAX`
-        of them; beyond, the two rows of each step): a tick then indexes a list.
+        All ``K`` rows are made once per job, the job's own writable ``[2, K, n]`` array (``K n`` floats
+        each, up to :data:`TIME_ROWS_MAX`; beyond, the two rows of each step): a tick then takes two views.
         """
         rows, k = self._rows, self.at
         if rows is None:
             n = self.n
             if self.K * n > TIME_ROWS_MAX:
                 return np.full(n, self.step_s[k]), np.full(n, self.step_t[k])
-            st = np.empty((2, self.K, n), dtype=np.float32)
-            st[0], st[1] = self.step_s[:, None], self.step_t[:, None]
-            rows = self._rows = (list(st[0]), list(st[1]))
-        return rows[0][k], rows[1][k]
+            rows = self._rows = self._times.copy() if n == 1 else self._times.repeat(n, axis=2)
+        return rows[0, k], rows[1, k]
 
     @property
     def adaptive(self) -> bool:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engines import Engine
-from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError
+from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError, all_finite
 from .pacing import ADAPTIVE_MAX_DEFER_S, CostModel, Foreground, adaptive_pause
 from .planner import TickPlan, apply_outputs, bucket_sizes, draw_bases, plan_tick
 
@@ -435,8 +435,7 @@ class StepScheduler:
 
     # -- completion (tick thread -> event loop) --------------------------------------
     def _finish(self, job: Job) -> None:
-        # a finite sum means every value is finite (NaN/Inf propagate): one reduction in the common case
-        if job.error is None and not math.isfinite(float(job.x.sum())) and not np.isfinite(job.x).all():
+        if job.error is None and not all_finite(job.x):
             job.error = NonFiniteError(
                 f"the model produced non-finite values (NaN/Inf) for {int((~np.isfinite(job.x)).reshape(job.n, -1).any(1).sum())} "
                 f"of {job.n} samples of {job.tag or 'this request'}"
@@ -445,8 +444,10 @@ class StepScheduler:
             self._fail(job, job.error)
             return
         with self._cv:
-            if job in self._jobs:
+            try:
                 self._jobs.remove(job)
+            except ValueError:  # cancelled meanwhile: already out
+                pass
         queue_s = (job.started_at or job.submitted_at) - job.submitted_at
         self._resolve(
             job,
