@@ -348,7 +348,9 @@ class StepScheduler:
             self._tick()
             while len(self._jobs) == n and not self._stop and time.perf_counter() < until:
                 self._tick()
-            await asyncio.sleep(0)
+            if self._jobs:  # work left: let the answers out and new requests in, then go on
+                await asyncio.sleep(0)
+            # else the wait above yields: no extra task step per request
 
     def _tick(self) -> None:
         """Plan one engine call, make it, hand the outputs back, settle finished jobs."""
