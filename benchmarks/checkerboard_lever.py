@@ -347,8 +347,9 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
         f"- Date: {res['date']}",
         ("- Every variant: a benchmark row (column `base`: its preset, teacher and warm start; the shared "
         "budget MLP 256 x 4, 1000 Adam steps, batch 512, lr 1e-3 cosine to 1e-5, EMA 0.999; LMD, EMD, "
-        "AYF-LMD, FMM, EE and LSD start from the benchmark's teacher `runs/checkerboard/si`, v_st = b_s) with "
-        "the change in its row; `_xl` / `_xxl` rows continue another variant's weights. `bench:` rows are "
+        "AYF-LMD, FMM, EE and LSD start from the benchmark's teacher `runs/checkerboard/si`, v_st = b_s, PFMM "
+        "from its FMM N=4 teacher) with the change in its row; `_xl` / `_xxl` / `_x3l` rows continue another "
+        "variant's weights (`steps`: their own). `bench:` rows are "
         "the benchmark's own run directories, scored here."),
         (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
         f"**{fmt(t, 4)}** (blur {_blur(res['teacher_blur'])}); ratios are KL / {fmt(t, 3)}."),
