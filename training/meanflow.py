@@ -76,7 +76,10 @@ jumps ``X_{s,1}`` onto the data) with ``s`` a single time of ``time_kind``. (MF)
 derivative in ``s`` at fixed ``t``: its information travels from the diagonal ``s = t`` back
 along ``s``, so the row ``t = 1`` is the Eulerian characteristic that ends at ``X_{0,1}``.
 Both are mixtures with the base weight, so the minimiser is unchanged; they need
-``diag_frac + start_frac + end_frac <= 1`` and ``gap_kind = "triangle"``.
+``diag_frac + start_frac + end_frac <= 1`` and ``gap_kind = "triangle"``. On the
+checkerboard both hurt (results/family.md: ``start_frac`` 0.25 diverged, ``end_frac`` 0.25
+is 2.4x worse at one step): they put more of the batch on the long jumps, whose
+bootstrapped targets are the most wrong.
 
 What the trained model supports: a forward two-time map on the whole triangle
 ``0 <= s <= t <= 1``, so any forward grid and any step count; it is not trained for

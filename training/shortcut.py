@@ -76,7 +76,8 @@ class Shortcut(FlowObjective):
     the share of the self-consistency rows, after the ``top_frac`` ones, whose jump starts at
     ``t = 0`` -- ``X_{0,2d}``, the first step of every dyadic chain from the base, the
     analogue of the time samplers' ``start_frac`` (``training/times.py``) -- at a uniform
-    level; default 0, the start uniform on the level's grid as in the paper). The other
+    level; default 0, the start uniform on the level's grid as in the paper; on the
+    checkerboard 0.5 did not help, results/family.md). The other
     generic time settings are not used (times are dyadic).
     Metrics: ``loss``, ``shortcut_fm``, ``shortcut_sc``.
     """
