@@ -362,7 +362,7 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
         m = r["metrics"]
         base = [r["name"], r["factor"], r["steps"], fmt(r["seconds"]), fmt(r["ms_per_step"]), fmt(r["load_avg"])]
         kl_rows.append(base + [fmt(m[str(k)]["kl"]) for k in steps])
-        long = r["name"].endswith(("_xl", "_xxl")) and f"{r['base']}_xl" in bench
+        long = r["name"].endswith(("_xl", "_xxl", "_x3l")) and f"{r['base']}_xl" in bench
         ref = bench.get(f"{r['base']}_xl" if long else r["base"])
         vs = [fmt(m[str(k)]["kl"] / ref[str(k)]["kl"]) if ref and not r["name"].startswith("bench:") else "-"
               for k in (1, 4)]
@@ -373,7 +373,7 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
               markdown_table(head + [f"K={k}" for k in steps], kl_rows), "",
               "## KL / teacher's dopri5 KL, and the one-step coupling error", "",
               ("`vs base` = the variant's KL over its base benchmark row's (1000 steps) at K = 1 and 4: "
-               "below 1 the change helped (`_xl` / `_xxl` variants: over the base's `_xl` row where it has "
+               "below 1 the change helped (`_xl` / `_xxl` / `_x3l` variants: over the base's `_xl` row where it has "
                "one, `lmd_xl`, 7000 steps)."), "",
               markdown_table(["Variant", "base"] + [f"K={k}" for k in steps]
                              + ["coupling K=1", "vs base K=1", "vs base K=4"], ratio_rows), "",
