@@ -35,6 +35,8 @@ import numpy as np
 from anystep.core.tableaux import DEFAULT_MAX_NFE, DOPRI5, TABLEAUX
 from anystep.errors import AnystepError
 
+from .grid_cache import grid_arrays
+
 METHODS = ("flowmap", *TABLEAUX)
 _C = {name: np.asarray(tb.c, dtype=np.float64) for name, tb in TABLEAUX.items()}
 _A = {name: np.asarray(tb.a, dtype=np.float32) for name, tb in TABLEAUX.items()}
@@ -43,10 +45,6 @@ _B_ERR = {name: np.asarray(tb.b_err, dtype=np.float32) for name, tb in TABLEAUX.
 """Each tableau's coefficients as the arrays the stages use (made once, not per evaluation)."""
 TIME_ROWS_MAX = 1 << 16
 """Most floats per time array a lockstep job prepares for all its steps at once (:meth:`Job.time_rows`)."""
-GRID_CACHE_MAX = 256
-"""Most grids whose derived arrays (:class:`GridArrays`) are kept; the cache is emptied when full."""
-GRID_CACHE_SIZE = 1025
-"""Longest grid (times) that is cached: longer ones are derived per job."""
 _ARANGE = np.arange(4096)
 _ARANGE.setflags(write=False)
 """Sample indices ``0 .. 4095``, shared read-only: a job's :attr:`Job.every` is a view of them when it fits."""
@@ -120,44 +118,6 @@ class SeededBase:
     seed: int
     n: int
     shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class GridArrays:
-    """What a job derives from its grid alone, made once per grid and shared read-only by every job of it.
-
-    Attributes:
-        step_s: ``[K]`` float32 ``grid[:-1]``: the start time ``s`` of each step, as the engine takes it.
-        step_t: ``[K]`` float32 ``grid[1:]``: the end time ``t`` of each step.
-        times: ``[2, K, 1]`` float32 ``(step_s, step_t)`` as columns, what :meth:`Job.time_rows` repeats.
-    """
-
-    step_s: np.ndarray
-    step_t: np.ndarray
-    times: np.ndarray
-
-
-_GRIDS: dict[bytes, GridArrays] = {}
-
-
-def grid_arrays(grid: np.ndarray) -> GridArrays:
-    """The :class:`GridArrays` of a ``[K + 1]`` float64 grid (cached by its bytes: equal grids share them).
-
-    The arrays are read-only: engines never write their inputs, and a job only reads them. Grids
-    longer than :data:`GRID_CACHE_SIZE` times are derived each call (not kept).
-    """
-    key = grid.tobytes() if grid.size <= GRID_CACHE_SIZE else None
-    arrays = _GRIDS.get(key) if key is not None else None
-    if arrays is None:
-        grid32 = grid.astype(np.float32)
-        times = np.stack([grid32[:-1], grid32[1:]])[:, :, None]
-        times.setflags(write=False)  # its step views below inherit it
-        arrays = GridArrays(step_s=times[0, :, 0], step_t=times[1, :, 0], times=times)
-        if key is not None:
-            if len(_GRIDS) >= GRID_CACHE_MAX:
-                _GRIDS.clear()
-            _GRIDS[key] = arrays
-    return arrays
 
 
 _ids = itertools.count()

@@ -31,6 +31,7 @@ from .engines import Engine
 from .jobs import Job, JobResult, NonFiniteError, SchedulerError, SolverFailedError, all_finite
 from .pacing import ADAPTIVE_MAX_DEFER_S, CostModel, Foreground, adaptive_pause
 from .planner import TickPlan, apply_outputs, bucket_sizes, draw_bases, plan_tick
+from .settle import settle_all, settle_one
 
 __all__ = [
     "CostModel",
@@ -476,7 +477,7 @@ class StepScheduler:
         if threading.current_thread() is self._thread:
             self._settle.append((fut, result, exc))  # handed to the event loop once per tick
         else:
-            _settle_one(fut, result, exc)
+            settle_one(fut, result, exc)
 
     def _flush(self) -> None:
         """Settle this tick's finished futures on the event loop with one thread hand-off."""
@@ -484,20 +485,6 @@ class StepScheduler:
             return
         batch, self._settle = self._settle, []
         try:
-            self._loop.call_soon_threadsafe(_settle_all, batch)
+            self._loop.call_soon_threadsafe(settle_all, batch)
         except RuntimeError:  # the event loop is closed
             pass
-
-
-def _settle_one(fut: asyncio.Future, result: JobResult | None, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
-
-
-def _settle_all(batch: list[tuple[asyncio.Future, JobResult | None, BaseException | None]]) -> None:
-    for fut, result, exc in batch:
-        _settle_one(fut, result, exc)

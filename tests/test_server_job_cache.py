@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from anystep.server import jobs
+from anystep.server import grid_cache
 from anystep.server.jobs import Job, all_finite, grid_arrays
 from anystep.server.scheduler import NonFiniteError, StepScheduler
 
@@ -55,7 +55,7 @@ def _expected(x0, grid):
 
 
 def test_grid_arrays_shared_read_only_and_apart():
-    jobs._GRIDS.clear()
+    grid_cache._GRIDS.clear()
     a = grid_arrays(np.array([1.0, 0.5, 0.0]))
     b = grid_arrays(np.array([1.0, 0.5, 0.0]))  # equal times, another array: the same arrays
     c = grid_arrays(np.array([1.0, 0.25, 0.0]))
@@ -70,15 +70,15 @@ def test_grid_arrays_shared_read_only_and_apart():
 
 
 def test_grid_cache_bounded_and_long_grids_not_kept(monkeypatch):
-    jobs._GRIDS.clear()
-    monkeypatch.setattr(jobs, "GRID_CACHE_MAX", 3)
+    grid_cache._GRIDS.clear()
+    monkeypatch.setattr(grid_cache, "GRID_CACHE_MAX", 3)
     for k in range(7):
         grid_arrays(np.linspace(1.0, 0.0, k + 2))
-        assert len(jobs._GRIDS) <= 3
-    jobs._GRIDS.clear()
-    long = np.linspace(1.0, 0.0, jobs.GRID_CACHE_SIZE + 1)
+        assert len(grid_cache._GRIDS) <= 3
+    grid_cache._GRIDS.clear()
+    long = np.linspace(1.0, 0.0, grid_cache.GRID_CACHE_SIZE + 1)
     arrays = grid_arrays(long)
-    assert not jobs._GRIDS and arrays is not grid_arrays(long)
+    assert not grid_cache._GRIDS and arrays is not grid_arrays(long)
     np.testing.assert_array_equal(arrays.step_t, long[1:].astype(np.float32))
 
 
@@ -102,9 +102,9 @@ def test_time_rows_are_each_jobs_own(n):
 def test_cached_answers_equal_fresh_and_specs_apart():
     x0 = np.array([[0.25, -1.5]], dtype=np.float32)
     grids = [np.array([1.0, 0.0]), np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.3, 1.0])]
-    jobs._GRIDS.clear()
+    grid_cache._GRIDS.clear()
     fresh = [_solve(_AffineMap(), [g], x0)[0].x for g in grids]  # each grid derived for its job
-    assert len(jobs._GRIDS) == len(grids)
+    assert len(grid_cache._GRIDS) == len(grids)
     cached = _solve(_AffineMap(), [g.copy() for g in grids] * 2, x0)  # from the cache, sharing ticks
     for i, g in enumerate(grids * 2):
         np.testing.assert_array_equal(cached[i].x, fresh[i % len(grids)])
