@@ -94,7 +94,7 @@ def _xl(name: str) -> Variant:
                    {**v.sets, **XL}, base=v.base, init_from=name)
 
 
-for _name in ("sc_ot_ff", "sc_ot_ff_start50", "mf_ot_ff", "mf_ot_ff_start25", "mf_ot_ff_tm", "mf_ot_ff_end25"):
+for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_ot_ff_start25", "mf_ot_ff_tm", "mf_ot_ff_end25"):
     VARIANTS[f"{_name}_xl"] = _xl(_name)
 
 
