@@ -38,7 +38,13 @@ from typing import Any
 
 __all__ = ["STAGES", "Stage", "main", "round_trip_errors", "stage_config"]
 
-BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
+from anystep.benchmarks.checkerboard_variant_runs import (
+    BENCH_DIR,
+    scoring_setup,
+    train_runs,
+    variant_config,
+)
+
 BUNDLE_RUNS = Path("runs/cb_bundle")
 RESULTS = Path("benchmarks/results")
 MODELS = Path("models")
@@ -88,29 +94,13 @@ STAGES: dict[str, Stage] = {
 
 def stage_config(stage: Stage):
     """The TrainConfig of ``stage`` (built like the benchmark's and the lever's rows)."""
-    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
-    from anystep.benchmarks.checkerboard_train import build_train_config
-    from anystep.training.config import apply_overrides
-
-    cfg = build_train_config(METHODS["lmd_both"], Settings(), BENCH_DIR)
-    cfg = apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in stage.sets.items()])
-    if stage.init_from is not None:
-        cfg = cfg.replace(init_from=str(BUNDLE_RUNS / stage.init_from))
-    return cfg.replace(preset=f"{cfg.preset} (checkerboard_bundle_train {stage.name})")
+    return variant_config("lmd_both", stage.sets, f"checkerboard_bundle_train {stage.name}",
+                          init_from=None if stage.init_from is None else BUNDLE_RUNS / stage.init_from)
 
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) ``names`` one after the other on one thread."""
-    import torch
-
-    from anystep.benchmarks.checkerboard_train import train_one
-
-    torch.set_num_threads(1)
-    for name in names:
-        rec = train_one(name, stage_config(STAGES[name]), BUNDLE_RUNS / name, fresh=False, progress=False,
-                        log=lambda m: print(m, flush=True))
-        (BUNDLE_RUNS / name / "train_record.json").write_text(json.dumps(rec.__dict__, indent=1))
-        print(f"[{name}] done: {rec.steps} steps, {rec.seconds:.0f} s, final loss {rec.final_loss}", flush=True)
+    train_runs(names, lambda name: stage_config(STAGES[name]), BUNDLE_RUNS, "train_record.json")
 
 
 def round_trip_errors(model, x0, x1, steps: int) -> dict[str, float]:
@@ -140,32 +130,11 @@ def round_trip_errors(model, x0, x1, steps: int) -> dict[str, float]:
 
 
 def _context():
-    """The benchmark's evaluation context (as ``checkerboard_lever.report``): shared base points,
-    W2 targets, the teacher's cached dopri5 samples, the blur curve; plus exact board samples."""
+    """The benchmark's evaluation context (``checkerboard_variant_runs.scoring_setup``) plus exact board samples."""
     import torch
 
-    from anystep.benchmarks.checkerboard_cache import EvalCache
-    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, score_samples
-    from anystep.benchmarks.checkerboard_methods import Settings
-    from anystep.core.data import get_dataset
-    from anystep.core.metrics import blur_curve
-
-    settings = Settings()
-    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
-    ds = get_dataset("checkerboard")
-    target_w2 = ds.sample(settings.w2_samples, torch.Generator().manual_seed(20_000 + settings.seed)).double().numpy()
-    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
-    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
-    hit = cache.load(cache.key("teacher"))
-    if hit is None:
-        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
-                         "run python -m anystep.benchmarks.checkerboard first")
-    ctx.x_si = torch.from_numpy(hit[0]["x"])
-    m_si = score_samples(ctx.x_si, ctx)
-    ctx.kl_teacher = m_si.kl
-    data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
-    ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
-    return ctx, cache, m_si, torch.from_numpy(data).float(), settings
+    setup = scoring_setup()
+    return setup.ctx, setup.cache, setup.teacher, torch.from_numpy(setup.data).float(), setup.settings
 
 
 def _score_dir(model_dir: Path, ctx, x0) -> dict[int, Any]:

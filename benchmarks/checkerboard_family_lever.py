@@ -31,7 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anystep.benchmarks.checkerboard_lever import BENCH_DIR, Variant, _ff
+from anystep.benchmarks.checkerboard_lever import Variant, _ff
+from anystep.benchmarks.checkerboard_variant_runs import (
+    BENCH_DIR,
+    scoring_setup,
+    train_runs,
+    variant_config,
+)
 
 __all__ = ["VARIANTS", "main"]
 
@@ -99,28 +105,13 @@ for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_
 
 
 def _cfg(v: Variant):
-    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
-    from anystep.benchmarks.checkerboard_train import build_train_config
-    from anystep.training.config import apply_overrides
-
-    cfg = build_train_config(METHODS[v.base], Settings(), BENCH_DIR)
-    cfg = apply_overrides(cfg, [f"{k}={json.dumps(val)}" for k, val in v.sets.items()])
-    if v.init_from is not None:
-        cfg = cfg.replace(init_from=str(RUN_DIR / v.init_from))
-    return cfg.replace(preset=f"{cfg.preset} (checkerboard_family_lever {v.name})")
+    return variant_config(v.base, v.sets, f"checkerboard_family_lever {v.name}",
+                          init_from=None if v.init_from is None else RUN_DIR / v.init_from)
 
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
-    import torch
-
-    from anystep.benchmarks.checkerboard_train import train_one
-
-    torch.set_num_threads(1)
-    for name in names:
-        rec = train_one(name, _cfg(VARIANTS[name]), RUN_DIR / name, fresh=False, progress=False,
-                        log=lambda m: print(m, flush=True))
-        (RUN_DIR / name / "lever_record.json").write_text(json.dumps(rec.__dict__, indent=1))
+    train_runs(names, lambda name: _cfg(VARIANTS[name]), RUN_DIR, "lever_record.json")
 
 
 def _finished(name: str) -> bool:
@@ -132,28 +123,14 @@ def report() -> dict[str, Any]:
     """Score every finished variant (and the four benchmark rows) at K = 1, 2, 4, 8."""
     import torch
 
-    from anystep.benchmarks.checkerboard_cache import EvalCache
-    from anystep.benchmarks.checkerboard_eval import EvalContext, score_samples
     from anystep.benchmarks.checkerboard_lever import _scores
-    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS, Settings
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
     from anystep.benchmarks.common import fmt, load_average, machine_info, markdown_table
-    from anystep.core.data import get_dataset
 
     torch.set_num_threads(1)
-    settings = Settings()
-    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
-    target_w2 = (get_dataset("checkerboard").sample(settings.w2_samples,
-                                                    torch.Generator().manual_seed(20_000 + settings.seed))
-                 .double().numpy())
-    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
-    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
-    hit = cache.load(cache.key("teacher"))
-    if hit is None:
-        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
-                         "run python -m anystep.benchmarks.checkerboard first")
-    ctx.x_si = torch.from_numpy(hit[0]["x"])
-    teacher = score_samples(ctx.x_si, ctx).kl
-    ctx.kl_teacher = teacher
+    setup = scoring_setup(blur=False)
+    ctx, cache, x0 = setup.ctx, setup.cache, setup.ctx.x0
+    teacher = setup.teacher.kl
     rows = []
     runs = [(name, d, factor, None) for name, (d, factor) in REFERENCES.items()]
     runs += [(n, RUN_DIR / n, v.factor, v) for n, v in VARIANTS.items() if _finished(n)]

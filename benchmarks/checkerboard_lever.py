@@ -29,7 +29,13 @@ from typing import Any
 
 __all__ = ["VARIANTS", "Variant", "main"]
 
-BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
+from anystep.benchmarks.checkerboard_variant_runs import (
+    BENCH_DIR,
+    scoring_setup,
+    train_runs,
+    variant_config,
+)
+
 LEVER_DIR = Path("runs/cb_lever")
 RESULTS = Path("benchmarks/results")
 
@@ -168,31 +174,14 @@ VARIANTS["fmm4_ff_xl"] = _continued(VARIANTS["fmm4_ff"], {"max_steps": 4000, "lr
 
 
 def _cfg(v: Variant):
-    from anystep.benchmarks.checkerboard_methods import METHODS, Settings
-    from anystep.benchmarks.checkerboard_train import build_train_config
-    from anystep.training.config import apply_overrides
-
-    cfg = build_train_config(METHODS[v.base], Settings(), BENCH_DIR)
-    cfg = apply_overrides(cfg, [f"{k}={json.dumps(val)}" for k, val in v.sets.items()])
-    if v.init_from is not None:
-        cfg = cfg.replace(init_from=str(LEVER_DIR / v.init_from))
-    if v.teacher_from is not None:
-        cfg = cfg.replace(teacher=str(LEVER_DIR / v.teacher_from))
-    return cfg.replace(preset=f"{cfg.preset} (checkerboard_lever {v.name})")
+    return variant_config(v.base, v.sets, f"checkerboard_lever {v.name}",
+                          init_from=None if v.init_from is None else LEVER_DIR / v.init_from,
+                          teacher_from=None if v.teacher_from is None else LEVER_DIR / v.teacher_from)
 
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
-    import torch
-
-    from anystep.benchmarks.checkerboard_train import train_one
-
-    torch.set_num_threads(1)
-    for name in names:
-        v = VARIANTS[name]
-        rec = train_one(name, _cfg(v), LEVER_DIR / name, fresh=False, progress=False,
-                        log=lambda m: print(m, flush=True))
-        (LEVER_DIR / name / "lever_record.json").write_text(json.dumps(rec.__dict__, indent=1))
+    train_runs(names, lambda name: _cfg(VARIANTS[name]), LEVER_DIR, "lever_record.json")
 
 
 def timing(names: list[str], steps: int = 60, reps: int = 3) -> dict[str, Any]:
@@ -239,31 +228,14 @@ def report() -> None:
     import numpy as np
     import torch
 
-    from anystep.benchmarks.checkerboard_cache import EvalCache
-    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, score_samples
-    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS, Settings
+    from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
     from anystep.benchmarks.common import load_average, machine_info, write_results
-    from anystep.core.data import get_dataset
-    from anystep.core.metrics import blur_curve
     from anystep.training.trainer import read_log
 
     torch.set_num_threads(1)
-    settings = Settings()
     t0 = time.perf_counter()
-    x0 = torch.randn(settings.n_samples, 2, generator=torch.Generator().manual_seed(10_000 + settings.seed))
-    ds = get_dataset("checkerboard")
-    target_w2 = ds.sample(settings.w2_samples, torch.Generator().manual_seed(20_000 + settings.seed)).double().numpy()
-    ctx = EvalContext(x0=x0, x_si=None, target_w2=target_w2, settings=settings)
-    cache = EvalCache(BENCH_DIR / "eval_cache", BENCH_DIR / "si", settings)
-    hit = cache.load(cache.key("teacher"))
-    if hit is None:
-        raise SystemExit("error: the teacher's dopri5 samples are not in runs/checkerboard/eval_cache; "
-                         "run python -m anystep.benchmarks.checkerboard first")
-    ctx.x_si = torch.from_numpy(hit[0]["x"])
-    m_si = score_samples(ctx.x_si, ctx)
-    ctx.kl_teacher = m_si.kl
-    data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
-    ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+    setup = scoring_setup()
+    ctx, cache, m_si, settings, x0 = setup.ctx, setup.cache, setup.teacher, setup.settings, setup.ctx.x0
     rows: list[dict[str, Any]] = []
     for key, label in REFERENCES.items():
         d = BENCH_DIR / key
