@@ -44,6 +44,7 @@ __all__ = ["VARIANTS", "main"]
 RUN_DIR = Path("runs/family_lever")
 FF = _ff(64, 1.0)  # issue 13's lever: 64 random Fourier features of x, sigma 1
 XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's +6000 continuation budget
+XXL = {"max_steps": 12000, "lr": 3e-4, "ckpt_every": 500}  # a further continuation of an _xl run
 
 
 # Rows scored beside the variants: the benchmark rows and the OT ablations of family.md (trained there).
@@ -102,6 +103,18 @@ def _xl(name: str) -> Variant:
 
 for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_ot_ff_start25", "mf_ot_ff_tm", "mf_ot_ff_end25"):
     VARIANTS[f"{_name}_xl"] = _xl(_name)
+
+
+def _longer(name: str, new: str) -> Variant:
+    """``name`` continued as ``new``: 12000 more steps at lr 3e-4 cosine (like the lever's LMD ``_xxl`` rows)."""
+    v = VARIANTS[name]
+    return Variant(new, f"{v.label}, +12000 steps",
+                   f"{name} continued 12000 steps, lr 3e-4 cosine", {**v.sets, **XXL}, base=v.base, init_from=name)
+
+
+# The best shortcut variant, continued like LMD's best (ff64_s1_start50 _xxl / _x3l: 19,000 / 31,000 steps).
+VARIANTS["sc_ot_ff_top50_xxl"] = _longer("sc_ot_ff_top50_xl", "sc_ot_ff_top50_xxl")
+VARIANTS["sc_ot_ff_top50_x3l"] = _longer("sc_ot_ff_top50_xxl", "sc_ot_ff_top50_x3l")
 
 
 def _cfg(v: Variant):

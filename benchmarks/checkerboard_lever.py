@@ -171,6 +171,12 @@ def _continued(v: Variant, budget: dict[str, Any] = XL) -> Variant:
 VARIANTS.update({f"{n}_xl": _continued(VARIANTS[n]) for n in (
     "fmm1_ff_start50", "pfmm_ff_start50", "pfmm_start50", "emd_ff_start50", "lsd_ff_start")})
 VARIANTS["fmm4_ff_xl"] = _continued(VARIANTS["fmm4_ff"], {"max_steps": 4000, "lr": 5e-4, "ckpt_every": 500})
+# PFMM is bounded by its FMM N=4 teacher (pfmm_ff_start50 distils the 1000-step fmm4_ff): the same from fmm4_ff_xl.
+VARIANTS["pfmm_ffxl_start50"] = Variant(
+    "pfmm_ffxl_start50", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0",
+    "pfmm distilling fmm4_ff_xl (teacher and warm start), x_features 64, sigma 1, start_frac 0.5",
+    {**FF, **_start(0.5)}, base="pfmm", init_from="fmm4_ff_xl", teacher_from="fmm4_ff_xl")
+VARIANTS["pfmm_ffxl_start50_xl"] = _continued(VARIANTS["pfmm_ffxl_start50"])
 
 
 def _cfg(v: Variant):
