@@ -16,13 +16,23 @@ class AnystepError(ValueError):
     """Base class for errors whose message tells the user how to fix their input."""
 
 
-def one_line(e: object) -> str:
+def one_line(e: object, limit: int | None = None) -> str:
     """``str(e)`` with every run of whitespace (newlines included) collapsed to one space.
 
     Wraps the message of a lower-level error into one of ours without breaking the
     one-line contract of user errors (CLI: exit 2 with one line).
+
+    Args:
+        e: an exception (or any object; its ``str`` is used).
+        limit: keep only the first ``limit`` characters of the squeezed text (a plain cut,
+            no ellipsis), so that a long wrapped message (e.g. torch's list of every
+            mismatched tensor) cannot flood the line; None keeps it whole.
+
+    Returns:
+        The text on one line, at most ``limit`` characters long.
     """
-    return " ".join(str(e).split())
+    text = " ".join(str(e).split())
+    return text if limit is None else text[:limit]
 
 
 # (module, class name) of every user-input error outside this module

@@ -93,7 +93,7 @@ from anystep.benchmarks.common import (
     write_results,
 )
 from anystep.core.metrics import blur_curve
-from anystep.errors import AnystepError
+from anystep.errors import AnystepError, one_line
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -186,7 +186,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         except (AnystepError, ValueError, RuntimeError) as e:  # e.g. TrainingError: the loss became NaN
             if spec.kind == "velocity":
                 raise BenchmarkError(f"the teacher failed to train: {e}") from e
-            failed[spec.key] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+            failed[spec.key] = f"{type(e).__name__}: {one_line(e)}"
             log(f"[{spec.key}] FAILED: {failed[spec.key]}")
     specs = [s for s in specs if s.key not in failed]
     size_records: list[tuple[int, int, TrainRecord]] = []

@@ -43,7 +43,7 @@ from anystep.benchmarks.checkerboard_eval import EvalContext, sample_map, sample
 from anystep.benchmarks.checkerboard_methods import METHODS, BenchmarkError, Settings
 from anystep.benchmarks.checkerboard_train import build_train_config, train_one
 from anystep.benchmarks.common import command_line, fmt, machine_info, markdown_table, write_results
-from anystep.errors import AnystepError
+from anystep.errors import AnystepError, one_line
 
 __all__ = ["VARIANTS", "Variant", "main", "run"]
 
@@ -233,7 +233,7 @@ def run(names: Sequence[str], settings: Settings, *, work_dir: Path, out_dir: Pa
             raise
         except (AnystepError, RuntimeError, ValueError) as e:  # e.g. the loss became NaN
             log(f"[{name}] FAILED: {e}")
-            row["failed"] = " ".join(str(e).split())
+            row["failed"] = one_line(e)
         else:
             model = load_model_dir(run_dir).model
             scores = {}

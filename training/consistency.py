@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from anystep.core.samplers import SampleResult, make_grid
+from anystep.errors import one_line
 from anystep.training.base import LossOutput, register
 from anystep.training.ema import EMA
 from anystep.training.flow_objective import FlowObjective, ObjectiveError
@@ -169,7 +170,7 @@ class _Consistency(FlowObjective):
         except (RuntimeError, KeyError) as e:
             raise ObjectiveError(
                 f"{self.name}: the checkpoint's target network does not fit this model "
-                f"({' '.join(str(e).split())[:160]}); restart with --restart"
+                f"({one_line(e, 160)}); restart with --restart"
             ) from None
         self._ema_step = int(state["ema_step"])
 

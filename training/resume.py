@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anystep.errors import one_line
 from anystep.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -128,7 +129,7 @@ def restore_run(
         optimizer.load_state_dict(ck.optimizer)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
-            f"{ck.path} cannot be loaded into this run ({' '.join(str(e).split())[:200]}); "
+            f"{ck.path} cannot be loaded into this run ({one_line(e, 200)}); "
             "restart with --restart"
         ) from None
     amp.load_state_dict(st.get("amp"))

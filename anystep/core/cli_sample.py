@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from anystep.errors import one_line
+
 
 def _parse_grid(grid: str | None) -> list[float] | None:
     if grid is None:
@@ -129,7 +131,7 @@ def _source(model_dir, source_path, conflict):
         arr = np.load(source_path, allow_pickle=False)
         x0 = units_for(base, lm.config.data_shape).from_units(arr)
     except (OSError, ValueError, UnitsError) as e:
-        raise click.BadParameter(f"{source_path}: {' '.join(str(e).split())[:200]}", param_hint="--source") from None
+        raise click.BadParameter(f"{source_path}: {one_line(e, 200)}", param_hint="--source") from None
     if not np.isfinite(x0).all():
         raise click.BadParameter(f"{source_path}: the sources must be finite numbers", param_hint="--source")
     return lm, torch.from_numpy(x0)
