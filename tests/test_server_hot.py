@@ -8,17 +8,13 @@ import time
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from test_server_planner import CountingEngine
 
 from anystep.core.noise import base_noise_np, base_noise_rows_np
-from anystep.server.app import ServerConfig, create_app
 from anystep.server.jobs import Job, SchedulerError, SeededBase
 from anystep.server.planner import draw_bases, plan_tick
-from anystep.server.registry import Limits, ModelSpec
 from anystep.server.scheduler import StepScheduler
 from anystep.server.schemas import ApiError, parse_json_body
-from anystep.server.testing import make_tiny_models
 
 SHAPE = (2,)
 
@@ -129,37 +125,30 @@ def test_json_body_fast_path_keeps_the_strict_parsers_answers():
 # ---- the app: front door, cached specs, user middleware ----------------------------------------
 
 
+class Tag:
+    """User middleware added after create_app (like Ray's replica middleware): tags every answer."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        async def tagged(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-tag", b"yes")]}
+            await send(message)
+
+        await self.inner(scope, receive, tagged)
+
+
 @pytest.fixture(scope="module")
-def app_client(tmp_path_factory):
-    dirs = make_tiny_models(tmp_path_factory.mktemp("models"), seed=3, digits=False)
-    cfg = ServerConfig(
-        models=[ModelSpec(n, p) for n, p in dirs.items()], engine="torch", limits=Limits(max_steps=16, max_n=32)
-    )
-    app = create_app(cfg)
-
-    class Tag:  # added after create_app, like Ray's replica middleware
-        def __init__(self, inner):
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send):
-            async def tagged(message):
-                if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", []), (b"x-tag", b"yes")]}
-                await send(message)
-
-            await self.inner(scope, receive, tagged)
-
-    app.add_middleware(Tag)
-    with TestClient(app) as c:
-        for _ in range(600):
-            if c.get("/readyz").status_code == 200:
-                break
-            asyncio.run(asyncio.sleep(0.05))
-        yield app, c
+def tiny_app(tiny_app):
+    """conftest's tiny app with :class:`Tag` added before it starts."""
+    tiny_app.add_middleware(Tag)
+    return tiny_app
 
 
-def test_user_middleware_wraps_the_hot_routes_too(app_client):
-    _, c = app_client
+def test_user_middleware_wraps_the_hot_routes_too(tiny_served):
+    _, c = tiny_served
     r = c.post("/generate", json={"model": "checkerboard", "steps": 2, "n": 3, "seed": 1})
     assert r.status_code == 200 and r.headers["x-tag"] == "yes" and r.headers["content-type"] == "application/json"
     assert int(r.headers["content-length"]) == len(r.content) and r.headers["x-anystep-steps"] == "2"
@@ -168,10 +157,10 @@ def test_user_middleware_wraps_the_hot_routes_too(app_client):
     assert bad.status_code == 422 and bad.headers["x-tag"] == "yes" and bad.json()["field"] == "steps"
 
 
-def test_grid_free_specs_are_resolved_once_per_model_and_parameters(app_client):
+def test_grid_free_specs_are_resolved_once_per_model_and_parameters(tiny_served):
     from anystep.server.validation import sampling_spec
 
-    app, c = app_client
+    app, c = tiny_served
     m = app.state.anystep.models["checkerboard"]
     a, b = sampling_spec(m, 1, steps=4), sampling_spec(m, 7, steps=4)
     assert a is b and not a.grid.flags.writeable and a.steps == 4

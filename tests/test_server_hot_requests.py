@@ -4,34 +4,13 @@ same pairs as starlette's), and the answer headers encoded directly (the same na
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from fastapi.testclient import TestClient
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from anystep.server import validation
-from anystep.server.app import ServerConfig, create_app
-from anystep.server.registry import Limits, ModelSpec
 from anystep.server.routes import query_items
 from anystep.server.schemas import ApiError
-from anystep.server.testing import make_tiny_models
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    dirs = make_tiny_models(tmp_path_factory.mktemp("models"), seed=5, digits=False)
-    cfg = ServerConfig(
-        models=[ModelSpec(n, p) for n, p in dirs.items()], engine="torch", limits=Limits(max_steps=16, max_n=32)
-    )
-    app = create_app(cfg)
-    with TestClient(app) as c:
-        for _ in range(600):
-            if c.get("/readyz").status_code == 200:
-                break
-            asyncio.run(asyncio.sleep(0.05))
-        yield app, c
 
 
 def _outcome(raw, models):
@@ -56,8 +35,8 @@ BAD_SEEDS = [-1, True, 1.0, "3", 2**53, 2**53 - 1, [1], None]
 
 
 @pytest.mark.parametrize("raw", VALID)
-def test_a_checked_parameter_set_gives_the_same_params_and_skips_the_schema(served, raw, monkeypatch):
-    app, _ = served
+def test_a_checked_parameter_set_gives_the_same_params_and_skips_the_schema(tiny_served, raw, monkeypatch):
+    app, _ = tiny_served
     models = app.state.anystep.models
     validation._CHECKED.clear()
     first = _outcome(raw, models)
@@ -81,8 +60,8 @@ def test_a_checked_parameter_set_gives_the_same_params_and_skips_the_schema(serv
 
 
 @pytest.mark.parametrize("seed", BAD_SEEDS)
-def test_a_seed_on_a_checked_parameter_set_gets_the_answer_of_a_fresh_check(served, seed):
-    app, _ = served
+def test_a_seed_on_a_checked_parameter_set_gets_the_answer_of_a_fresh_check(tiny_served, seed):
+    app, _ = tiny_served
     models = app.state.anystep.models
     raw = {"model": "checkerboard", "steps": 2, "n": 3, "seed": seed}
     validation._CHECKED.clear()
@@ -110,8 +89,8 @@ def test_a_seed_on_a_checked_parameter_set_gets_the_answer_of_a_fresh_check(serv
          {"model": "checkerboard-teacher", "steps": 2, "solver": "heun", "grid": None}),
     ],
 )
-def test_equal_but_different_inputs_are_checked_apart(served, primed, raw):
-    app, _ = served
+def test_equal_but_different_inputs_are_checked_apart(tiny_served, primed, raw):
+    app, _ = tiny_served
     models = app.state.anystep.models
     validation._CHECKED.clear()
     fresh = _outcome({**raw, "seed": 4}, models)
@@ -121,8 +100,8 @@ def test_equal_but_different_inputs_are_checked_apart(served, primed, raw):
         assert fresh[:3] == ("error", 422, "invalid_type")
 
 
-def test_a_custom_grid_is_not_kept_and_another_models_dict_gets_its_own_models(served):
-    app, _ = served
+def test_a_custom_grid_is_not_kept_and_another_models_dict_gets_its_own_models(tiny_served):
+    app, _ = tiny_served
     models = app.state.anystep.models
     validation._CHECKED.clear()
     for _ in range(2):
@@ -144,8 +123,8 @@ def test_query_items_are_starlettes_pairs(qs):
     assert query_items(request) == QueryParams(qs).multi_items()
 
 
-def test_answer_headers_keep_their_names_values_and_order(served):
-    _, c = served
+def test_answer_headers_keep_their_names_values_and_order(tiny_served):
+    _, c = tiny_served
     r = c.post("/generate?steps=2&n=3&seed=11&model=checkerboard-teacher&solver=heun")
     assert r.status_code == 200
     names = [k.decode() for k, _ in r.headers.raw]
@@ -165,8 +144,8 @@ def test_answer_headers_keep_their_names_values_and_order(served):
     assert "x-anystep-solver" not in npy.headers and int(npy.headers["content-length"]) == len(npy.content)
 
 
-def test_front_door_counts_each_answer_under_its_status(served):
-    _, c = served
+def test_front_door_counts_each_answer_under_its_status(tiny_served):
+    _, c = tiny_served
     before = c.get("/metrics").text
     assert c.post("/generate", json={"steps": 0}).status_code == 422
     assert c.post("/generate", json={"steps": 1, "seed": 3}).status_code == 200
