@@ -31,6 +31,7 @@ from .errors import (
     AnystepInputError,
     AnystepProtocolError,
     _error_from,
+    _one_line,
     _retry_after,
     check_url,
 )
@@ -156,7 +157,7 @@ class Client(_Base):
                 ) from None
             except httpx.HTTPError as e:  # protocol errors, bad redirects, ...
                 raise AnystepConnectionError(
-                    f"{method} {self.url}{path} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    f"{method} {self.url}{path} failed: {type(e).__name__}: {_one_line(e, 200)}"
                 ) from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
                 time.sleep(self._delay(attempt, _retry_after(resp)))
@@ -294,7 +295,7 @@ class AsyncClient(_Base):
                 ) from None
             except httpx.HTTPError as e:  # protocol errors, bad redirects, ...
                 raise AnystepConnectionError(
-                    f"{method} {self.url}{path} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    f"{method} {self.url}{path} failed: {type(e).__name__}: {_one_line(e, 200)}"
                 ) from None
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
                 await asyncio.sleep(self._delay(attempt, _retry_after(resp)))

@@ -17,7 +17,9 @@ class _RequestFailed(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {' '.join(self.format_message().split())}", err=True, file=file)
+        from .errors import _one_line  # raised after .api (hence .errors) is imported
+
+        click.echo(f"error: {_one_line(self.format_message())}", err=True, file=file)
 
 
 def _number_list(text, kind, hint):
@@ -36,6 +38,8 @@ def _load_source(path):
     """``--source FILE``: samples ``[n, ...]`` from a .npy (no pickles) or .json file; bad files are exit 2."""
     import numpy as np
 
+    from .errors import _one_line
+
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
@@ -43,7 +47,7 @@ def _load_source(path):
             doc = json.loads(path.read_text())
             return doc["samples"] if isinstance(doc, dict) and "samples" in doc else doc
     except (OSError, ValueError, KeyError) as e:
-        raise click.BadParameter(f"{path}: cannot read samples ({' '.join(str(e).split())[:160]})",
+        raise click.BadParameter(f"{path}: cannot read samples ({_one_line(e, 160)})",
                                  param_hint="--source") from None
     raise click.BadParameter(f"{path}: use a .npy file (numpy.save) or a .json list [n, ...]", param_hint="--source")
 

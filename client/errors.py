@@ -24,6 +24,23 @@ __all__ = [
 ]
 
 
+def _one_line(e: object, limit: int | None = None) -> str:
+    """``str(e)`` with every run of whitespace collapsed to one space, cut to ``limit`` characters.
+
+    The client's own copy of :func:`anystep.errors.one_line` (the client speaks HTTP only and
+    imports nothing of the torch side), used for every message it builds from another text.
+
+    Args:
+        e: an exception, a server's message or any object (its ``str`` is used).
+        limit: keep only the first ``limit`` characters (a plain cut); None keeps it whole.
+
+    Returns:
+        The text on one line, at most ``limit`` characters long.
+    """
+    text = " ".join(str(e).split())
+    return text if limit is None else text[:limit]
+
+
 class AnystepClientError(Exception):
     """Base class of client errors."""
 
@@ -96,7 +113,7 @@ def _summarise_body(resp: httpx.Response, limit: int = 200) -> str:
         )
         text = m.group(1) if m else re.sub(r"<[^>]+>", " ", text)
         text = html.unescape(re.sub(r"<[^>]+>", " ", text))
-    text = " ".join(text.split())
+    text = _one_line(text)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text or resp.reason_phrase or "no body"
@@ -149,7 +166,7 @@ def _error_from(resp: httpx.Response) -> AnystepHTTPError:
             data = None
     if isinstance(data, dict) and "message" in data:  # an anystep error body
         fld = data.get("field")
-        message = " ".join(str(data["message"]).split())
+        message = _one_line(data["message"])
         return AnystepHTTPError(
             resp.status_code, str(data.get("error", "http_error")), message,
             None if fld is None else str(fld), _retry_after(resp),
@@ -166,5 +183,5 @@ def _error_from(resp: httpx.Response) -> AnystepHTTPError:
 def _not_anystep(resp: httpx.Response, what: str, err: Exception) -> AnystepProtocolError:
     return AnystepProtocolError(
         f"{resp.request.url} answered {resp.status_code} with {what} that is not an anystep answer "
-        f"({type(err).__name__}: {' '.join(str(err).split())[:120]}); is it an anystep server?"
+        f"({type(err).__name__}: {_one_line(err, 120)}); is it an anystep server?"
     )

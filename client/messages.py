@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from .errors import AnystepClientError, AnystepInputError, AnystepProtocolError, _not_anystep
+from .errors import (
+    AnystepClientError,
+    AnystepInputError,
+    AnystepProtocolError,
+    _not_anystep,
+    _one_line,
+)
 
 FORMATS = ("npy", "json", "png")
 
@@ -226,7 +232,7 @@ def _finite_samples(x: Any, name: str, what: str) -> np.ndarray:
     except (TypeError, ValueError) as e:
         raise AnystepInputError(
             f"{what} needs {name} as numbers of shape [n, *data_shape] (a list or array), got {type(x).__name__}: "
-            f"{' '.join(str(e).split())[:120]}"
+            f"{_one_line(e, 120)}"
         ) from None
     if arr.ndim < 2 or arr.shape[0] < 1:
         raise AnystepInputError(f"{what} needs {name} of shape [n, *data_shape] with n >= 1, got shape {list(arr.shape)}")
