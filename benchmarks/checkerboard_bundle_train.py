@@ -30,7 +30,6 @@ only when the new map's one-step KL beats the bundled one's (``--force`` skips t
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,11 @@ __all__ = ["STAGES", "Stage", "main", "round_trip_errors", "stage_config"]
 
 from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
+    Subcommand,
     scoring_setup,
     train_runs,
+    usage_error,
+    variant_cli,
     variant_config,
 )
 
@@ -283,37 +285,35 @@ def bundle(stage: str = FINAL, force: bool = False) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``train [NAME ...]`` (default: every stage, in order), ``report``, ``bundle [--force]``."""
-    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_bundle_train",
-                                description="Train the candidate for models/checkerboard (LMD both directions "
-                                            "+ Fourier features of x + start_frac 0.5) into runs/cb_bundle "
-                                            "(resumable).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    tp = sub.add_parser("train", help="train (reuse / resume) the stages, one thread")
-    tp.add_argument("names", nargs="*", help=f"stages ({', '.join(STAGES)}); default: all, in order")
-    sub.add_parser("report", help="score the stages beside models/checkerboard, write "
-                                  "benchmarks/results/checkerboard_bundle.*")
-    bp = sub.add_parser("bundle", help="report, then replace models/checkerboard if the new map's one-step KL wins")
-    bp.add_argument("--stage", default=FINAL, help=f"the stage to bundle (default {FINAL})")
-    bp.add_argument("--force", action="store_true", help="replace models/checkerboard even if it scores better")
-    args = p.parse_args(argv)
-    unknown = [n for n in getattr(args, "names", []) if n not in STAGES]
-    if unknown:
-        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    if not (BENCH_DIR / "si" / "model.safetensors").is_file():
-        print("error: the benchmark's teacher runs/checkerboard/si is missing; run from the repository root "
-              "after python -m anystep.benchmarks.checkerboard", flush=True)
-        return 2
-    if args.cmd == "train":
-        train(args.names or DEFAULT_STAGES)
-        return 0
-    if args.cmd == "report":
-        report()
-        return 0
+def _finished(name: str) -> bool:
+    d = BUNDLE_RUNS / name
+    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "train_record.json"))
+
+
+def _bundle_args(p) -> None:
+    p.add_argument("--stage", default=FINAL, help=f"the stage to bundle (default {FINAL})")
+    p.add_argument("--force", action="store_true", help="replace models/checkerboard even if it scores better")
+
+
+def _bundle_cmd(args) -> int:
     if args.stage not in STAGES:
-        p.error(f"unknown stage {args.stage}; choose from {', '.join(STAGES)}")
+        return usage_error(f"python -m {MODULE} bundle", f"unknown stage {args.stage}; known: {', '.join(STAGES)}")
     return bundle(args.stage, force=args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``train [NAME ...]`` (default: the two stages, in order), ``bundle [--stage S] [--force]``,
+    ``report``, ``list`` (``checkerboard_variant_runs.variant_cli``)."""
+    return variant_cli(
+        argv, module=MODULE, kind="stage",
+        description="Train the candidate for models/checkerboard (LMD both directions + Fourier features of x "
+                    "+ start_frac 0.5) into runs/cb_bundle (resumable).",
+        variants=STAGES, train=train, report=report, finished=_finished, run_dir=BUNDLE_RUNS,
+        default_train=DEFAULT_STAGES,
+        list_line=lambda s, done: f"{s.name:20s} {'done' if done else '    '}  {s.label}",
+        report_help="score the stages beside models/checkerboard, write benchmarks/results/checkerboard_bundle.*",
+        extra=[Subcommand("bundle", "report, then replace models/checkerboard if the new map's one-step KL wins",
+                          _bundle_cmd, configure=_bundle_args)])
 
 
 if __name__ == "__main__":

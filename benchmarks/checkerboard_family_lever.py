@@ -25,7 +25,6 @@ finished variant and writes ``runs/family_lever/report.{json,md}`` (the table th
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
     scoring_setup,
     train_runs,
+    variant_cli,
     variant_config,
 )
 
@@ -189,30 +189,14 @@ def report() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``train NAME...``, ``report``, ``list``."""
-    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_family_lever",
-                                description="Train and score issue 13's one-step levers on the MeanFlow and "
-                                            "shortcut rows of the checkerboard (runs/family_lever/<name>, "
-                                            "resumable).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    tp = sub.add_parser("train", help="train (reuse / resume) variants, one thread")
-    tp.add_argument("names", nargs="+", choices=sorted(VARIANTS))
-    sub.add_parser("report", help="score the finished variants, write runs/family_lever/report.*")
-    sub.add_parser("list", help="list the variants")
-    args = p.parse_args(argv)
-    if args.cmd == "list":
-        for v in VARIANTS.values():
-            print(f"{v.name:22s} {'done' if _finished(v.name) else '    '}  {v.base:12s} {v.factor}")
-        return 0
-    if not (BENCH_DIR / "si" / "model.safetensors").is_file():
-        print("error: the benchmark's teacher runs/checkerboard/si is missing; run from the repository root "
-              "after python -m anystep.benchmarks.checkerboard", flush=True)
-        return 2
-    if args.cmd == "train":
-        train(args.names)
-    else:
-        report()
-    return 0
+    """CLI: ``train NAME...``, ``report``, ``list`` (``checkerboard_variant_runs.variant_cli``)."""
+    return variant_cli(
+        argv, module="anystep.benchmarks.checkerboard_family_lever",
+        description="Train and score issue 13's one-step levers on the MeanFlow and shortcut rows of the "
+                    "checkerboard (runs/family_lever/<name>, resumable).",
+        variants=VARIANTS, train=train, report=report, finished=_finished, run_dir=RUN_DIR,
+        list_line=lambda v, done: f"{v.name:22s} {'done' if done else '    '}  {v.base:12s} {v.factor}",
+        report_help="score the finished variants, write runs/family_lever/report.*")
 
 
 if __name__ == "__main__":

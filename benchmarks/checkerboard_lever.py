@@ -20,7 +20,6 @@ finished run and writes ``benchmarks/results/checkerboard_lever.{md,json}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,10 @@ __all__ = ["VARIANTS", "Variant", "main"]
 
 from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
+    Subcommand,
     scoring_setup,
     train_runs,
+    variant_cli,
     variant_config,
 )
 
@@ -370,33 +371,16 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``train NAME...``, ``report``, ``list``."""
-    p = argparse.ArgumentParser(prog="python -m anystep.benchmarks.checkerboard_lever",
-                                description="Train and score the one-step lever variants of the checkerboard "
-                                            "(runs/cb_lever/<name>, resumable).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    tp = sub.add_parser("train", help="train (reuse / resume) variants, one thread")
-    tp.add_argument("names", nargs="+", choices=sorted(VARIANTS))
-    tm = sub.add_parser("timing", help="ms per step of variants side by side (interleaved short runs)")
-    tm.add_argument("names", nargs="+", choices=sorted(VARIANTS))
-    sub.add_parser("report", help="score the finished variants, write benchmarks/results/checkerboard_lever.*")
-    sub.add_parser("list", help="list the variants")
-    args = p.parse_args(argv)
-    if args.cmd == "list":
-        for v in VARIANTS.values():
-            print(f"{v.name:10s} {'done' if _finished(v.name) else '    '}  {v.factor}")
-        return 0
-    if not (BENCH_DIR / "si" / "model.safetensors").is_file():
-        print("error: the benchmark's teacher runs/checkerboard/si is missing; run it from the repository root "
-              "after python -m anystep.benchmarks.checkerboard", flush=True)
-        return 2
-    if args.cmd == "train":
-        train(args.names)
-    elif args.cmd == "timing":
-        timing(args.names)
-    else:
-        report()
-    return 0
+    """CLI: ``train NAME...``, ``timing NAME...``, ``report``, ``list`` (``checkerboard_variant_runs.variant_cli``)."""
+    return variant_cli(
+        argv, module="anystep.benchmarks.checkerboard_lever",
+        description="Train and score the one-step lever variants of the checkerboard (runs/cb_lever/<name>, "
+                    "resumable).",
+        variants=VARIANTS, train=train, report=report, finished=_finished, run_dir=LEVER_DIR,
+        list_line=lambda v, done: f"{v.name:10s} {'done' if done else '    '}  {v.factor}",
+        report_help="score the finished variants, write benchmarks/results/checkerboard_lever.*",
+        extra=[Subcommand("timing", "ms per step of variants side by side (interleaved short runs), write "
+                                    "runs/cb_lever/timing.json", lambda a: timing(a.names), takes_names=True)])
 
 
 if __name__ == "__main__":

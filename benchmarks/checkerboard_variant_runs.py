@@ -6,17 +6,22 @@ bundled-map stages (``checkerboard_bundle_train``): a variant is a benchmark row
 TrainConfig overrides, optionally continuing another run's weights or distilling another run.
 Scoring uses the benchmark's own evaluation context (its 100,000 shared base points, its W2
 targets, its teacher's cached dopri5 samples), so every KL is comparable with ``checkerboard.md``.
+Each study's command line (``train NAME...``, ``report``, ``list`` and its own extras) is
+:func:`variant_cli`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCH_DIR", "ScoringSetup", "scoring_setup", "train_runs", "variant_config"]
+__all__ = ["BENCH_DIR", "ScoringSetup", "Subcommand", "scoring_setup", "train_runs", "usage_error", "variant_cli",
+           "variant_config"]
 
 BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
 
@@ -114,3 +119,100 @@ def scoring_setup(blur: bool = True) -> ScoringSetup:
         data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
         ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
     return ScoringSetup(ctx=ctx, cache=cache, teacher=teacher, settings=settings, data=data)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A study-specific subcommand of :func:`variant_cli` beside ``train`` / ``report`` / ``list``.
+
+    Attributes:
+        name: the subcommand.
+        help: one line for ``--help``: what it does and what it writes.
+        run: called with the parsed arguments (variant names already checked); returns the exit code.
+        takes_names: the subcommand takes variant names (``NAME [NAME ...]``, checked like ``train``'s).
+        configure: adds further arguments to its parser.
+        needs_teacher: it needs the benchmark's teacher ``runs/checkerboard/si``.
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    takes_names: bool = False
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    needs_teacher: bool = True
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print ``prog: error: message`` as one line on stderr; the exit code 2 to return."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def variant_cli(argv: Sequence[str] | None, *, module: str, description: str, variants: Mapping[str, Any],
+                train: Callable[[list[str]], None], report: Callable[[], Any], finished: Callable[[str], bool],
+                list_line: Callable[[Any, bool], str], run_dir: Path, report_help: str, kind: str = "variant",
+                default_train: Sequence[str] | None = None, extra: Sequence[Subcommand] = ()) -> int:
+    """The command line of a variant study: ``train NAME...``, the ``extra`` subcommands, ``report``, ``list``.
+
+    ``train`` trains (reuses / resumes) runs into ``run_dir/<name>`` one after the other on one
+    thread; ``report`` scores the finished ones; ``list`` prints one ``list_line(variant, done)``
+    per variant. An unknown name is one line on stderr naming the known ones, exit code 2; so is a
+    missing benchmark teacher (``runs/checkerboard/si``, which every subcommand but ``list`` needs).
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``).
+        module: the study's module (``python -m <module>`` is the program name).
+        description: ``--help``'s description.
+        variants: ``{name: variant}`` (the names ``train`` accepts, in ``list``'s order).
+        train: trains the given names in order.
+        report: scores the finished runs and writes the results.
+        finished: whether the run ``name`` is finished (``list``'s ``done``).
+        list_line: ``list``'s line of one variant (``done``: ``finished(name)``).
+        run_dir: where the runs go (named in ``--help``).
+        report_help: ``report``'s ``--help`` line (what it scores and where it writes).
+        kind: what a variant is called in messages (``variant``, ``stage``).
+        default_train: the names ``train`` trains when given none (``None``: at least one is required).
+        extra: further subcommands, listed after ``train``.
+
+    Returns:
+        The exit code.
+    """
+    prog = f"python -m {module}"
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    where = f"{run_dir.as_posix()}/<name>"
+    tp = sub.add_parser("train", help=f"train (reuse / resume) {kind}s into {where}, one thread")
+    if default_train is None:
+        tp.add_argument("names", nargs="+", metavar="NAME", help=f"{kind}s to train, in order (see `list`)")
+    else:
+        tp.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"{kind}s to train, in order (see `list`); default: {', '.join(default_train)}")
+    for cmd in extra:
+        ep = sub.add_parser(cmd.name, help=cmd.help)
+        if cmd.takes_names:
+            ep.add_argument("names", nargs="+", metavar="NAME", help=f"{kind}s (see `list`)")
+        if cmd.configure is not None:
+            cmd.configure(ep)
+    sub.add_parser("report", help=report_help)
+    sub.add_parser("list", help=f"list the {kind}s ('done': finished in {where})")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for name, v in variants.items():
+            print(list_line(v, finished(name)))
+        return 0
+    names = list(getattr(args, "names", None) or [])
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        return usage_error(f"{prog} {args.cmd}", f"unknown {kind}(s) {', '.join(unknown)}; "
+                                                 f"known: {', '.join(variants)}")
+    chosen = next((c for c in extra if c.name == args.cmd), None)
+    if (chosen is None or chosen.needs_teacher) and not (BENCH_DIR / "si" / "model.safetensors").is_file():
+        return usage_error(prog, f"the benchmark's teacher {BENCH_DIR.as_posix()}/si is missing; run from the "
+                                 "repository root after python -m anystep.benchmarks.checkerboard")
+    if args.cmd == "train":
+        train(names or list(default_train or []))
+        return 0
+    if args.cmd == "report":
+        report()
+        return 0
+    return int(chosen.run(args) or 0)

@@ -55,7 +55,9 @@ def test_family_lever_variants_build_valid_configs() -> None:
             if key.startswith("objective_hparams."):
                 assert obj.hparams[key.split(".", 1)[1]] == value
         assert (cfg.model.backbone.x_features == 64) == (FF.items() <= v.sets.items())
-        if name.endswith("_xl"):
+        if name.endswith(("_xxl", "_x3l")):  # a further 12000 steps of another variant
+            assert cfg.max_steps == 12000 and cfg.init_from == str(RUN_DIR / v.init_from)
+        elif name.endswith("_xl"):
             assert cfg.max_steps == 6000 and cfg.init_from == str(RUN_DIR / v.init_from)
         else:
             assert cfg.max_steps == Settings().steps and cfg.init_from.endswith("si")

@@ -16,3 +16,38 @@ def test_variant_config_is_the_row_plus_its_overrides_and_continuations():
     assert cfg.preset.endswith("(t1)") and plain.preset.endswith("(t0)")
     assert cfg.replace(preset=plain.preset, init_from=plain.init_from, teacher=plain.teacher,
                        objective_hparams=plain.objective_hparams, model=plain.model) == plain
+
+
+def _cli(tmp_path, monkeypatch, argv, teacher=True):
+    """Run ``variant_cli`` on a toy study from ``tmp_path``; (exit code, calls, stdout, stderr)."""
+    from anystep.benchmarks.checkerboard_variant_runs import Subcommand, variant_cli
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    if teacher:
+        (tmp_path / "runs/checkerboard/si").mkdir(parents=True)
+        (tmp_path / "runs/checkerboard/si/model.safetensors").write_bytes(b"")
+    calls = []
+    rc = variant_cli(argv, module="toy", description="toy study", variants={"a": "A", "b": "B"},
+                     train=lambda names: calls.append(("train", names)), report=lambda: calls.append(("report",)),
+                     finished=lambda name: name == "b", list_line=lambda v, done: f"{v} {'done' if done else '-'}",
+                     run_dir=Path("runs/toy"), report_help="score", default_train=["b"],
+                     extra=[Subcommand("time", "time them", lambda a: calls.append(("time", a.names)) or 3,
+                                       takes_names=True)])
+    return rc, calls
+
+
+def test_variant_cli_dispatches_and_rejects_unknown_names_in_one_line(tmp_path, monkeypatch, capsys):
+    assert _cli(tmp_path, monkeypatch, ["train", "b", "a"]) == (0, [("train", ["b", "a"])])
+    assert _cli(tmp_path / "1", monkeypatch, ["train"])[1] == [("train", ["b"])]  # the default
+    assert _cli(tmp_path / "2", monkeypatch, ["time", "a"]) == (3, [("time", ["a"])])  # its own exit code
+    assert _cli(tmp_path / "3", monkeypatch, ["report"]) == (0, [("report",)])
+    capsys.readouterr()
+    assert _cli(tmp_path / "4", monkeypatch, ["list"], teacher=False) == (0, [])  # list needs no teacher
+    assert capsys.readouterr().out == "A -\nB done\n"
+    assert _cli(tmp_path / "5", monkeypatch, ["train", "a", "zz"]) == (2, [])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown variant(s) zz" in err and "known: a, b" in err
+    assert _cli(tmp_path / "6", monkeypatch, ["train", "a"], teacher=False) == (2, [])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs/checkerboard/si is missing" in err
