@@ -15,10 +15,21 @@ random Fourier features of ``x`` (``backbone.x_features``, the last input column
 those columns at zero when the velocity has none (they then learn from the first step), or
 copied when the velocity has the same ones.
 
+For the U-Net (:func:`_unet_from_velocity`) every layer but the time embedding is copied; the
+map's embedding ``W SiLU([e_s(s), e_t(t), e_gap(t - s)]) + c_0`` gets ``e_s`` = the velocity's
+embedding ``e(s)`` shifted by a constant ``c`` (``c = 20 + max |e|`` over ``s`` in ``[0, 1]``),
+``W = [I, 0, 0]`` and ``c_0 = -c``: ``SiLU(y) = y (1 - sigmoid(-y))`` is the identity up to
+``y e^{-y} < 1e-7`` for ``y >= 20``, so the map's embedding is ``e(s)`` to float32 rounding
+(about ``1e-6``) and ``v_{s,t} = b_s`` as for the MLP. The ``e_t`` and ``e_gap`` columns start
+at zero and learn from the first step.
+
 Time convention: ``t = 0`` base, ``t = 1`` data.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -41,9 +52,22 @@ def check_warm_start(flowmap_cfg: ModelConfig, velocity_cfg: ModelConfig, source
         source: how to name the velocity model in the message (e.g. its path).
 
     Raises:
-        WarmStartError: not MLP + residual ansatz, or different width/depth/fourier_features/data shape.
+        WarmStartError: not the residual ansatz, not two MLPs or two unconditional U-Nets, or different
+            backbone settings (width/depth/channels/fourier_features/data shape).
     """
     fb, vb = flowmap_cfg.backbone, velocity_cfg.backbone
+    if fb.name == vb.name == "unet":
+        if dataclasses.replace(vb, time_inputs=fb.time_inputs) != fb or flowmap_cfg.ansatz != "residual" or (
+            getattr(flowmap_cfg, "num_classes", None) or getattr(velocity_cfg, "num_classes", None)
+        ):
+            raise WarmStartError(
+                f"{source} is a U-Net velocity model: a flow map can start from it (v_st = b_s) only with the "
+                "residual ansatz, no class conditioning and the same U-Net settings (channels, channel_mult, "
+                f"num_res_blocks, attention_levels, fourier_features); the map has ansatz {flowmap_cfg.ansatz}, "
+                f"channels {fb.channels} (velocity {vb.channels}), channel_mult {fb.channel_mult} "
+                f"(velocity {vb.channel_mult})"
+            )
+        return
     same = (fb.name == vb.name == "mlp" and fb.width == vb.width and fb.depth == vb.depth
             and fb.fourier_features == vb.fourier_features and tuple(fb.data_shape) == tuple(vb.data_shape))
     if vb.x_features > 0 and (vb.x_features, vb.x_feature_scale) != (fb.x_features, fb.x_feature_scale):
@@ -65,10 +89,11 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     """Set ``flowmap``'s weights so that ``v_{s,t}(x) = b_s(x)`` exactly (in place).
 
     Args:
-        flowmap: a residual-ansatz :class:`~anystep.core.flowmap.FlowMap` with an MLP
-            backbone (``time_inputs = 2``).
-        velocity: a :class:`~anystep.core.flowmap.VelocityModel` with an MLP backbone of the
-            same width, depth, Fourier features and data shape (``time_inputs = 1``).
+        flowmap: a residual-ansatz :class:`~anystep.core.flowmap.FlowMap` with an MLP or an
+            unconditional U-Net backbone (``time_inputs = 2``).
+        velocity: a :class:`~anystep.core.flowmap.VelocityModel` with the same backbone and
+            settings (``time_inputs = 1``). For the U-Net, ``v_{s,t} = b_s`` holds to float32
+            rounding (module docstring), for the MLP exactly.
 
     Raises:
         WarmStartError: other backbones, the convex ansatz, or mismatched sizes.
@@ -78,13 +103,18 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     fb, vb = getattr(flowmap, "backbone", None), getattr(velocity, "backbone", None)
     if getattr(flowmap, "kind", None) != "flowmap" or getattr(velocity, "kind", None) != "velocity":
         raise WarmStartError("warm start from a velocity model needs (flow map, velocity model)")
-    if not isinstance(fb, MLPBackbone) or not isinstance(vb, MLPBackbone):
-        raise WarmStartError(
-            "warm start of a flow map from a velocity model is exact only for the MLP backbone; for the U-Net, "
-            "warm-start from a flow map (init_from a flowmap model) or train from scratch"
-        )
+    from anystep.core.networks.unet import UNetBackbone
+
     if getattr(flowmap, "ansatz", "residual") != "residual":
         raise WarmStartError("warm start from a velocity model needs the residual ansatz X = x + (t - s) v")
+    if isinstance(fb, UNetBackbone) and isinstance(vb, UNetBackbone):
+        _unet_from_velocity(fb, vb)
+        return
+    if not isinstance(fb, MLPBackbone) or not isinstance(vb, MLPBackbone):
+        raise WarmStartError(
+            f"warm start of a flow map from a velocity model needs the same backbone, an MLP or a U-Net (the map "
+            f"has {type(fb).__name__}, the velocity {type(vb).__name__}); otherwise train from scratch"
+        )
     if fb.time_inputs != 2 or vb.time_inputs != 1:
         raise WarmStartError("the flow map must take (s, t) and the velocity model t")
     f_layers = [m for m in fb.net if isinstance(m, nn.Linear)]
@@ -115,3 +145,40 @@ def flowmap_from_velocity(flowmap: nn.Module, velocity: nn.Module) -> None:
     for a, b in zip(f_layers[1:], v_layers[1:], strict=True):
         a.weight.copy_(b.weight)
         a.bias.copy_(b.bias)
+
+
+_UNET_SHIFT_MARGIN = 20.0  # SiLU(y) = y to y e^{-y} < 1e-7 for y >= 20
+
+
+def _unet_from_velocity(fb: nn.Module, vb: nn.Module) -> None:
+    """U-Net branch of :func:`flowmap_from_velocity` (module docstring: the shifted-SiLU embedding)."""
+    if fb.time_inputs != 2 or vb.time_inputs != 1:
+        raise WarmStartError("the flow map must take (s, t) and the velocity model t")
+    if fb.num_classes or vb.num_classes or fb.guidance_input or vb.guidance_input:
+        raise WarmStartError("warm start of a U-Net flow map from a velocity model supports unconditional models only")
+    f_emb, v_emb = fb.time_embed, vb.time_embed
+    if len(f_emb.embeds) != 3 or len(v_emb.embeds) != 1:
+        raise WarmStartError("the U-Net flow map must embed (s, t, t - s) and the velocity model t")
+    f_rest = {k: v for k, v in fb.state_dict().items() if not k.startswith("time_embed.")}
+    v_rest = {k: v for k, v in vb.state_dict().items() if not k.startswith("time_embed.")}
+    shapes_f = {k: tuple(v.shape) for k, v in f_rest.items()}
+    if shapes_f != {k: tuple(v.shape) for k, v in v_rest.items()} or any(
+        a.shape != b.shape for a, b in zip(f_emb.embeds[0].parameters(), v_emb.embeds[0].parameters(), strict=True)
+    ):
+        raise WarmStartError(
+            "the velocity model's U-Net differs from the flow map's (channels, channel_mult, num_res_blocks, "
+            "attention_levels or fourier_features); warm start needs the same backbone settings"
+        )
+    fb.load_state_dict({**fb.state_dict(), **v_rest})
+    e_s = f_emb.embeds[0]
+    e_s.load_state_dict(v_emb.embeds[0].state_dict())
+    ref = next(vb.parameters())
+    grid = torch.linspace(0.0, 1.0, 4097, device=ref.device, dtype=ref.dtype)
+    shift = float(math.ceil(v_emb.embeds[0](grid).abs().max().item() + _UNET_SHIFT_MARGIN))
+    e_s.mlp[-1].bias.add_(shift)
+    combine = f_emb.combine[-1]  # SiLU -> Linear(3 D, D)
+    dim = f_emb.embed_dim
+    w = torch.zeros_like(combine.weight)
+    w[:, :dim] = torch.eye(dim, dtype=w.dtype, device=w.device)
+    combine.weight.copy_(w)
+    combine.bias.fill_(-shift)
