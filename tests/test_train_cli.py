@@ -78,14 +78,13 @@ def test_required_presets_exist_and_follow_the_paper():
         "digits-pfmm", "digits-lsd",
     }
     assert required <= set(PRESETS)
-    from anystep.training.base import OBJECTIVES
-    from anystep.training.config import _objective_class
+    from anystep.training.base import OBJECTIVES, objective_class
 
     for name in PRESETS:
         cfg = get_preset(name)
         assert cfg.preset == name
         assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
-        cls = _objective_class(cfg.objective)
+        cls = objective_class(cfg.objective)
         assert cfg.objective in OBJECTIVES and cls.model_kind == cfg.model.kind, name
         if name.startswith("checkerboard"):
             b = cfg.model.backbone

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from anystep.core.config import ConfigError
 from anystep.core.interpolants import Interpolant
 
 
@@ -98,10 +99,19 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-def build_objective(name: str, interpolant: Interpolant, **hparams: Any) -> Objective:
-    """Instantiate a registered objective; unknown names raise ValueError listing valid ones."""
+def objective_class(name: str) -> type[Objective]:
+    """The registered objective class called ``name`` (all objectives are registered first).
+
+    Raises:
+        ConfigError: unknown name (a ValueError; the message lists the registered names).
+    """
     import anystep.training.objectives  # noqa: F401  (registers all objectives)
 
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](interpolant, **hparams)
+        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def build_objective(name: str, interpolant: Interpolant, **hparams: Any) -> Objective:
+    """Instantiate a registered objective; an unknown name is a ConfigError listing valid ones."""
+    return objective_class(name)(interpolant, **hparams)

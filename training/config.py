@@ -27,10 +27,8 @@ from anystep.training.train_config import (  # noqa: F401 - re-exported
     ConfigError,
     TrainConfig,
 )
-from anystep.training.validate import (  # noqa: F401 - re-exported
+from anystep.training.validate import (
     ValidatedConfig,
-    _objective_class,
-    _read_model_config,
     trained_time_region,
     validate_config,
 )

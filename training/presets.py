@@ -28,7 +28,7 @@ from typing import Any
 from anystep.core.config import BackboneConfig, ConfigError, InterpolantConfig, ModelConfig
 from anystep.training.config import TrainConfig
 
-__all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
+__all__ = ["PRESETS", "Preset", "checkerboard_config", "digits_config", "get_preset", "list_presets"]
 
 # Paper settings (Sec. 4.1; Table 4 for the learning rate schedule and batch size).
 PAPER_2D = {
@@ -95,7 +95,28 @@ def get_preset(name: str) -> TrainConfig:
 # ------------------------------------------------------------------------------------
 
 
-def _checkerboard(kind: str, objective: str, hparams: dict[str, Any] | None = None, ansatz: str = "convex") -> TrainConfig:
+def checkerboard_config(
+    kind: str, objective: str, hparams: dict[str, Any] | None = None, ansatz: str = "convex"
+) -> TrainConfig:
+    """The paper's checkerboard run (Sec. 4.1 / App. D.1) for one objective.
+
+    The base of every checkerboard preset (``presets``, ``presets_family``, ...).
+
+    An MLP of ``PAPER_2D`` width x depth on ``data_shape (2,)``, linear interpolant
+    (``gamma = 0``), Gaussian base, independent coupling, Adam with the step schedule of
+    Table 4 for ``5 x 10^4`` steps.
+
+    Args:
+        kind: ``"velocity"`` (a field ``b_t``, one time input) or ``"flowmap"`` (``X_{s,t}``,
+            two time inputs).
+        objective: a registered objective name (``"lmd"``, ``"fmm"``, ...).
+        hparams: the objective's hyper-parameters (copied); None: its defaults.
+        ansatz: the flow-map parameterisation, ``"convex"`` (eq. 4.1) or ``"residual"``
+            (``x + (t - s) v_{s,t}(x)``).
+
+    Returns:
+        A fresh config without a preset name (the preset registry sets it).
+    """
     model = ModelConfig(
         kind=kind,
         backbone=BackboneConfig(
@@ -131,7 +152,26 @@ def _checkerboard(kind: str, objective: str, hparams: dict[str, Any] | None = No
     )
 
 
-def _digits(kind: str, objective: str, hparams: dict[str, Any] | None = None, ansatz: str = "convex") -> TrainConfig:
+def digits_config(
+    kind: str, objective: str, hparams: dict[str, Any] | None = None, ansatz: str = "convex"
+) -> TrainConfig:
+    """The 8x8 digits run for one objective.
+
+    The base of every digits preset (``presets``, ``presets_family``, ``presets_cond``).
+
+    A small U-Net (32 channels, multipliers (1, 2), one residual block per level) on
+    ``data_shape (1, 8, 8)``, linear interpolant, Gaussian base, independent coupling,
+    batch 256, the step schedule of Table 4, ``2 x 10^4`` steps.
+
+    Args:
+        kind: ``"velocity"`` or ``"flowmap"``.
+        objective: a registered objective name.
+        hparams: the objective's hyper-parameters (copied); None: its defaults.
+        ansatz: ``"convex"`` (eq. 4.1) or ``"residual"`` (``x + (t - s) v_{s,t}(x)``).
+
+    Returns:
+        A fresh config without a preset name (the preset registry sets it).
+    """
     model = ModelConfig(
         kind=kind,
         backbone=BackboneConfig(
@@ -174,13 +214,13 @@ def _digits(kind: str, objective: str, hparams: dict[str, Any] | None = None, an
 @_register("checkerboard-velocity", "SI / flow-matching velocity b_t (eq. 3.14), the teacher of lmd/emd/ayf")
 def checkerboard_velocity() -> TrainConfig:
     """Velocity model on the checkerboard (paper Fig. 3, first panel)."""
-    return _checkerboard("velocity", "velocity")
+    return checkerboard_config("velocity", "velocity")
 
 
 @_register("checkerboard-lmd", "Lagrangian map distillation (eq. 3.7); needs --teacher from checkerboard-velocity")
 def checkerboard_lmd() -> TrainConfig:
     """LMD one-step map distilled from a velocity teacher (paper Fig. 3, fifth panel)."""
-    return _checkerboard("flowmap", "lmd")
+    return checkerboard_config("flowmap", "lmd")
 
 
 # Random Fourier features of x for the one-step map (issue 13, benchmarks/results/checkerboard_lever.md):
@@ -192,7 +232,7 @@ CHECKERBOARD_X_FEATURES = {"x_features": 64, "x_feature_scale": 1.0}
            "for --init-from a checkerboard-velocity teacher")
 def checkerboard_lmd_ff() -> TrainConfig:
     """LMD one-step map whose MLP also reads 64 random Fourier features of ``x`` (sigma 1)."""
-    cfg = _checkerboard("flowmap", "lmd", ansatz="residual")
+    cfg = checkerboard_config("flowmap", "lmd", ansatz="residual")
     bb = dataclasses.replace(cfg.model.backbone, **CHECKERBOARD_X_FEATURES)
     return cfg.replace(model=dataclasses.replace(cfg.model, backbone=bb))
 
@@ -200,25 +240,25 @@ def checkerboard_lmd_ff() -> TrainConfig:
 @_register("checkerboard-emd", "Eulerian map distillation (eq. 3.9); needs --teacher from checkerboard-velocity")
 def checkerboard_emd() -> TrainConfig:
     """EMD one-step map distilled from a velocity teacher (paper Fig. 3, sixth panel)."""
-    return _checkerboard("flowmap", "emd")
+    return checkerboard_config("flowmap", "emd")
 
 
 @_register("checkerboard-fmm1", "flow map matching (eq. 3.15) on the whole square |t-s|<=1: a one-step map")
 def checkerboard_fmm1() -> TrainConfig:
     """FMM with ``w_{s,t} = 1`` (paper Fig. 3, second panel)."""
-    return _checkerboard("flowmap", "fmm", {"window": 1})
+    return checkerboard_config("flowmap", "fmm", {"window": 1})
 
 
 @_register("checkerboard-fmm4", "flow map matching (eq. 3.15) with |t-s|<=1/4: a 4-step map (pfmm's teacher)")
 def checkerboard_fmm4() -> TrainConfig:
     """FMM with ``w_{s,t} = 1(|t - s| <= 1/4)``, sampled with 4 steps (paper Fig. 3, third panel)."""
-    return _checkerboard("flowmap", "fmm", {"window": 4})
+    return checkerboard_config("flowmap", "fmm", {"window": 4})
 
 
 @_register("checkerboard-pfmm", "progressive FMM (eq. 3.16): distil a 4-step map into one step; --teacher from fmm4")
 def checkerboard_pfmm() -> TrainConfig:
     """PFMM with K = 4 teacher steps, warm-started from the teacher (paper Fig. 3, fourth panel)."""
-    return _checkerboard("flowmap", "pfmm", {"steps": 4})
+    return checkerboard_config("flowmap", "pfmm", {"steps": 4})
 
 
 @_register(
@@ -227,31 +267,31 @@ def checkerboard_pfmm() -> TrainConfig:
 )
 def checkerboard_pfmm_progressive() -> TrainConfig:
     """PFMM with M = 2 teacher steps per round, ``ceil(log2 4) = 2`` rounds (Sec. 3.4)."""
-    return _checkerboard("flowmap", "pfmm", {"steps": 4, "M": 2})
+    return checkerboard_config("flowmap", "pfmm", {"steps": 4, "M": 2})
 
 
 @_register("checkerboard-ee", "Eulerian estimation with stop-gradient (successors §1), no teacher")
 def checkerboard_ee() -> TrainConfig:
     """Direct Eulerian estimation of the flow map."""
-    return _checkerboard("flowmap", "ee", ansatz="residual").replace(coupling="minibatch_ot")
+    return checkerboard_config("flowmap", "ee", ansatz="residual").replace(coupling="minibatch_ot")
 
 
 @_register("checkerboard-lsd", "Lagrangian self-distillation (successors §2), no teacher")
 def checkerboard_lsd() -> TrainConfig:
     """LSD: diagonal velocity + Lagrangian self-distillation."""
-    return _checkerboard("flowmap", "lsd", ansatz="residual")
+    return checkerboard_config("flowmap", "lsd", ansatz="residual")
 
 
 @_register("checkerboard-esd", "Eulerian self-distillation (successors §2), no teacher")
 def checkerboard_esd() -> TrainConfig:
     """ESD: diagonal velocity + Eulerian self-distillation."""
-    return _checkerboard("flowmap", "esd", ansatz="residual")
+    return checkerboard_config("flowmap", "esd", ansatz="residual")
 
 
 @_register("checkerboard-psd", "progressive self-distillation (successors §2), no teacher")
 def checkerboard_psd() -> TrainConfig:
     """PSD: diagonal velocity + two-step self-consistency."""
-    return _checkerboard("flowmap", "psd", ansatz="residual")
+    return checkerboard_config("flowmap", "psd", ansatz="residual")
 
 
 # Align Your Flow on the checkerboard: tangent normalisation g / (|g| + 0.1) and the learned
@@ -264,13 +304,13 @@ AYF_RECIPE: dict[str, Any] = {"tangent_norm": True, "norm_c": 0.1, "adaptive": T
 @_register("checkerboard-ayf-emd", "Align Your Flow, Eulerian (successors §3); --teacher from checkerboard-velocity")
 def checkerboard_ayf_emd() -> TrainConfig:
     """AYF-EMD distillation of a velocity teacher."""
-    return _checkerboard("flowmap", "ayf_emd", AYF_RECIPE, ansatz="residual")
+    return checkerboard_config("flowmap", "ayf_emd", AYF_RECIPE, ansatz="residual")
 
 
 @_register("checkerboard-ayf-lmd", "Align Your Flow, Lagrangian (successors §3); --teacher from checkerboard-velocity")
 def checkerboard_ayf_lmd() -> TrainConfig:
     """AYF-LMD distillation of a velocity teacher."""
-    return _checkerboard("flowmap", "ayf_lmd", AYF_RECIPE, ansatz="residual")
+    return checkerboard_config("flowmap", "ayf_lmd", AYF_RECIPE, ansatz="residual")
 
 
 # -- digits ---------------------------------------------------------------------------
@@ -279,31 +319,31 @@ def checkerboard_ayf_lmd() -> TrainConfig:
 @_register("digits-velocity", "8x8 digits, small U-Net velocity b_t (eq. 3.14), the teacher of digits-lmd")
 def digits_velocity() -> TrainConfig:
     """Velocity model on 8x8 digits."""
-    return _digits("velocity", "velocity")
+    return digits_config("velocity", "velocity")
 
 
 @_register("digits-lmd", "8x8 digits, Lagrangian map distillation (eq. 3.7); --teacher from digits-velocity")
 def digits_lmd() -> TrainConfig:
     """LMD on digits."""
-    return _digits("flowmap", "lmd")
+    return digits_config("flowmap", "lmd")
 
 
 @_register("digits-fmm4", "8x8 digits, flow map matching with |t-s|<=1/4 (eq. 3.15): a 4-step map")
 def digits_fmm4() -> TrainConfig:
     """FMM 4-step map on digits (teacher of digits-pfmm)."""
-    return _digits("flowmap", "fmm", {"window": 4})
+    return digits_config("flowmap", "fmm", {"window": 4})
 
 
 @_register("digits-pfmm", "8x8 digits, progressive FMM (eq. 3.16) from a 4-step map; --teacher from digits-fmm4")
 def digits_pfmm() -> TrainConfig:
     """PFMM on digits, warm-started from the teacher."""
-    return _digits("flowmap", "pfmm", {"steps": 4})
+    return digits_config("flowmap", "pfmm", {"steps": 4})
 
 
 @_register("digits-lsd", "8x8 digits, Lagrangian self-distillation (successors §2), no teacher")
 def digits_lsd() -> TrainConfig:
     """LSD on digits."""
-    return _digits("flowmap", "lsd", ansatz="residual")
+    return digits_config("flowmap", "lsd", ansatz="residual")
 
 
 def _register_image_presets() -> None:

@@ -91,11 +91,11 @@ def digits_cond_lmd() -> TrainConfig:
 
 
 def _restore(kind: str, objective: str, hparams: dict) -> TrainConfig:
-    from anystep.training.presets import _digits
+    from anystep.training.presets import digits_config
 
     # residual ansatz: the map starts at the identity X_st(x) = x (zero output layer), a good
     # first guess when the base is a degraded copy of the data
-    base = _digits(kind, objective, hparams, ansatz="residual")
+    base = digits_config(kind, objective, hparams, ansatz="residual")
     model = dataclasses.replace(base.model, base=RESTORE_BASE)
     return base.replace(
         model=model,

@@ -40,15 +40,15 @@ SHORTCUT_OT_HPARAMS = {"fm_frac": 0.25}
 
 
 def _specs() -> list[tuple[str, str, Callable[[], TrainConfig]]]:
-    from anystep.training.presets import _checkerboard, _digits
+    from anystep.training.presets import checkerboard_config, digits_config
 
     def cb(objective: str, hparams: dict | None = None, ansatz: str = "residual", coupling: str | None = None):
         if coupling is None:
-            return lambda: _checkerboard("flowmap", objective, hparams, ansatz=ansatz)
-        return lambda: _checkerboard("flowmap", objective, hparams, ansatz=ansatz).replace(coupling=coupling)
+            return lambda: checkerboard_config("flowmap", objective, hparams, ansatz=ansatz)
+        return lambda: checkerboard_config("flowmap", objective, hparams, ansatz=ansatz).replace(coupling=coupling)
 
     def dg(objective: str, hparams: dict | None = None, ansatz: str = "residual"):
-        return lambda: _digits("flowmap", objective, hparams, ansatz=ansatz)
+        return lambda: digits_config("flowmap", objective, hparams, ansatz=ansatz)
 
     return [
         ("checkerboard-meanflow",

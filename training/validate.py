@@ -50,18 +50,6 @@ def trained_time_region(objective: Any) -> str:
     return "both"
 
 
-def _objective_class(name: str) -> type:
-    from anystep.training import base
-
-    try:
-        import anystep.training.objectives  # noqa: F401  (registers the objectives)
-    except ImportError:  # pragma: no cover - objectives not installed yet
-        pass
-    if name not in base.OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(base.OBJECTIVES)}")
-    return base.OBJECTIVES[name]
-
-
 def _read_model_config(path: str, role: str) -> ModelConfig:
     from anystep.core.modeldir import ModelDirError, read_config
 
@@ -72,6 +60,35 @@ def _read_model_config(path: str, role: str) -> ModelConfig:
     if not (Path(path) / "model.safetensors").is_file():
         raise ConfigError(f"{role} {path!r} has no model.safetensors; train it first or fix the path")
     return cfg
+
+
+def _check_data_set(role: str, name: str, kwargs: dict[str, Any], shape: tuple[int, ...], fix: str) -> None:
+    """One rule for the run's data sets (``dataset``, and ``base`` unless it is Gaussian).
+
+    The data set ``name`` must exist and draw samples of the model's ``shape``.
+
+    Args:
+        role: the config field that names it (``"dataset"`` or ``"base"``).
+        name: the data set's name.
+        kwargs: its keyword arguments (``dataset_kwargs``).
+        shape: ``model.data_shape``.
+        fix: what to do on a shape mismatch; ``{found}`` becomes the data set's sample shape.
+
+    Raises:
+        ConfigError: unknown data set or bad arguments (its message), or another sample shape.
+    """
+    from anystep.core.data import DataError, get_dataset
+
+    try:
+        found = tuple(get_dataset(name, **kwargs).shape)
+    except DataError as e:
+        raise ConfigError(f"{role}: {one_line(e)}") from None
+    if found != shape:
+        what = "data set" if role == "dataset" else f"{role} data set"
+        raise ConfigError(
+            f"{what} {name!r} has samples of shape {found} but model.data_shape is {shape}; "
+            + fix.format(found=list(found))
+        )
 
 
 def validate_config(config: TrainConfig) -> ValidatedConfig:
@@ -85,9 +102,9 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
     Returns:
         The validated config with defaults resolved.
     """
-    from anystep.core.data import DataError, get_dataset
+    from anystep.training.base import objective_class  # imports torch: only when validating
 
-    cls = _objective_class(config.objective)
+    cls = objective_class(config.objective)
     model_kind = getattr(cls, "model_kind", "flowmap")
     teacher_kind = getattr(cls, "teacher_kind", None)
     if config.model.kind != model_kind:
@@ -105,25 +122,12 @@ def validate_config(config: TrainConfig) -> ValidatedConfig:
         raise ConfigError(f"objective {config.objective!r} hyper-parameters: {one_line(e)}") from None
 
     shape = tuple(config.model.data_shape)
-    try:
-        ds = get_dataset(config.dataset, **config.dataset_kwargs)
-    except DataError as e:
-        raise ConfigError(f"dataset: {one_line(e)}") from None
-    if tuple(ds.shape) != shape:
-        raise ConfigError(
-            f"data set {config.dataset!r} has samples of shape {tuple(ds.shape)} but model.data_shape is "
-            f"{shape}; set model.data_shape and model.backbone.data_shape to {list(ds.shape)}"
-        )
+    _check_data_set(
+        "dataset", config.dataset, config.dataset_kwargs, shape,
+        "set model.data_shape and model.backbone.data_shape to {found}",
+    )
     if config.base.strip().lower() != "gaussian":
-        try:
-            base_ds = get_dataset(config.base)
-        except DataError as e:
-            raise ConfigError(f"base: {one_line(e)}") from None
-        if tuple(base_ds.shape) != shape:
-            raise ConfigError(
-                f"base data set {config.base!r} has samples of shape {tuple(base_ds.shape)} but the model's "
-                f"data shape is {shape}; use base='gaussian' or a base of shape {list(shape)}"
-            )
+        _check_data_set("base", config.base, {}, shape, f"use base='gaussian' or a base of shape {list(shape)}")
     if config.coupling == "paired" and config.base.strip().lower() == "gaussian":
         raise ConfigError("coupling='paired' needs a data set base whose rows are paired with the data; use 'independent'")
 
