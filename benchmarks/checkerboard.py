@@ -16,6 +16,7 @@ This module orchestrates; the pieces, each readable on its own:
 * :mod:`~anystep.benchmarks.checkerboard_figures`: Fig. 3 (top, bottom), Fig. 5, all maps at all K;
 * :mod:`~anystep.benchmarks.checkerboard_report`: the Markdown report;
 * :mod:`~anystep.benchmarks.checkerboard_bundle`: ``models/checkerboard[-teacher]``, relative paths.
+* :mod:`~anystep.benchmarks.checkerboard_cli`: the options, ``--help`` and exit codes of this command.
 
 Stages: (1) the sharp teacher velocity ``b_t`` (eq. 3.14) in two stages (``si_pre``,
 ``si``); (2) every flow map, each started from the teacher (``v_st = b_s``) with the same
@@ -24,7 +25,9 @@ K = 1, 2, 4, 8 on ``n`` shared base points: KL with the exact density and its bl
 equivalent, ``W_2^2`` (exact OT) to target and teacher samples, the coupling error to the
 dopri5 teacher, the bound terms; (4) figures and ``checkerboard.json`` / ``.md``; (5) the
 best one-step map trained on both time directions and the teacher are copied to
-``models/`` (full runs only).
+``models/`` (full runs only; a map already in ``models/checkerboard`` that records a lower
+one-step KL against the same teacher, e.g. the lever map of
+:mod:`~anystep.benchmarks.checkerboard_bundle_train`, is kept).
 
 Training runs live in ``--work-dir`` (default ``runs/checkerboard``, git-ignored): a finished
 run with the identical config is reused, an interrupted one resumed from its checkpoint, so
@@ -34,9 +37,7 @@ the command can be re-run after an interruption. Time convention: ``t = 0`` base
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -47,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from anystep.benchmarks.checkerboard_bundle import bundle_models, rel_path
+from anystep.benchmarks.checkerboard_bundle import bundle_models, bundled_map, rel_path
 from anystep.benchmarks.checkerboard_cache import EvalCache, metrics_from_json, metrics_to_json
+from anystep.benchmarks.checkerboard_cli import MODULE, build_parser, run_cli, settings_from_args
 from anystep.benchmarks.checkerboard_eval import (
     EvalContext,
     StepMetrics,
@@ -67,7 +69,6 @@ from anystep.benchmarks.checkerboard_methods import (
     EULER_STEPS,
     EVAL_STEPS,
     METHODS,
-    QUICK,
     BenchmarkError,
     MethodSpec,
     Settings,
@@ -112,10 +113,9 @@ __all__ = [
     "resolve_methods",
     "run",
     "score_samples",
+    "settings_from_args",
     "train_one",
 ]
-
-MODULE = "anystep.benchmarks.checkerboard"
 
 
 # --------------------------------------------------------------------------------------
@@ -344,8 +344,11 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
                              "blur": metrics[best_both.key][k].blur} for k in EVAL_STEPS}
         scores["round_trip"] = roundtrip
         bundled = bundle_models(bundle_dir, best_both, work_dir, command, scores,
-                                {"dopri5": {"kl": m_si.kl, "nfe": nfe_si, "blur": m_si.blur}})
-        log(f"[bundle] {best_both.label} -> {bundled['checkerboard']}, teacher -> {bundled['checkerboard-teacher']}")
+                                {"dopri5": {"kl": m_si.kl, "nfe": nfe_si, "blur": m_si.blur}}, log=log)
+        # what the bundle now holds: this run's map, or a better one that was kept (checkerboard_bundle_train's)
+        bundled |= bundled_map(bundle_dir / "checkerboard", work_dir / best_both.key)
+        log(f"[bundle] {bundled['method_label'] or bundled['method']} -> {bundled['checkerboard']}"
+            + (" (kept)" if bundled["kept"] else "") + f", teacher -> {bundled['checkerboard-teacher']}")
 
     res: dict[str, Any] = {
         "benchmark": "checkerboard",
@@ -402,149 +405,14 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
 
 
 # --------------------------------------------------------------------------------------
-# command line
+# command line (options, --help: checkerboard_cli)
 # --------------------------------------------------------------------------------------
-
-HELP_EPILOG = """\
-what it does:
-  trains the SI teacher velocity and every flow-map objective (LMD, EMD, FMM N=1/N=4,
-  PFMM from FMM N=4, EE, LSD/ESD/PSD, AYF-EMD/AYF-LMD; --methods all+controls adds the
-  negative controls ee_naive and denoiser) with one shared budget, scores each map at
-  1, 2, 4, 8 steps (KL with the exact density, W2^2 to target and teacher, coupling L2
-  vs. the dopri5 teacher) and the teacher with dopri5 and Euler 1-16, and writes
-  OUT/checkerboard.json, OUT/checkerboard.md and OUT/checkerboard_*.png; a full run
-  copies the best one-step map and the teacher to models/checkerboard and
-  models/checkerboard-teacher.
-
-budget:
-  default (full): MLP 256 x 4 for every model. Teacher: 13,000 steps of a 30,000-step
-  cosine schedule (batch 2048, lr 2e-3, logit-normal times), then a 3,000-step anneal
-  (about 40 min on one idle core). Maps: 1,000 Adam steps at batch 512 from the teacher
-  (PSD 3,000), two runs at a time with one thread each; on 2 idle cores about 5 min per
-  pair, on a shared machine 3-4x that. Evaluation: 100,000 points, dopri5 teacher, about
-  10-15 min. --quick: MLP 64 x 3, 300 steps, 20,000 points, a few minutes. Finished runs
-  in --work-dir are reused and interrupted ones resumed, so re-running continues where it
-  stopped (a run still being trained by a worker of an earlier call is waited for).
-
-examples:
-  python -m anystep.benchmarks.checkerboard
-  python -m anystep.benchmarks.checkerboard --quick --out /tmp/cb
-  python -m anystep.benchmarks.checkerboard --methods lmd,pfmm --steps 8000 --jobs 2
-  python -m anystep.benchmarks.checkerboard --teacher-sizes 128x4,512x6
-"""
-
-
-def _size_list(text: str) -> tuple[tuple[int, int], ...]:
-    out = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        m = re.fullmatch(r"(\d+)[xX](\d+)", item)
-        if not m:
-            raise argparse.ArgumentTypeError(f"{item!r}: write WIDTHxDEPTH, e.g. 128x4,512x6")
-        out.append((int(m.group(1)), int(m.group(2))))
-    return tuple(out)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m anystep.benchmarks.checkerboard``."""
-    p = argparse.ArgumentParser(
-        prog=f"python -m {MODULE}",
-        description="Reproduce the paper's 2D checkerboard experiment (Table 3, Figs. 3 and 5) for every "
-                    "objective, with one shared training budget, and bundle the best one-step map.",
-        epilog=HELP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    d = Settings()
-    p.add_argument("--quick", action="store_true",
-                   help=f"small and fast: {', '.join(f'{k}={v}' for k, v in QUICK.items())}; no bundling")
-    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps per model (default {d.steps})")
-    p.add_argument("--width", type=int, default=None, help=f"MLP hidden width (default {d.width}; paper 512)")
-    p.add_argument("--depth", type=int, default=None, help=f"MLP hidden layers (default {d.depth}; paper 6)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated methods (default all: " + ",".join(DEFAULT_METHODS)
-                        + "; 'all+controls' adds ee_naive,denoiser); teachers are added automatically")
-    p.add_argument("--n-samples", type=int, default=None,
-                   help=f"evaluation points (default {d.n_samples:,}; >= 20,000 recommended: the KL estimator's "
-                        "floor is about (occupied cells)/(2n))")
-    p.add_argument("--w2-samples", type=int, default=None,
-                   help=f"subsample for the exact-OT W2^2 (default {d.w2_samples})")
-    p.add_argument("--rtol", type=float, default=None, help=f"dopri5 tolerance of the teacher reference (default {d.rtol:g})")
-    p.add_argument("--seed", type=int, default=0, help="seed of every training run and of the evaluation draws (default 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: 2 when the 1-minute load average is below 1, else 1: on a "
-                        "shared 2-core machine two threads of a busy process spin on each other and run "
-                        "5-10x slower than one)")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="training runs at a time, each its own process with one torch thread (default 2; 1 trains "
-                        "in this process)")
-    p.add_argument("--teacher-sizes", type=_size_list, default=(),
-                   help="also train teachers of these sizes (e.g. 128x4,512x6) with the same budget and "
-                        "report their dopri5 KL (network-size check)")
-    p.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
-    p.add_argument("--work-dir", default=None,
-                   help="run directories (default runs/checkerboard, or runs/checkerboard-quick with --quick)")
-    p.add_argument("--bundle-dir", default=None,
-                   help="where to write checkerboard/ and checkerboard-teacher/ (default models for a full run)")
-    p.add_argument("--no-bundle", action="store_true", help="do not write the bundled models")
-    p.add_argument("--fresh", action="store_true", help="retrain every run that already exists in --work-dir")
-    p.add_argument("--retrain", default=None, metavar="KEYS",
-                   help="retrain only these runs (comma-separated keys, e.g. ayf_lmd,si_512x6); needed when a "
-                        "method's settings changed since its run was trained")
-    p.add_argument("--no-figures", action="store_true", help="skip the figures")
-    p.add_argument("--train-only", action="store_true",
-                   help="only train (reuse finished runs, resume interrupted ones), evaluate nothing: e.g. "
-                        "--jobs 1 --train-only in the background, then the evaluation once they are done")
-    p.add_argument("--progress", action="store_true", help="show tqdm progress bars while training")
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Resolve ``--quick`` and the explicit options into :class:`Settings`."""
-    base = dict(QUICK) if args.quick else {}
-    for name in ("steps", "width", "depth", "batch_size", "lr", "n_samples", "w2_samples", "rtol"):
-        v = getattr(args, name)
-        if v is not None:
-            base[name] = v
-    methods = tuple(s.key for s in resolve_methods(args.methods)) if args.methods else ()
-    threads = args.threads
-    if threads is None:
-        load = (load_average() or [None])[0]
-        threads = 2 if load is not None and load < 1.0 else 1
-    if args.jobs < 1:
-        raise BenchmarkError(f"--jobs must be >= 1, got {args.jobs}")
-    return Settings(quick=bool(args.quick), seed=args.seed, threads=threads, teacher_sizes=args.teacher_sizes,
-                    jobs=args.jobs,
-                    methods=methods, **base)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for invalid options)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except BenchmarkError as e:
-        parser.error(str(e))
-    work_dir = Path(args.work_dir or ("runs/checkerboard-quick" if args.quick else "runs/checkerboard"))
-    bundle_dir = None
-    if not args.no_bundle:
-        if args.bundle_dir is not None:
-            bundle_dir = Path(args.bundle_dir)
-        elif not args.quick:
-            bundle_dir = Path("models")
-    try:
-        fresh: bool | list[str] = True if args.fresh else [k.strip() for k in (args.retrain or "").split(",") if k.strip()]
-        run(settings, out_dir=Path(args.out), work_dir=work_dir, bundle_dir=bundle_dir, fresh=fresh,
-            progress=args.progress, figures=not args.no_figures, train_only=args.train_only,
-            command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
-            log=lambda msg: print(msg, flush=True))
-    except (BenchmarkError, AnystepError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """Entry point (options: :func:`~anystep.benchmarks.checkerboard_cli.build_parser`); returns the
+    exit status (2 for invalid options)."""
+    return run_cli(argv, run)
 
 
 if __name__ == "__main__":

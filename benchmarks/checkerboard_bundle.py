@@ -8,7 +8,7 @@ from typing import Any
 
 from anystep.benchmarks.checkerboard_methods import MethodSpec
 
-__all__ = ["bundle_model", "bundle_models", "bundled_one_step_kl", "rel_path"]
+__all__ = ["bundle_model", "bundle_models", "bundled_map", "bundled_one_step_kl", "rel_path"]
 
 
 def rel_path(path: str | Path | None, root: Path | None = None) -> str | None:
@@ -91,6 +91,21 @@ def bundled_one_step_kl(model_dir: Path, teacher_sha256: str | None) -> float | 
     if kl is None or teacher_sha256 is None or prov.get("teacher_sha256") != teacher_sha256:
         return None
     return float(kl)
+
+
+def bundled_map(dest: Path, candidate: Path) -> dict[str, Any]:
+    """What the bundle ``dest`` (``models/checkerboard``) holds after :func:`bundle_models` offered it ``candidate``.
+
+    Returns:
+        ``{"method", "method_label", "from", "kept"}`` from ``dest``'s provenance: its method key
+        and label, the benchmark that bundled it, and ``kept`` -- True when ``dest`` holds
+        another run's weights than ``candidate``'s (a better map was already there).
+    """
+    from anystep.core.modeldir import load_model_dir, model_dir_sha256
+
+    prov = load_model_dir(dest).config.provenance
+    return {"method": prov.get("method"), "method_label": prov.get("method_label"), "from": prov.get("benchmark"),
+            "kept": prov.get("source_run_sha256") != model_dir_sha256(candidate)}
 
 
 def bundle_models(bundle_dir: Path, best: MethodSpec, work_dir: Path, command: str,

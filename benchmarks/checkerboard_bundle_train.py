@@ -18,6 +18,7 @@ Usage (from the repository root; ``train`` through a training slot, one thread):
     python -m anystep.benchmarks.checkerboard_bundle_train train    # both stages, resumable
     python -m anystep.benchmarks.checkerboard_bundle_train report   # score it beside the bundle
     python -m anystep.benchmarks.checkerboard_bundle_train bundle   # report, then models/checkerboard
+    python -m anystep.benchmarks.checkerboard_bundle_train list     # the stages, 'done' when finished
 
 ``report`` scores the last stage, the first one and the map in ``models/checkerboard`` with the
 benchmark's estimator (:func:`~anystep.benchmarks.checkerboard_eval.score_samples` on its 100,000

@@ -117,13 +117,13 @@ METHODS: dict[str, MethodSpec] = {
                    note="Lagrangian map distillation (eq. 3.7), warm start v_st = b_s from the teacher"),
         MethodSpec("lmd_both", "LMD, both directions", "checkerboard-lmd", teacher="si", init_from="si",
                    config=RESIDUAL, hparams={"forward_only": False},
-                   note="LMD on the whole square 0 <= s, t <= 1 (forward and backward maps): the bundled "
-                        "map, so that X_{1,0} (/encode) inverts X_{0,1}"),
+                   note="LMD on the whole square 0 <= s, t <= 1 (forward and backward maps), so that X_{1,0} "
+                        "(/encode) inverts X_{0,1}: the row the benchmark's bundled map comes from"),
         MethodSpec("lmd_both_long", "LMD, both directions, +3000 steps", "checkerboard-lmd", teacher="si",
                    init_from="lmd_both", config=RESIDUAL, hparams={"forward_only": False},
                    budget={"max_steps": 3000, "lr": 5e-4}, control=False,
                    note="lmd_both continued for 3,000 steps (lr 5e-4, cosine): 4x the budget of the other rows, "
-                        "for the bundled model"),
+                        "a candidate for the bundled model"),
         # issue 13, longer budgets (continuations of the shared-budget rows, warm-restarted cosine at batch
         # 512, checkpoints every 500 steps so that a later session resumes them); per-step costs measured
         # on one core: LMD 144 ms, LMD both 103 ms, FMM N=4 220 ms, PFMM 51 ms (batch 512, load 2-4)
@@ -131,7 +131,8 @@ METHODS: dict[str, MethodSpec] = {
                    init_from="lmd_both_long", config=RESIDUAL, hparams={"forward_only": False},
                    budget={"max_steps": 8000, "lr": 5e-4, "ckpt_every": 500},
                    note="lmd_both_long continued for 8,000 steps (lr 5e-4, cosine): 12x the shared budget in all, "
-                        "the candidate for the bundled model"),
+                        "the benchmark's candidate for the bundled model (models/checkerboard holds the better "
+                        "lever map of checkerboard_bundle_train, which a rerun keeps)"),
         MethodSpec("lmd_xl", "LMD, +6000 steps", "checkerboard-lmd", teacher="si", init_from="lmd", config=RESIDUAL,
                    budget={"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500},
                    paper=_paper(0.043, 0.059, 0.032, 0.085),

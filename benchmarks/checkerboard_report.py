@@ -167,10 +167,17 @@ def render_markdown(res: dict[str, Any], specs: list[MethodSpec], notes: str | N
 
     if res.get("bundled"):
         b = res["bundled"]
+        cand = METHODS_LABEL.get(g.get("bundled_key"), g.get("bundled_key"))
+        if b.get("kept"):  # a better map was already bundled (checkerboard_bundle_train's): not this run's
+            what = (f"{b.get('method_label') or b.get('method')}, kept: it records a lower one-step KL against the "
+                    f"same teacher than this run's best one-step map trained on both time directions ({cand}); "
+                    f"it comes from {b.get('from')}")
+            rt = f"round trip of {cand}"
+        else:
+            what, rt = f"{cand} (the best one-step map trained on both time directions)", "round trip"
         lines += ["## Bundled models", "",
-                  (f"- `{b['checkerboard']}`: {METHODS_LABEL.get(g.get('bundled_key'), g.get('bundled_key'))} "
-                   f"(the best one-step map trained on both time directions), try "
-                   f"`anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`; round trip "
+                  (f"- `{b['checkerboard']}`: {what}; try "
+                   f"`anystep sample models/checkerboard --steps 1 -n 5000 --out cb.png`; {rt} "
                    f"E|X_10(X_01(x0)) - x0|² = {fmt(g['round_trip'].get('encode_decode'))}, "
                    f"E|X_01(X_10(x1)) - x1|² = {fmt(g['round_trip'].get('decode_encode'))} "
                    f"({g['round_trip'].get('n', 0):,} points)"),

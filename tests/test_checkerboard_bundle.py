@@ -155,3 +155,33 @@ def test_a_benchmark_rerun_keeps_a_better_bundled_map_and_replaces_a_worse_one(t
                      {**bundled_better, "benchmark_scores": {"K=1": {"kl": 0.5}}})
     bundle_models(bundle, METHODS["lmd_both_xl"], work, "python -m x", new, {}, log=said.append)
     assert load_model_dir(bundle / "checkerboard").config.provenance["method"] == "lmd_both_xl"
+
+
+def test_the_benchmark_report_names_the_map_the_bundle_holds(tmp_path):
+    """bundled_map says whether a rerun kept a better map; the report then names that map, not the run's."""
+    from anystep.benchmarks.checkerboard_bundle import bundle_models, bundled_map
+    from anystep.benchmarks.checkerboard_methods import METHODS
+    from anystep.benchmarks.checkerboard_report import render_markdown
+    from anystep.server.testing import make_tiny_models
+
+    tiny = make_tiny_models(tmp_path / "tiny", seed=1, digits=False)
+    work, bundle = tmp_path / "runs", tmp_path / "models"
+    _with_provenance(tiny["checkerboard-teacher"], work / "si", {"preset": "checkerboard-velocity"})
+    _with_provenance(tiny["checkerboard"], work / "lmd_both_xl",
+                     {"preset": "checkerboard-lmd", "teacher": str(work / "si"), "teacher_sha256": "T"})
+    lever = {"teacher_sha256": "T", "method": "lever", "method_label": "the lever map", "benchmark": "bundle_train",
+             "source_run_sha256": "L", "benchmark_scores": {"K=1": {"kl": 0.1}}}
+    _with_provenance(tiny["checkerboard"], bundle / "checkerboard", lever)
+    for kl, kept in ((0.3, True), (0.05, False)):  # worse than the bundled map: kept; better: replaced
+        bundle_models(bundle, METHODS["lmd_both_xl"], work, "python -m x", {"K=1": {"kl": kl}}, {}, log=print)
+        rec = bundled_map(bundle / "checkerboard", work / "lmd_both_xl")
+        assert rec["kept"] is kept
+        assert rec["method"] == ("lever" if kept else "lmd_both_xl")
+        res = json.loads((REPO / "benchmarks/results/checkerboard.json").read_text())  # a real run's results
+        res["bundled"] = {"checkerboard": "models/checkerboard", "checkerboard-teacher": "models/checkerboard-teacher",
+                          **rec}
+        res["goal"]["bundled_key"] = "lmd_both_xl"
+        md = render_markdown(res, [METHODS[k] for k in res["settings"]["methods"]], None)
+        line = next(ln for ln in md.splitlines() if ln.startswith("- `models/checkerboard`"))
+        assert line.startswith("- `models/checkerboard`: " + ("the lever map, kept" if kept else METHODS["lmd_both_xl"].label))
+        assert ("round trip of " + METHODS["lmd_both_xl"].label in line) is kept
