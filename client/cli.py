@@ -115,6 +115,7 @@ def generate(
 ) -> None:
     """Ask a running anystep server for samples, e.g.
 
+    \b
     anystep generate --model digits --steps 1 -n 16 --seed 0 --out grid.png
     anystep generate --model digits-cond --class 7 --guidance 2 -n 16 --out sevens.png
     anystep generate --model digits-restore --source noisy.npy --out restored.npy

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .engines import ENGINE_CHOICES
+from .registry import BUNDLED_MODELS
 
 
 @click.command("serve")
@@ -17,7 +18,7 @@ from .engines import ENGINE_CHOICES
     multiple=True,
     metavar="NAME=DIR",
     help="Serve the model directory DIR as NAME (repeatable). Default: the bundled models that exist "
-    "(checkerboard, checkerboard-teacher, digits, digits-teacher under $ANYSTEP_MODELS_DIR or <repo>/models).",
+    f"({', '.join(BUNDLED_MODELS)} under $ANYSTEP_MODELS_DIR or <repo>/models).",
 )
 @click.option(
     "--engine",
