@@ -22,7 +22,7 @@ from anystep.benchmarks.checkerboard_methods import (
     Settings,
     resolve_methods,
 )
-from anystep.benchmarks.common import command_line, load_average
+from anystep.benchmarks.common import OUT_HELP, command_line, load_average, results_dir
 from anystep.errors import AnystepError, one_line
 
 __all__ = ["HELP_EPILOG", "MODULE", "build_parser", "run_cli", "settings_from_args"]
@@ -54,7 +54,7 @@ budget:
 
 examples:
   python -m anystep.benchmarks.checkerboard
-  python -m anystep.benchmarks.checkerboard --quick --out /tmp/cb
+  python -m anystep.benchmarks.checkerboard --quick      # results in runs/checkerboard-quick/results
   python -m anystep.benchmarks.checkerboard --methods lmd,pfmm --steps 8000 --jobs 2
   python -m anystep.benchmarks.checkerboard --teacher-sizes 128x4,512x6
 """
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-sizes", type=_size_list, default=(),
                    help="also train teachers of these sizes (e.g. 128x4,512x6) with the same budget and "
                         "report their dopri5 KL (network-size check)")
-    p.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
+    p.add_argument("--out", default=None, help=OUT_HELP)
     p.add_argument("--work-dir", default=None,
                    help="run directories (default runs/checkerboard, or runs/checkerboard-quick with --quick)")
     p.add_argument("--bundle-dir", default=None,
@@ -167,7 +167,8 @@ def run_cli(argv: Sequence[str] | None, run: Callable[..., Any]) -> int:
             bundle_dir = Path("models")
     try:
         fresh: bool | list[str] = True if args.fresh else [k.strip() for k in (args.retrain or "").split(",") if k.strip()]
-        run(settings, out_dir=Path(args.out), work_dir=work_dir, bundle_dir=bundle_dir, fresh=fresh,
+        out_dir = Path(args.out) if args.out else results_dir("checkerboard", args.quick)
+        run(settings, out_dir=out_dir, work_dir=work_dir, bundle_dir=bundle_dir, fresh=fresh,
             progress=args.progress, figures=not args.no_figures, train_only=args.train_only,
             command=command_line(sys.argv[1:] if argv is None else argv, module=MODULE),
             log=lambda msg: print(msg, flush=True))

@@ -434,6 +434,19 @@ def git_revision(root: str | os.PathLike) -> str | None:
     return r.stdout.strip() or None
 
 
+def results_dir(name: str, quick: bool = False) -> Path:
+    """Where benchmark ``name`` writes its results when ``--out`` is not given.
+
+    A full run writes the committed ``benchmarks/results``; a ``--quick`` smoke run writes
+    ``runs/<name>-quick/results`` instead, so that it never overwrites the committed figures.
+    """
+    return REPO_ROOT / "runs" / f"{name}-quick" / "results" if quick else REPO_ROOT / "benchmarks" / "results"
+
+
+OUT_HELP = "results folder (default benchmarks/results; with --quick runs/<benchmark>-quick/results)"
+"""The ``--out`` help of every benchmark whose default is :func:`results_dir`."""
+
+
 def run_cli(argv: Sequence[str] | None, *, parser: Any, settings_from_args: Any, run: Any, module: str,
             work_dir: Path | None = None, settings_errors: tuple[type[BaseException], ...] = (),
             error_prefixes: dict[type[BaseException], str] | None = None, dispatch: Any = None) -> int:
@@ -442,7 +455,8 @@ def run_cli(argv: Sequence[str] | None, *, parser: Any, settings_from_args: Any,
     ``settings_from_args(args)`` builds the settings; one of ``settings_errors`` there is a usage
     error (argparse prints the usage and exits 2). Then ``run(settings, out_dir=..., command=...,
     log=...)`` (and ``work_dir=`` when ``work_dir`` is given) with ``--out`` / ``--work-dir``
-    when the parser has them. A user error (:data:`anystep.errors.USER_ERRORS`, or a type of
+    when the parser has them (no ``--out``: :func:`results_dir`, a ``--quick`` run under ``runs/``).
+    A user error (:data:`anystep.errors.USER_ERRORS`, or a type of
     ``error_prefixes`` printed after its prefix) is one ``error: ...`` line on stderr and exit 2.
 
     Args:
@@ -467,7 +481,7 @@ def run_cli(argv: Sequence[str] | None, *, parser: Any, settings_from_args: Any,
         settings = settings_from_args(args)
     except settings_errors as e:
         parser.error(str(e))
-    out_dir = getattr(args, "out", None) or REPO_ROOT / "benchmarks" / "results"
+    out_dir = getattr(args, "out", None) or results_dir(module.rsplit(".", 1)[-1], bool(getattr(args, "quick", False)))
     work = (getattr(args, "work_dir", None) or work_dir) if work_dir is not None else None
     command = command_line(sys.argv[1:] if argv is None else argv, module=module)
     prefixes = tuple((error_prefixes or {}).items())

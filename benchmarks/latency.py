@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     existing_notes,
     float_list,
     int_list,
@@ -450,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", default=None, choices=("auto", "dynamo", "torchscript"), help="ONNX exporter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-profile", action="store_true", help="do not profile missed goals")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--work-dir", type=Path, default=None, help="export cache (default runs/latency)")
     return p
 

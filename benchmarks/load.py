@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     existing_notes,
     fmt,
     int_list,
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-profile", action="store_true", help="do not sample the server with py-spy")
     p.add_argument("--profile", action="store_true", help="sample the server with py-spy even with --quick")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--work-dir", type=Path, default=None, help="server logs and caches (default runs/load)")
     return p
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     REPO_ROOT,
     existing_notes,
     git_revision,
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dopri5", type=int, default=None, dest="dopri5_runs",
                    help="alternating runs per server of the dopri5-in-flight phase (default 0: none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--work-dir", type=Path, default=None, help="baseline worktree, logs (default runs/load_ab)")
     return p
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     existing_notes,
     fmt,
     git_revision,
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help=f"interleaved rounds (default {d.rounds})")
     p.add_argument("--format", default=None, choices=("json", "npy"), help="response format (default json)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--work-dir", type=Path, default=None, help="server log and export cache (default runs/load)")
     return p
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     existing_notes,
     fmt,
     int_list,
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plain", action="store_true", help="skip the plain anystep serve row")
     p.add_argument("--no-bare", action="store_true", help="skip the parallel bare-engine ceiling")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     return p
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from anystep.benchmarks.common import (
+    OUT_HELP,
     existing_notes,
     git_revision,
     int_list,
@@ -406,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="anystep's answer format (default npy: binary, like Triton's tensors)")
     p.add_argument("--no-json-row", action="store_true", help="do not also time anystep answering JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the request mix")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     p.add_argument("--work-dir", type=Path, default=None,
                    help="Triton repository, server logs, export cache (default runs/load_triton)")
     return p

@@ -380,3 +380,24 @@ def test_quick_run_writes_results_figures_and_sane_numbers(tmp_path):
     assert all(tr["reused"] for tr in res2["training"].values())
     assert res2["timing"]["eval_cached"] == 2  # the teacher's dopri5 samples and the lmd row
     assert res2["methods"]["lmd"]["steps"]["1"]["kl"] == pytest.approx(res["methods"]["lmd"]["steps"]["1"]["kl"])
+
+
+def test_a_quick_run_never_writes_the_committed_results_by_default():
+    from anystep.benchmarks.common import REPO_ROOT, results_dir, run_cli
+
+    assert results_dir("latency") == REPO_ROOT / "benchmarks" / "results"
+    assert results_dir("latency", quick=True) == REPO_ROOT / "runs" / "latency-quick" / "results"
+    seen = {}
+
+    def run(settings, out_dir, command, log):
+        seen["out"] = out_dir
+
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    for argv, want in ((["--quick"], results_dir("load_nfe", True)), ([], results_dir("load_nfe")),
+                       (["--quick", "--out", "x"], "x")):
+        assert run_cli(argv, parser=p, settings_from_args=lambda a: None, run=run, module="anystep.benchmarks.load_nfe") == 0
+        assert seen["out"] == want
