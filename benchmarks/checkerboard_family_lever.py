@@ -42,7 +42,6 @@ from anystep.benchmarks.checkerboard_variant_runs import (
 __all__ = ["VARIANTS", "main"]
 
 RUN_DIR = Path("runs/family_lever")
-TEACHER = "teacher"  # ``Variant.init_from`` value: the benchmark's teacher run (``BENCH_DIR / "si"``)
 FF = _ff(64, 1.0)  # issue 13's lever: 64 random Fourier features of x, sigma 1
 XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's +6000 continuation budget
 XXL = {"max_steps": 12000, "lr": 3e-4, "ckpt_every": 500}  # a further continuation of an _xl run
@@ -113,27 +112,14 @@ def _longer(name: str, new: str) -> Variant:
                    f"{name} continued 12000 steps, lr 3e-4 cosine", {**v.sets, **XXL}, base=v.base, init_from=name)
 
 
-# From the teacher's weights (v_st = b_s, as the LMD/EMD rows start): the step-size-conditioned velocity
-# s(x, t, d) at d = 0 and MeanFlow's u(x, r, t) at r = t are the teacher's b_t, so a warm start is their
-# flow-matching solution; the fine-tuning then only has to learn the long jumps.
-for _v in (
-    Variant("sc_ot_ff_top50_warm", "Shortcut, OT + Fourier features, top_frac 0.5, from the teacher",
-            "sc_ot_ff_top50 started from the teacher's weights (v_st = b_s)", {**FF, **_h(top_frac=0.5)},
-            base="shortcut_ot", init_from=TEACHER),
-    Variant("mf_ot_ff_warm", "MeanFlow, OT + Fourier features, from the teacher",
-            "mf_ot_ff started from the teacher's weights (v_st = b_s)", FF, base="meanflow_ot", init_from=TEACHER),
-):
-    VARIANTS[_v.name] = _v
-    VARIANTS[f"{_v.name}_xl"] = _xl(_v.name)
-
 # The best shortcut variant, continued like LMD's best (ff64_s1_start50 _xxl / _x3l: 19,000 / 31,000 steps).
 VARIANTS["sc_ot_ff_top50_xxl"] = _longer("sc_ot_ff_top50_xl", "sc_ot_ff_top50_xxl")
 VARIANTS["sc_ot_ff_top50_x3l"] = _longer("sc_ot_ff_top50_xxl", "sc_ot_ff_top50_x3l")
 
 
 def _cfg(v: Variant):
-    init = None if v.init_from is None else BENCH_DIR / "si" if v.init_from == TEACHER else RUN_DIR / v.init_from
-    return variant_config(v.base, v.sets, f"checkerboard_family_lever {v.name}", init_from=init)
+    return variant_config(v.base, v.sets, f"checkerboard_family_lever {v.name}",
+                          init_from=None if v.init_from is None else RUN_DIR / v.init_from)
 
 
 def train(names: list[str]) -> None:
