@@ -12,19 +12,11 @@ __all__ = ["bundle_model", "bundle_models", "bundled_map", "bundled_one_step_kl"
 
 
 def rel_path(path: str | Path | None, root: Path | None = None) -> str | None:
-    """``path`` relative to ``root`` (default: the working directory) when it lies inside it.
+    """``path`` as :func:`anystep.core.paths.recorded_path` records it (None stays None): relative to
+    ``root`` (default: the working directory) when inside it, else its last two components."""
+    from anystep.core.paths import recorded_path
 
-    Paths outside ``root`` keep only their last two components (``runs/lmd``), so nothing
-    machine-specific is written into a results file or a model's ``config.json``.
-    """
-    if path is None:
-        return None
-    p = Path(path)
-    base = (root or Path.cwd()).resolve()
-    try:
-        return p.resolve().relative_to(base).as_posix()
-    except ValueError:
-        return Path(*p.parts[-2:]).as_posix() if p.is_absolute() else p.as_posix()
+    return None if path is None else recorded_path(path, root)
 
 
 def _relative_provenance(prov: dict[str, Any], work_dir: Path) -> dict[str, Any]:

@@ -415,11 +415,11 @@ def name_list(text: str) -> tuple[str, ...]:
 
 
 def portable_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
-    """``path`` relative to ``root`` (the checkout) when inside it, else its last part: no machine paths in results."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return Path(path).name
+    """``path`` relative to ``root`` (the checkout) when inside it, else its last two components:
+    no machine paths in results (:func:`anystep.core.paths.recorded_path`)."""
+    from anystep.core.paths import recorded_path
+
+    return recorded_path(path, root)
 
 
 def git_revision(root: str | os.PathLike) -> str | None:

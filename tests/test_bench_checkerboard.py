@@ -401,3 +401,14 @@ def test_a_quick_run_never_writes_the_committed_results_by_default():
                        (["--quick", "--out", "x"], "x")):
         assert run_cli(argv, parser=p, settings_from_args=lambda a: None, run=run, module="anystep.benchmarks.load_nfe") == 0
         assert seen["out"] == want
+
+
+def test_recorded_paths_are_relative_inside_the_working_directory(tmp_path, monkeypatch):
+    from anystep.core.paths import recorded_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "si").mkdir(parents=True)
+    assert recorded_path(tmp_path / "runs" / "si") == "runs/si"
+    assert recorded_path("runs/si") == "runs/si"
+    assert recorded_path("/elsewhere/deep/runs/lmd") == "runs/lmd"
+    assert recorded_path(tmp_path / "runs" / "si", root=tmp_path / "runs") == "si"

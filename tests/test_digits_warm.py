@@ -96,5 +96,5 @@ def test_trainer_starts_the_row_from_the_teacher(name, tmp_path):
     Trainer(cfg, tmp_path / name, progress=False, eval_fn=None).fit()
     fm = load_model_dir(tmp_path / name).model
     prov = json.loads((tmp_path / name / "config.json").read_text())["provenance"]
-    assert prov["init_from"] == str(vel_dir.resolve())
+    assert prov["init_from"] == "/".join(vel_dir.parts[-2:])  # no machine path in config.json
     _diagonal_checks(fm, load_model_dir(vel_dir).model, atol=1e-4)

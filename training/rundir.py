@@ -162,7 +162,8 @@ def write_model_dir(
     """Write ``config.json`` + ``model.safetensors`` (the EMA weights) into ``out_dir``.
 
     The model config records the provenance (preset, objective, steps, seed, data, teacher
-    and warm start with their SHA-256, the last evaluation, the training config, versions,
+    and warm start with their SHA-256, their paths relative to the working directory
+    (:func:`anystep.core.paths.recorded_path`), the last evaluation, the training config, versions,
     the progressive rounds), the ``time_region`` every round's objective trained (whether
     ``X_{1,0}`` may be used), the final objective's ``supported_steps`` and the data set's
     ``units``. Each file is replaced atomically, ``config.json`` last.
@@ -185,6 +186,7 @@ def write_model_dir(
         model_dir_sha256,
         save_model_dir,
     )
+    from anystep.core.paths import recorded_path
 
     cfg = config
     train_dict = cfg.to_dict()
@@ -201,9 +203,9 @@ def write_model_dir(
             "dataset": cfg.dataset,
             "base": cfg.base,
             "world_size": world_size,
-            "teacher": None if cfg.teacher is None else str(Path(cfg.teacher).resolve()),
+            "teacher": None if cfg.teacher is None else recorded_path(cfg.teacher),
             "teacher_sha256": None if cfg.teacher is None else model_dir_sha256(cfg.teacher),
-            "init_from": None if cfg.init_from is None else str(Path(cfg.init_from).resolve()),
+            "init_from": None if cfg.init_from is None else recorded_path(cfg.init_from),
             "init_from_sha256": None if cfg.init_from is None else model_dir_sha256(cfg.init_from),
             "eval": last_eval,
             "train_config": train_dict,
