@@ -178,6 +178,10 @@ VARIANTS["pfmm_ffxl_start50"] = Variant(
     "pfmm distilling fmm4_ff_xl (teacher and warm start), x_features 64, sigma 1, start_frac 0.5",
     {**FF, **_start(0.5)}, base="pfmm", init_from="fmm4_ff_xl", teacher_from="fmm4_ff_xl")
 VARIANTS["pfmm_ffxl_start50_xl"] = _continued(VARIANTS["pfmm_ffxl_start50"])
+VARIANTS["pfmm_ffxl_start50_xxl"] = Variant(
+    "pfmm_ffxl_start50_xxl", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+12000",
+    "pfmm_ffxl_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
+    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xl", teacher_from="fmm4_ff_xl")
 
 
 def _cfg(v: Variant):
