@@ -182,6 +182,14 @@ VARIANTS["pfmm_ffxl_start50_xxl"] = Variant(
     "pfmm_ffxl_start50_xxl", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+12000",
     "pfmm_ffxl_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
     {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xl", teacher_from="fmm4_ff_xl")
+VARIANTS["pfmm_ffxl_start50_x3l"] = Variant(
+    "pfmm_ffxl_start50_x3l", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+2x12000",
+    "pfmm_ffxl_start50_xxl continued 12000 steps (lr 3e-4 cosine): 31,000 steps in all",
+    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xxl", teacher_from="fmm4_ff_xl")
+VARIANTS["emd_ff_start50_xxl"] = Variant(
+    "emd_ff_start50_xxl", "EMD + Fourier features of x + half of each batch at s = 0, +6000+12000 steps",
+    "emd_ff_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
+    {**FF, **_start(0.5), **XXL}, base="emd", init_from="emd_ff_start50_xl")
 
 
 def _cfg(v: Variant):
