@@ -186,6 +186,14 @@ VARIANTS["pfmm_ffxl_start50_x3l"] = Variant(
     "pfmm_ffxl_start50_x3l", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+2x12000",
     "pfmm_ffxl_start50_xxl continued 12000 steps (lr 3e-4 cosine): 31,000 steps in all",
     {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xxl", teacher_from="fmm4_ff_xl")
+VARIANTS["lsd_ff_start_xxl"] = Variant(
+    "lsd_ff_start_xxl", "LSD + Fourier features of x + half of the off-diagonal rows at s = 0, +6000+12000 steps",
+    "lsd_ff_start_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
+    {**FF, **_start(0.125), **XXL}, base="lsd", init_from="lsd_ff_start_xl")
+VARIANTS["fmm1_ff_start50_xxl"] = Variant(
+    "fmm1_ff_start50_xxl", "FMM N=1 + Fourier features of x + half of each batch at s in {0, 1}, +6000+12000 steps",
+    "fmm1_ff_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
+    {**FF, **_start(0.5), **XXL}, base="fmm1", init_from="fmm1_ff_start50_xl")
 VARIANTS["emd_ff_start50_xxl"] = Variant(
     "emd_ff_start50_xxl", "EMD + Fourier features of x + half of each batch at s = 0, +6000+12000 steps",
     "emd_ff_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
