@@ -41,6 +41,7 @@ __all__ = ["STAGES", "Stage", "main", "round_trip_errors", "stage_config"]
 from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
     Subcommand,
+    run_finished,
     scoring_setup,
     train_runs,
     usage_error,
@@ -49,6 +50,7 @@ from anystep.benchmarks.checkerboard_variant_runs import (
 )
 
 BUNDLE_RUNS = Path("runs/cb_bundle")
+RECORD = "train_record.json"  # the training record of a finished stage (``run_finished``)
 RESULTS = Path("benchmarks/results")
 MODELS = Path("models")
 FINAL = "ff_both_start_xl"
@@ -103,7 +105,7 @@ def stage_config(stage: Stage):
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) ``names`` one after the other on one thread."""
-    train_runs(names, lambda name: stage_config(STAGES[name]), BUNDLE_RUNS, "train_record.json")
+    train_runs(names, lambda name: stage_config(STAGES[name]), BUNDLE_RUNS, RECORD)
 
 
 def round_trip_errors(model, x0, x1, steps: int) -> dict[str, float]:
@@ -287,8 +289,7 @@ def bundle(stage: str = FINAL, force: bool = False) -> int:
 
 
 def _finished(name: str) -> bool:
-    d = BUNDLE_RUNS / name
-    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "train_record.json"))
+    return run_finished(BUNDLE_RUNS / name, RECORD)
 
 
 def _bundle_args(p) -> None:

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anystep.benchmarks.checkerboard_lever import Variant, _ff
+from anystep.benchmarks.checkerboard_lever import FF, RECORD, XL, XXL, Variant, continued
 from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
+    run_finished,
     scoring_setup,
     train_runs,
     variant_cli,
@@ -42,9 +43,6 @@ from anystep.benchmarks.checkerboard_variant_runs import (
 __all__ = ["VARIANTS", "main"]
 
 RUN_DIR = Path("runs/family_lever")
-FF = _ff(64, 1.0)  # issue 13's lever: 64 random Fourier features of x, sigma 1
-XL = {"max_steps": 6000, "lr": 5e-4, "ckpt_every": 500}  # the benchmark's +6000 continuation budget
-XXL = {"max_steps": 12000, "lr": 3e-4, "ckpt_every": 500}  # a further continuation of an _xl run
 
 
 # Rows scored beside the variants: the benchmark rows and the OT ablations of family.md (trained there).
@@ -105,16 +103,9 @@ for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_
     VARIANTS[f"{_name}_xl"] = _xl(_name)
 
 
-def _longer(name: str, new: str) -> Variant:
-    """``name`` continued as ``new``: 12000 more steps at lr 3e-4 cosine (like the lever's LMD ``_xxl`` rows)."""
-    v = VARIANTS[name]
-    return Variant(new, f"{v.label}, +12000 steps",
-                   f"{name} continued 12000 steps, lr 3e-4 cosine", {**v.sets, **XXL}, base=v.base, init_from=name)
-
-
 # The best shortcut variant, continued like LMD's best (ff64_s1_start50 _xxl / _x3l: 19,000 / 31,000 steps).
-VARIANTS["sc_ot_ff_top50_xxl"] = _longer("sc_ot_ff_top50_xl", "sc_ot_ff_top50_xxl")
-VARIANTS["sc_ot_ff_top50_x3l"] = _longer("sc_ot_ff_top50_xxl", "sc_ot_ff_top50_x3l")
+VARIANTS["sc_ot_ff_top50_xxl"] = continued(VARIANTS["sc_ot_ff_top50_xl"], XXL, "sc_ot_ff_top50_xxl")
+VARIANTS["sc_ot_ff_top50_x3l"] = continued(VARIANTS["sc_ot_ff_top50_xxl"], XXL, "sc_ot_ff_top50_x3l")
 
 
 def _cfg(v: Variant):
@@ -124,12 +115,11 @@ def _cfg(v: Variant):
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
-    train_runs(names, lambda name: _cfg(VARIANTS[name]), RUN_DIR, "lever_record.json")
+    train_runs(names, lambda name: _cfg(VARIANTS[name]), RUN_DIR, RECORD)
 
 
 def _finished(name: str) -> bool:
-    d = RUN_DIR / name
-    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "lever_record.json"))
+    return run_finished(RUN_DIR / name, RECORD)
 
 
 def report() -> dict[str, Any]:
@@ -152,7 +142,7 @@ def report() -> dict[str, Any]:
             continue
         path = d / "lever_scores.json" if v is not None else RUN_DIR / f"ref_{name.split(':')[1]}_scores.json"
         scores = _scores(d, cache.key("row", d), ctx, x0, path)
-        rec = json.loads((d / "lever_record.json").read_text()) if v is not None else {}
+        rec = json.loads((d / RECORD).read_text()) if v is not None else {}
         rows.append({"name": name, "base": v.base if v else name.split(":")[1], "factor": factor,
                      "sets": v.sets if v else {}, "steps": rec.get("steps"), "seconds": rec.get("seconds"),
                      "load_avg": rec.get("load_avg"),

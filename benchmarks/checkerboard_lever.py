@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VARIANTS", "Variant", "main"]
+__all__ = ["FF", "RECORD", "VARIANTS", "XL", "XXL", "Variant", "continued", "main"]
 
 from anystep.benchmarks.checkerboard_variant_runs import (
     BENCH_DIR,
     Subcommand,
+    run_finished,
     scoring_setup,
     train_runs,
     variant_cli,
@@ -38,6 +39,7 @@ from anystep.benchmarks.checkerboard_variant_runs import (
 )
 
 LEVER_DIR = Path("runs/cb_lever")
+RECORD = "lever_record.json"  # the training record of a finished variant run (``run_finished``)
 RESULTS = Path("benchmarks/results")
 
 
@@ -159,45 +161,37 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _continued(v: Variant, budget: dict[str, Any] = XL) -> Variant:
-    """``v`` continued from its own weights (teacher unchanged) with ``budget`` (default: as ``lmd_xl``)."""
+def continued(v: Variant, budget: dict[str, Any] = XL, name: str | None = None) -> Variant:
+    """``v`` continued from its own weights (teacher unchanged) with ``budget`` (default: as ``lmd_xl``).
+
+    Args:
+        v: the variant whose run is continued.
+        budget: the continuation's ``max_steps`` / ``lr`` / ``ckpt_every`` (:data:`XL`, :data:`XXL`).
+        name: the new variant's name (default ``<v.name>_xl``).
+    """
     n = budget["max_steps"]
-    return Variant(f"{v.name}_xl", f"{v.label}, +{n} steps",
-                   f"{v.name} continued {n} steps (lr {budget['lr']:g} cosine), as the benchmark's _xl rows",
+    factor = f"{v.name} continued {n} steps (lr {budget['lr']:g} cosine)"
+    return Variant(name or f"{v.name}_xl", f"{v.label}, +{n} steps",
+                   factor if name else f"{factor}, as the benchmark's _xl rows",
                    {**v.sets, **budget}, base=v.base, init_from=v.name, teacher_from=v.teacher_from)
 
 
 # Continuations of the family variants (fmm4 as the benchmark's fmm4_xl: 4000 steps, lr 5e-4); none for
 # ee_ff_start50 (diverged) and ayf_lmd_ff_start50 (worse than its row).
-VARIANTS.update({f"{n}_xl": _continued(VARIANTS[n]) for n in (
+VARIANTS.update({f"{n}_xl": continued(VARIANTS[n]) for n in (
     "fmm1_ff_start50", "pfmm_ff_start50", "pfmm_start50", "emd_ff_start50", "lsd_ff_start")})
-VARIANTS["fmm4_ff_xl"] = _continued(VARIANTS["fmm4_ff"], {"max_steps": 4000, "lr": 5e-4, "ckpt_every": 500})
+VARIANTS["fmm4_ff_xl"] = continued(VARIANTS["fmm4_ff"], {"max_steps": 4000, "lr": 5e-4, "ckpt_every": 500})
 # PFMM is bounded by its FMM N=4 teacher (pfmm_ff_start50 distils the 1000-step fmm4_ff): the same from fmm4_ff_xl.
 VARIANTS["pfmm_ffxl_start50"] = Variant(
     "pfmm_ffxl_start50", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0",
     "pfmm distilling fmm4_ff_xl (teacher and warm start), x_features 64, sigma 1, start_frac 0.5",
     {**FF, **_start(0.5)}, base="pfmm", init_from="fmm4_ff_xl", teacher_from="fmm4_ff_xl")
-VARIANTS["pfmm_ffxl_start50_xl"] = _continued(VARIANTS["pfmm_ffxl_start50"])
-VARIANTS["pfmm_ffxl_start50_xxl"] = Variant(
-    "pfmm_ffxl_start50_xxl", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+12000",
-    "pfmm_ffxl_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
-    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xl", teacher_from="fmm4_ff_xl")
-VARIANTS["pfmm_ffxl_start50_x3l"] = Variant(
-    "pfmm_ffxl_start50_x3l", "PFMM N=1 from FMM N=4 +4000 + Fourier features, half of each batch at s = 0, +6000+2x12000",
-    "pfmm_ffxl_start50_xxl continued 12000 steps (lr 3e-4 cosine): 31,000 steps in all",
-    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_xxl", teacher_from="fmm4_ff_xl")
-VARIANTS["lsd_ff_start_xxl"] = Variant(
-    "lsd_ff_start_xxl", "LSD + Fourier features of x + half of the off-diagonal rows at s = 0, +6000+12000 steps",
-    "lsd_ff_start_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
-    {**FF, **_start(0.125), **XXL}, base="lsd", init_from="lsd_ff_start_xl")
-VARIANTS["fmm1_ff_start50_xxl"] = Variant(
-    "fmm1_ff_start50_xxl", "FMM N=1 + Fourier features of x + half of each batch at s in {0, 1}, +6000+12000 steps",
-    "fmm1_ff_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
-    {**FF, **_start(0.5), **XXL}, base="fmm1", init_from="fmm1_ff_start50_xl")
-VARIANTS["emd_ff_start50_xxl"] = Variant(
-    "emd_ff_start50_xxl", "EMD + Fourier features of x + half of each batch at s = 0, +6000+12000 steps",
-    "emd_ff_start50_xl continued 12000 steps (lr 3e-4 cosine): 19,000 steps in all",
-    {**FF, **_start(0.5), **XXL}, base="emd", init_from="emd_ff_start50_xl")
+VARIANTS["pfmm_ffxl_start50_xl"] = continued(VARIANTS["pfmm_ffxl_start50"])
+# 12000 more steps at lr 3e-4 cosine (LMD's _xxl / _x3l schedule) of the best runs of each family.
+for _old, _new in (("pfmm_ffxl_start50_xl", "pfmm_ffxl_start50_xxl"), ("pfmm_ffxl_start50_xxl", "pfmm_ffxl_start50_x3l"),
+                   ("lsd_ff_start_xl", "lsd_ff_start_xxl"), ("fmm1_ff_start50_xl", "fmm1_ff_start50_xxl"),
+                   ("emd_ff_start50_xl", "emd_ff_start50_xxl")):
+    VARIANTS[_new] = continued(VARIANTS[_old], XXL, _new)
 
 
 def _cfg(v: Variant):
@@ -208,7 +202,7 @@ def _cfg(v: Variant):
 
 def train(names: list[str]) -> None:
     """Train (or reuse / resume) the variants ``names`` one after the other, one thread."""
-    train_runs(names, lambda name: _cfg(VARIANTS[name]), LEVER_DIR, "lever_record.json")
+    train_runs(names, lambda name: _cfg(VARIANTS[name]), LEVER_DIR, RECORD)
 
 
 def timing(names: list[str], steps: int = 60, reps: int = 3) -> dict[str, Any]:
@@ -246,8 +240,7 @@ def timing(names: list[str], steps: int = 60, reps: int = 3) -> dict[str, Any]:
 
 
 def _finished(name: str) -> bool:
-    d = LEVER_DIR / name
-    return (d / "config.json").is_file() and (d / "model.safetensors").is_file() and (d / "lever_record.json").is_file()
+    return run_finished(LEVER_DIR / name, RECORD)
 
 
 def report() -> None:
@@ -279,7 +272,7 @@ def report() -> None:
     for name, v in VARIANTS.items():
         if not _finished(name):
             continue
-        rec = json.loads((LEVER_DIR / name / "lever_record.json").read_text())
+        rec = json.loads((LEVER_DIR / name / RECORD).read_text())
         scores = _scores(LEVER_DIR / name, cache.key("row", LEVER_DIR / name), ctx, x0,
                          LEVER_DIR / name / "lever_scores.json")
         rows.append({"name": name, "label": v.label, "factor": v.factor, "sets": v.sets, "base": v.base,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCH_DIR", "ScoringSetup", "Subcommand", "scoring_setup", "train_runs", "usage_error", "variant_cli",
+__all__ = ["BENCH_DIR", "ScoringSetup", "Subcommand", "run_finished", "scoring_setup", "train_runs", "usage_error", "variant_cli",
            "variant_config"]
 
 BENCH_DIR = Path("runs/checkerboard")  # the benchmark's work dir: teacher si, evaluation cache
@@ -48,6 +48,12 @@ def variant_config(base: str, sets: dict[str, Any], tag: str, *, init_from: Path
     if teacher_from is not None:
         cfg = cfg.replace(teacher=str(teacher_from))
     return cfg.replace(preset=f"{cfg.preset} ({tag})")
+
+
+def run_finished(run: Path, record: str) -> bool:
+    """Whether the study's run directory ``run`` is finished: its model (``config.json``,
+    ``model.safetensors``) and the training record ``record`` that :func:`train_runs` writes last."""
+    return all((run / f).is_file() for f in ("config.json", "model.safetensors", record))
 
 
 def train_runs(names: Iterable[str], config_of: Callable[[str], Any], run_dir: Path, record: str) -> None:

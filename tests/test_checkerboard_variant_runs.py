@@ -51,3 +51,25 @@ def test_variant_cli_dispatches_and_rejects_unknown_names_in_one_line(tmp_path, 
     assert _cli(tmp_path / "6", monkeypatch, ["train", "a"], teacher=False) == (2, [])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "runs/checkerboard/si is missing" in err
+
+
+def test_a_run_is_finished_only_with_its_model_and_its_training_record(tmp_path):
+    from anystep.benchmarks.checkerboard_variant_runs import run_finished
+
+    run = tmp_path / "v"
+    run.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (run / f).write_text("{}")
+    assert not run_finished(run, "lever_record.json")  # interrupted before the record: resumed, not skipped
+    (run / "lever_record.json").write_text("{}")
+    assert run_finished(run, "lever_record.json") and not run_finished(run, "train_record.json")
+
+
+def test_a_continuation_keeps_the_runs_settings_teacher_and_takes_the_new_budget():
+    from anystep.benchmarks.checkerboard_lever import VARIANTS, XXL, continued
+
+    v = VARIANTS["pfmm_ffxl_start50_xl"]
+    c = continued(v, XXL, "next")
+    assert c.name == "next" and c.init_from == v.name and c.teacher_from == v.teacher_from == "fmm4_ff_xl"
+    assert c.base == v.base and c.sets == {**v.sets, **XXL} and c.sets["max_steps"] == 12000
+    assert continued(v).name == "pfmm_ffxl_start50_xl_xl"
