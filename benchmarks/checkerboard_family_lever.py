@@ -106,6 +106,18 @@ for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_
 # The best shortcut variant, continued like LMD's best (ff64_s1_start50 _xxl / _x3l: 19,000 / 31,000 steps).
 VARIANTS["sc_ot_ff_top50_xxl"] = continued(VARIANTS["sc_ot_ff_top50_xl"], XXL, "sc_ot_ff_top50_xxl")
 VARIANTS["sc_ot_ff_top50_x3l"] = continued(VARIANTS["sc_ot_ff_top50_xxl"], XXL, "sc_ot_ff_top50_x3l")
+# Fifth session: the published bootstrap target (an EMA of the weights, shortcut's target_ema): at 1000 steps
+# from the teacher (decay 0.99: a 100-step horizon), and as the same +12,000-step continuation as _x3l (0.999).
+VARIANTS["sc_ot_ff_top50_ema99"] = Variant(
+    "sc_ot_ff_top50_ema99", "Shortcut, OT + Fourier features, half the SC rows at 2d = 1, EMA target 0.99",
+    "sc_ot_ff_top50 with the self-consistency target from an EMA of the weights (target_ema 0.99)",
+    {**VARIANTS["sc_ot_ff_top50"].sets, **_h(target_ema=0.99)}, base="shortcut_ot")
+VARIANTS["sc_ot_ff_top50_ema_x3l"] = Variant(
+    "sc_ot_ff_top50_ema_x3l", "Shortcut, OT + Fourier features, top_frac 0.5, +12000 steps with the EMA target",
+    "sc_ot_ff_top50_xxl continued 12000 steps (lr 0.0003 cosine) with target_ema 0.999 (the published "
+    "bootstrap_ema); _x3l is the same without it",
+    {**VARIANTS["sc_ot_ff_top50_x3l"].sets, **_h(target_ema=0.999)}, base="shortcut_ot",
+    init_from="sc_ot_ff_top50_xxl")
 
 
 def _cfg(v: Variant):

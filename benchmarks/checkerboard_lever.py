@@ -194,10 +194,28 @@ for _old, _new in (("pfmm_ffxl_start50_xl", "pfmm_ffxl_start50_xxl"), ("pfmm_ffx
     VARIANTS[_new] = continued(VARIANTS[_old], XXL, _new)
 
 
+# Fifth session: FMM N=4 (PFMM's teacher) continued; PFMM continued with that sharper teacher; the benchmark's
+# lmd_both_xl (the best four-step map, no features) continued for the 1.2x four-step goal.
+VARIANTS["fmm4_ff_xxl"] = continued(VARIANTS["fmm4_ff_xl"], XXL, "fmm4_ff_xxl")
+VARIANTS["pfmm_ffxxl_x4l"] = Variant(
+    "pfmm_ffxxl_x4l", "PFMM N=1 (31,000 steps) continued against the FMM N=4 +4000+12000 teacher",
+    "pfmm_ffxl_start50_x3l continued 12000 steps (lr 0.0003 cosine), teacher fmm4_ff_xxl",
+    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_x3l", teacher_from="fmm4_ff_xxl")
+VARIANTS["lmd_both_xl_xxl"] = Variant(
+    "lmd_both_xl_xxl", "LMD both directions (benchmark row lmd_both_xl), +12000 steps",
+    "the benchmark's lmd_both_xl continued 12000 steps (lr 0.0003 cosine)",
+    dict(XXL), base="lmd_both", init_from="bench:lmd_both_xl")
+
+
+def _run_path(name: str) -> Path:
+    """A variant's run directory, or the benchmark's own (``bench:<key>``: ``runs/checkerboard/<key>``)."""
+    return BENCH_DIR / name.removeprefix("bench:") if name.startswith("bench:") else LEVER_DIR / name
+
+
 def _cfg(v: Variant):
     return variant_config(v.base, v.sets, f"checkerboard_lever {v.name}",
-                          init_from=None if v.init_from is None else LEVER_DIR / v.init_from,
-                          teacher_from=None if v.teacher_from is None else LEVER_DIR / v.teacher_from)
+                          init_from=None if v.init_from is None else _run_path(v.init_from),
+                          teacher_from=None if v.teacher_from is None else _run_path(v.teacher_from))
 
 
 def train(names: list[str]) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from anystep.benchmarks.checkerboard_lever import LEVER_DIR, VARIANTS, _cfg
+from anystep.benchmarks.checkerboard_lever import LEVER_DIR, VARIANTS, _cfg, _run_path
 from anystep.benchmarks.checkerboard_methods import METHODS
+from anystep.benchmarks.checkerboard_variant_runs import BENCH_DIR
 from anystep.core.interpolants import build_interpolant
 from anystep.training.base import build_objective
 
@@ -19,7 +20,10 @@ def test_every_variant_names_a_benchmark_row_and_existing_variants():
     for v in VARIANTS.values():
         assert v.base in METHODS, v.name
         for other in (v.init_from, v.teacher_from):
-            assert other is None or other in VARIANTS, (v.name, other)
+            if other is not None and other.startswith("bench:"):  # a benchmark row's own run directory
+                assert other.removeprefix("bench:") in METHODS, (v.name, other)
+            else:
+                assert other is None or other in VARIANTS, (v.name, other)
 
 
 def test_every_variant_builds_a_config_its_objective_accepts():
@@ -34,6 +38,12 @@ def test_every_variant_builds_a_config_its_objective_accepts():
             if key.startswith("model.backbone."):
                 assert getattr(cfg.model.backbone, key.split(".")[-1]) == val, (v.name, key)
         if v.init_from is not None:
-            assert cfg.init_from == str(LEVER_DIR / v.init_from)
+            assert cfg.init_from == str(_run_path(v.init_from))
         if v.teacher_from is not None:
-            assert cfg.teacher == str(LEVER_DIR / v.teacher_from)
+            assert cfg.teacher == str(_run_path(v.teacher_from))
+
+
+def test_run_path_maps_bench_names_to_the_benchmark_dir():
+    assert _run_path("bench:lmd_both_xl") == BENCH_DIR / "lmd_both_xl"
+    assert _run_path("ff64_s1") == LEVER_DIR / "ff64_s1"
+    assert VARIANTS["lmd_both_xl_xxl"].init_from == "bench:lmd_both_xl"

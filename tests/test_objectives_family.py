@@ -110,6 +110,7 @@ def test_hyperparameters_are_validated() -> None:
         ("meanflow", {"adaptive_c": 0.0}),
         ("shortcut", {"fm_frac": 1.0}),
         ("shortcut", {"levels": 0}),
+        ("shortcut", {"target_ema": 1.0}),
         ("cd", {"solver": "rk4"}),
         ("cd", {"N": 0}),
         ("ct", {"target_ema": 1.0}),
@@ -315,6 +316,37 @@ def test_shortcut_target_is_exact_two_step_composition() -> None:
     assert gap.pow(2).mean() > 1e-3
 
 
+def test_shortcut_target_ema_bootstraps_from_the_ema_weights() -> None:
+    """With ``target_ema`` the self-consistency target comes from an EMA of the weights (the
+    published ``bootstrap_ema``): at step 0 it is the online weights (same loss as without),
+    after a change of the weights it is ``mu * old + (1 - mu) * new`` and the loss differs;
+    its state round-trips and a checkpoint without it is refused."""
+    model = mlp_model("flowmap")
+    batch = CASE_2D.batch(64, gen(11))
+    kw = {"levels": 3, "fm_frac": 0.5}
+    online, ema = build_objective("shortcut", LINEAR, **kw), build_objective("shortcut", LINEAR, target_ema=0.5, **kw)
+    l0 = online.loss(model, batch, gen(3), step=0).loss
+    assert torch.equal(l0, ema.loss(model, batch, gen(3), step=0).loss)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)
+    l1_online = online.loss(model, batch, gen(3), step=1).loss
+    l1_ema = ema.loss(model, batch, gen(3), step=1).loss
+    assert not torch.allclose(l1_online, l1_ema)
+    target = ema._target.get(model, 1)
+    for k, v in target.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.5 * before[k] + 0.5 * model.state_dict()[k], atol=1e-6)
+    state = ema.state_dict()
+    assert state["ema_step"] == 1 and online.state_dict() == {}
+    fresh = build_objective("shortcut", LINEAR, target_ema=0.5, **kw)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.loss(model, batch, gen(3), step=1).loss, l1_ema)
+    with pytest.raises(ObjectiveError, match="restart"):
+        fresh.load_state_dict({"ema_step": 1})
+
+
 def test_shortcut_finest_level_error_is_second_order() -> None:
     """At the finest level the half steps are Euler steps of v_{t,t}: for the exact map the
     slope-space residual is O(d), so its square drops ~4x per halving of d."""
@@ -478,7 +510,7 @@ def test_cd_target_network_is_an_ema_updated_once_per_step() -> None:
             p.add_(1.0)
     obj.loss(model, batch, gen(1), teacher=teacher, step=1)
     obj.loss(model, batch, gen(1), teacher=teacher, step=1)  # a second micro-batch: no update
-    for a, p, e in zip(w0, model.parameters(), obj._ema.module.parameters()):
+    for a, p, e in zip(w0, model.parameters(), obj._target._ema.module.parameters()):
         assert torch.allclose(e, 0.5 * a + 0.5 * p.detach())
         assert not e.requires_grad
     assert build_objective("ct", LINEAR).target_network(model, 0) is model  # decay 0: online weights
@@ -606,10 +638,15 @@ def test_family_presets_train_into_forward_only_model_dirs(preset: str, tmp_path
 # ------------------------------------------------------------------------------------------
 # CD's EMA target network is part of the checkpoint
 # ------------------------------------------------------------------------------------------
-def test_cd_resume_restores_the_ema_target_and_equals_an_uninterrupted_run(tmp_path) -> None:
-    """A CD run stopped at step 3 and resumed to 6 ends bit-identical to one trained 0 -> 6:
-    the target network X⁻ (EMA 0.5 here, so a restart from the online weights would differ)
-    is saved in ``objective.safetensors`` and restored exactly."""
+@pytest.mark.parametrize("objective, hparams", [
+    ("cd", {"N": 4, "target_ema": 0.5}),
+    ("shortcut", {"levels": 3, "fm_frac": 0.5, "target_ema": 0.5}),
+])
+def test_ema_target_resume_equals_an_uninterrupted_run(tmp_path, objective: str, hparams: dict) -> None:
+    """A CD (or shortcut, EMA bootstrap) run stopped at step 3 and resumed to 6 ends
+    bit-identical to one trained 0 -> 6: the target network X⁻ (EMA 0.5 here, so a restart
+    from the online weights would differ) is saved in ``objective.safetensors`` and restored
+    exactly."""
     from safetensors.torch import load_file
 
     from anystep.core.config import BackboneConfig, InterpolantConfig, ModelConfig
@@ -624,9 +661,9 @@ def test_cd_resume_restores_the_ema_target_and_equals_an_uninterrupted_run(tmp_p
     teacher = save_model_dir(tmp_path / "teacher", build_model(vcfg), vcfg)
     fb = BackboneConfig(name="mlp", data_shape=(2,), time_inputs=2, width=16, depth=1, fourier_features=4)
     cfg = TrainConfig(
-        model=ModelConfig(kind="flowmap", backbone=fb, data_shape=(2,)), objective="cd",
-        objective_hparams={"N": 4, "target_ema": 0.5}, dataset="checkerboard", batch_size=16, max_steps=6,
-        log_every=1, ckpt_every=0, eval_every=-1, teacher=str(teacher), lr=1e-2,
+        model=ModelConfig(kind="flowmap", backbone=fb, data_shape=(2,)), objective=objective,
+        objective_hparams=hparams, dataset="checkerboard", batch_size=16, max_steps=6,
+        log_every=1, ckpt_every=0, eval_every=-1, teacher=str(teacher) if objective == "cd" else None, lr=1e-2,
     )  # fmt: skip
     Trainer(cfg, tmp_path / "full", progress=False, eval_fn=None).fit()
     stopped = Trainer(cfg, tmp_path / "cut", progress=False, eval_fn=None)

@@ -20,7 +20,7 @@ In App. C.1 (diffusion time, data at 0) it is ``f_t(x) = X_{t_max - t, t_max}(x)
 ``X⁻`` is the **target network**: an EMA of the online weights with decay ``target_ema``
 (updated once per optimisation step, before the step's loss; Song et al. 2023 use 0.95
 for CD; 0 -- the online weights under stop-gradient -- is iCT's choice and the ``ct``
-default). The target EMA lives in the objective and is saved with the trainer's
+default). The target EMA (:class:`~anystep.training.target_net.TargetNetwork`) lives in the objective and is saved with the trainer's
 checkpoint (:meth:`_Consistency.state_dict`: its weights in ``objective.safetensors``, its
 last update step in ``state.json``), so a resumed run continues with the same target.
 
@@ -51,11 +51,10 @@ import torch
 from torch import Tensor, nn
 
 from anystep.core.samplers import SampleResult, make_grid
-from anystep.errors import one_line
 from anystep.training.base import LossOutput, register
-from anystep.training.ema import EMA
 from anystep.training.flow_objective import FlowObjective, ObjectiveError
 from anystep.training.jvp import bcast, sq
+from anystep.training.target_net import TargetNetwork
 from anystep.training.teacher import teacher_velocity
 
 __all__ = [
@@ -93,9 +92,7 @@ class _Consistency(FlowObjective):
     def __init__(self, interpolant: Any, **hparams: Any) -> None:
         super().__init__(interpolant, **hparams)
         self.grid = consistency_grid(self.hparams["N"], self.hparams["grid_rho"])
-        self._ema: EMA | None = None
-        self._ema_step: int | None = None
-        self._pending: dict[str, Any] | None = None  # a checkpointed target, restored on first use
+        self._target = TargetNetwork(self.name, self.hparams["target_ema"])
 
     def _check(self) -> None:
         h = self.hparams
@@ -118,61 +115,15 @@ class _Consistency(FlowObjective):
 
     def target_network(self, model: nn.Module, step: int) -> nn.Module:
         """``X⁻``: the EMA target (updated once per ``step``), or ``model`` itself when decay is 0."""
-        mu = self.hparams["target_ema"]
-        if mu == 0.0:
-            return model
-        if self._ema is None:
-            self._ema = EMA(model, mu, warmup=False)
-            if self._pending is None:
-                self._ema_step = step  # the target starts as the current weights
-                return self._ema.module
-            self._restore(self._pending)
-            self._pending = None
-        if step != self._ema_step:
-            self._ema.update(model)
-            self._ema_step = step
-        return self._ema.module
+        return self._target.get(model, step)
 
     def state_dict(self) -> dict[str, Any]:
-        """The target network for checkpoints: ``{"ema_step", "ema_updates", "tensors"}``; ``{}`` if none yet.
-
-        ``tensors`` holds the EMA weights (``target.<name>``); the trainer writes them to
-        ``objective.safetensors`` and the rest to ``state.json``.
-        """
-        if self._ema is None:
-            return dict(self._pending) if self._pending else {}
-        return {
-            "ema_step": self._ema_step,
-            "ema_updates": self._ema.num_updates,
-            "tensors": {f"target.{k}": v for k, v in self._ema.state_dict().items()},
-        }
+        """The target network for checkpoints (:meth:`TargetNetwork.state_dict`); ``{}`` if none yet."""
+        return self._target.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (``{}``: no target yet, it starts from the weights at first use)."""
-        if not state:
-            return
-        if self.hparams["target_ema"] == 0.0:
-            return  # the target is the online network: nothing to restore
-        if not isinstance(state.get("tensors"), dict) or not isinstance(state.get("ema_step"), int):
-            raise ObjectiveError(
-                f"{self.name}: the checkpoint's target network is incomplete (objective.safetensors or "
-                "ema_step missing); restart with --restart"
-            )
-        self._pending = dict(state)
-        if self._ema is not None:
-            self._restore(self._pending)
-            self._pending = None
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        weights = {k.removeprefix("target."): v for k, v in state["tensors"].items()}
-        try:
-            self._ema.load_state_dict(weights, int(state.get("ema_updates", 0)))
-        except (RuntimeError, KeyError) as e:
-            raise ObjectiveError(
-                f"{self.name}: the checkpoint's target network does not fit this model "
-                f"({one_line(e, 160)}); restart with --restart"
-            ) from None
-        self._ema_step = int(state["ema_step"])
+        self._target.load_state_dict(state)
 
     def _pair(self, batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         B = batch.x0.shape[0]

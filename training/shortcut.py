@@ -20,8 +20,10 @@ our slope on the pair ``(t, t + d)``: ``s_θ(x, t, d) = v_{t,t+d}(x)`` and
   matching. In map form the target is the two-step composition
   ``X_{t+d,t+2d} ∘ X_{t,t+d}``, i.e. the progressive target of eq. 3.16/C.18 with K = 2 on
   a dyadic grid; since ``½(v_1 + v_2) = (X_{t+d,t+2d}(X_{t,t+d}(x)) - x)/(2d)`` we compute it
-  through the model's forward map (``sg`` = ``torch.no_grad``; the current weights, not an
-  EMA, are the target network).
+  through the model's forward map (``sg`` = ``torch.no_grad``). The target network is the
+  current weights (``target_ema = 0``, our default) or, with ``target_ema > 0``, an EMA of
+  them (:class:`~anystep.training.target_net.TargetNetwork`): the published code computes the
+  bootstrap from its EMA weights (``bootstrap_ema = 1``, ``target_update_rate = 0.999``).
 
 The two terms are the means over their rows, weighted ``fm_frac`` and ``1 - fm_frac``
 (the batch mix of the paper). ``|·|^2`` is divided by the dimension (``sq``).
@@ -43,13 +45,16 @@ from anystep.training.base import LossOutput, register
 from anystep.training.flow_objective import TIME_DEFAULTS, FlowObjective, ObjectiveError
 from anystep.training.jvp import bcast as _bcast
 from anystep.training.jvp import sq
+from anystep.training.target_net import TargetNetwork
 
 __all__ = ["Shortcut", "dyadic_steps"]
 
 # top_frac (not published): fraction of the self-consistency rows put on the largest step 2d = 1;
 # start_frac (not published; TIME_DEFAULTS' key, which shortcut reads this way): fraction of the
 # self-consistency rows whose jump starts at t = 0 (level still uniform)
-SHORTCUT_DEFAULTS: dict[str, Any] = {**TIME_DEFAULTS, "levels": 7, "fm_frac": 0.75, "top_frac": 0.0}
+# target_ema: decay of the bootstrap target's EMA (0 = the online weights; the published code: 0.999)
+SHORTCUT_DEFAULTS: dict[str, Any] = {**TIME_DEFAULTS, "levels": 7, "fm_frac": 0.75, "top_frac": 0.0,
+                                     "target_ema": 0.0}
 
 
 def dyadic_steps(levels: int) -> list[int]:
@@ -78,7 +83,10 @@ class Shortcut(FlowObjective):
     analogue of the time samplers' ``start_frac`` (``training/times.py``) -- at a uniform
     level; default 0, the start uniform on the level's grid as in the paper; on the
     checkerboard 0.5 did not help, results/family.md). The other
-    generic time settings are not used (times are dyadic).
+    generic time settings are not used (times are dyadic). ``target_ema`` (default 0: the
+    online weights under ``torch.no_grad``): decay of an EMA of the weights that computes the
+    self-consistency target instead (the published code's ``bootstrap_ema``, decay 0.999); it is
+    saved with the checkpoint (:meth:`state_dict`).
     Metrics: ``loss``, ``shortcut_fm``, ``shortcut_sc``.
     """
 
@@ -87,8 +95,24 @@ class Shortcut(FlowObjective):
     teacher_kind = None
     defaults: ClassVar[dict[str, Any]] = dict(SHORTCUT_DEFAULTS)
 
+    def __init__(self, interpolant: Any, **hparams: Any) -> None:
+        super().__init__(interpolant, **hparams)
+        self._target = TargetNetwork(self.name, self.hparams["target_ema"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The bootstrap target network for checkpoints (``{}`` with ``target_ema = 0`` or before step 1)."""
+        return self._target.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self._target.load_state_dict(state)
+
     def _check(self) -> None:
         h = self.hparams
+        if not 0.0 <= h["target_ema"] < 1.0:
+            raise ObjectiveError(
+                f"shortcut: target_ema={h['target_ema']} must be in [0, 1) (0: the online weights; published 0.999)"
+            )
         if not 1 <= h["levels"] <= 20:
             raise ObjectiveError(
                 f"shortcut: levels={h['levels']} must be in 1..20 (published: 7, i.e. 128 base steps)"
@@ -157,7 +181,7 @@ class Shortcut(FlowObjective):
         if n_sc > 0:
             x = self._interp_rows(batch, slice(n_fm, B), t_sc).I_t
             d = 0.5 * two_d
-            target = self._two_half_steps(model, x, t_sc, d, finest)
+            target = self._two_half_steps(self._target.get(model, step), x, t_sc, d, finest)
             pred = model(x, t_sc, t_sc + two_d)
             # slope-space error |v_pred - v_tgt|^2 = |X_pred - X_tgt|^2 / (2d)^2
             l_sc = (sq(pred - target) / two_d.pow(2)).mean()
