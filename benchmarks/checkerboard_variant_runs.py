@@ -203,8 +203,13 @@ def variant_cli(argv: Sequence[str] | None, *, module: str, description: str, va
     sub.add_parser("list", help=f"list the {kind}s ('done': finished in {where})")
     args = p.parse_args(argv)
     if args.cmd == "list":
-        for name, v in variants.items():
-            print(list_line(v, finished(name)))
+        try:
+            for name, v in variants.items():
+                print(list_line(v, finished(name)), flush=True)
+        except BrokenPipeError:  # `list | head`: the reader is gone, nothing is wrong
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     names = list(getattr(args, "names", None) or [])
     unknown = [n for n in names if n not in variants]

@@ -73,3 +73,25 @@ def test_a_continuation_keeps_the_runs_settings_teacher_and_takes_the_new_budget
     assert c.name == "next" and c.init_from == v.name and c.teacher_from == v.teacher_from == "fmm4_ff_xl"
     assert c.base == v.base and c.sets == {**v.sets, **XXL} and c.sets["max_steps"] == 12000
     assert continued(v).name == "pfmm_ffxl_start50_xl_xl"
+
+
+def test_list_into_a_closed_pipe_exits_0_without_a_traceback():
+    """`... list | head -1`: the reader closes the pipe after one line; the study exits 0, silent.
+
+    The pipe is shrunk to one page (smaller than the listing), so the study is still writing
+    when the reader goes away."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ
+    proc = subprocess.Popen([sys.executable, "-m", "anystep.benchmarks.checkerboard_lever", "list"],
+                            stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    first = os.read(r, 1)  # one byte, then close, as `head -1` does after its line
+    os.close(r)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and first, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
