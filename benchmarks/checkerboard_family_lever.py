@@ -106,6 +106,8 @@ for _name in ("sc_ot_ff", "sc_ot_ff_start50", "sc_ot_ff_top50", "mf_ot_ff", "mf_
 # The best shortcut variant, continued like LMD's best (ff64_s1_start50 _xxl / _x3l: 19,000 / 31,000 steps).
 VARIANTS["sc_ot_ff_top50_xxl"] = continued(VARIANTS["sc_ot_ff_top50_xl"], XXL, "sc_ot_ff_top50_xxl")
 VARIANTS["sc_ot_ff_top50_x3l"] = continued(VARIANTS["sc_ot_ff_top50_xxl"], XXL, "sc_ot_ff_top50_x3l")
+# Fifth session: the best MeanFlow (mf_ot_ff_xl, 7000 steps) continued like LMD's _xxl (19,000 steps in all).
+VARIANTS["mf_ot_ff_xxl"] = continued(VARIANTS["mf_ot_ff_xl"], XXL, "mf_ot_ff_xxl")
 # Fifth session: the published bootstrap target (an EMA of the weights, shortcut's target_ema): at 1000 steps
 # from the teacher (decay 0.99: a 100-step horizon), and as the same +12,000-step continuation as _x3l (0.999).
 VARIANTS["sc_ot_ff_top50_ema99"] = Variant(
