@@ -54,7 +54,7 @@ from anystep.benchmarks.checkerboard_cli import MODULE, build_parser, run_cli, s
 from anystep.benchmarks.checkerboard_eval import (
     EvalContext,
     StepMetrics,
-    _kl,
+    board_kl,
     _outside,
     bound_context,
     map_bounds,
@@ -241,12 +241,12 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
     with ev("metrics"):
         data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
         floors = {
-            "kl": _kl(data, settings),
+            "kl": board_kl(data, settings),
             "w2": float(__import__("anystep.core.metrics", fromlist=["w2_squared"]).w2_squared(
                 data[: settings.w2_samples], target_w2, max_samples=settings.w2_samples, seed=settings.seed)),
             "outside": _outside(data),
         }
-        blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+        blur = blur_curve(data, lambda x: board_kl(x, settings), seed=40_000 + settings.seed)
     ctx.blur = blur
     m_si.blur = blur.equivalent(m_si.kl)
     for em in euler_m.values():
@@ -293,7 +293,7 @@ def run(settings: Settings, *, out_dir: Path, work_dir: Path, bundle_dir: Path |
         n_sz = min(settings.size_samples, settings.n_samples)
         sctx = EvalContext(x0=x0[:n_sz], x_si=None, target_w2=target_w2, settings=settings)
         with ev("teacher sizes"):
-            sz_floor = _kl(data[:n_sz], settings)
+            sz_floor = board_kl(data[:n_sz], settings)
         for w, d, rec in [(settings.width, settings.depth, training["si"])] + size_records:
             with ev("teacher sizes"):
                 xs = x_si[:n_sz] if rec.key == "si" else sample_ode(

@@ -16,6 +16,7 @@ __all__ = [
     "BoundContext",
     "EvalContext",
     "StepMetrics",
+    "board_kl",
     "bound_context",
     "map_bounds",
     "round_trip",
@@ -73,7 +74,8 @@ class EvalContext:
     blur: Any = None
 
 
-def _kl(x: np.ndarray, settings: Settings) -> float:
+def board_kl(x: np.ndarray, settings: Settings) -> float:
+    """KL(rho_1 || rho_hat_1) of samples ``x`` ``[n, 2]`` against the exact board density (the benchmark's cells)."""
     from anystep.core.data import checkerboard_density
     from anystep.core.metrics import kl_divergence_2d
 
@@ -115,7 +117,7 @@ def score_samples(x: Tensor | np.ndarray, ctx: EvalContext, *, coupled: bool = T
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise BenchmarkError(f"score_samples needs [n, 2] samples, got shape {list(arr.shape)}")
     finite = np.all(np.isfinite(arr), axis=1)
-    kl = _kl(arr, s)
+    kl = board_kl(arr, s)
     ok = arr[finite]
     w2_t = float(w2_squared(ok, ctx.target_w2, max_samples=s.w2_samples, seed=s.seed)) if len(ok) else float("inf")
     w2_s = None

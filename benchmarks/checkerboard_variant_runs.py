@@ -102,7 +102,7 @@ def scoring_setup(blur: bool = True) -> ScoringSetup:
     import torch
 
     from anystep.benchmarks.checkerboard_cache import EvalCache
-    from anystep.benchmarks.checkerboard_eval import EvalContext, _kl, score_samples
+    from anystep.benchmarks.checkerboard_eval import EvalContext, board_kl, score_samples
     from anystep.benchmarks.checkerboard_methods import Settings
     from anystep.core.data import get_dataset
     from anystep.core.metrics import blur_curve
@@ -123,7 +123,7 @@ def scoring_setup(blur: bool = True) -> ScoringSetup:
     data = None
     if blur:
         data = ds.sample(settings.n_samples, torch.Generator().manual_seed(30_000 + settings.seed)).double().numpy()
-        ctx.blur = blur_curve(data, lambda x: _kl(x, settings), seed=40_000 + settings.seed)
+        ctx.blur = blur_curve(data, lambda x: board_kl(x, settings), seed=40_000 + settings.seed)
     return ScoringSetup(ctx=ctx, cache=cache, teacher=teacher, settings=settings, data=data)
 
 
