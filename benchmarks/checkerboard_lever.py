@@ -214,6 +214,13 @@ for _old, _new in (("ff64_s1_start50_x3l", "ff64_s1_start50_x4l"), ("lsd_ff_star
                    ("emd_ff_start50_xxl", "emd_ff_start50_x3l")):
     VARIANTS[_new] = continued(VARIANTS[_old], XXL, _new)
 
+# One map for both goals (one step <= 1.5x, four steps <= 1.2x): the 31,000-step start_frac 0.5 map continued
+# with a quarter of each batch at s = 0 (start_frac 0.25 kept most of the one-step gain and more of K = 4).
+VARIANTS["ff64_s1_start50_x3l_s25"] = Variant(
+    "ff64_s1_start50_x3l_s25", "LMD + Fourier features of x, 31,000 steps at start_frac 0.5, +12000 at 0.25",
+    "ff64_s1_start50_x3l continued 12000 steps (lr 0.0003 cosine) with start_frac 0.25",
+    {**FF, **_start(0.25), **XXL}, init_from="ff64_s1_start50_x3l")
+
 
 def _run_path(name: str) -> Path:
     """A variant's run directory, or the benchmark's own (``bench:<key>``: ``runs/checkerboard/<key>``)."""
