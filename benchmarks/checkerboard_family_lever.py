@@ -120,6 +120,7 @@ VARIANTS["sc_ot_ff_top50_ema_x3l"] = Variant(
     "bootstrap_ema); _x3l is the same without it",
     {**VARIANTS["sc_ot_ff_top50_x3l"].sets, **_h(target_ema=0.999)}, base="shortcut_ot",
     init_from="sc_ot_ff_top50_xxl")
+VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
 
 
 def _cfg(v: Variant):
