@@ -93,6 +93,10 @@ STAGES: dict[str, Stage] = {
         Stage("ff_both_start_xl_ft", {**LEVER, "objective_hparams.start_frac": 0.25, "max_steps": 3000,
                                       "lr": 2.5e-4, "ckpt_every": 500}, init_from="ff_both_start_xl",
               label=f"{_LABEL}, start_frac 0.5 then 0.25, 1000+{XL_STEPS}+3000 steps"),
+        # optional: the forward lever map kept improving with 12000-step continuations at lr 3e-4
+        # (checkerboard_lever: 1.77x at 19,000 steps, 1.49x at 31,000, 1.38x at 43,000)
+        Stage("ff_both_start_xxl", {**LEVER, "max_steps": 12000, "lr": 3e-4, "ckpt_every": 500},
+              init_from="ff_both_start_xl", label=f"{_LABEL}, start_frac 0.5, 1000+{XL_STEPS}+12000 steps"),
     )
 }
 
