@@ -8,14 +8,16 @@ to the benchmark's ``lmd_both`` row (warm start ``v_st = b_s`` from the benchmar
 ``X_{0,t}`` that make up ``/generate``'s one-step map) and ``s = 1`` (the maps ``X_{1,t}`` that
 make up ``/encode``'s ``X_{1,0}``); both halves are kept, since the bundle must invert.
 
-Two stages, each a resumable run directory under ``runs/cb_bundle`` (a finished one is reused):
+Three stages, each a resumable run directory under ``runs/cb_bundle`` (a finished one is reused):
 
 * ``ff_both_start``: 1000 steps, the benchmark's shared budget;
-* ``ff_both_start_xl``: continues it for ``XL_STEPS`` steps (lr 5e-4 cosine, checkpoint every 500).
+* ``ff_both_start_xl``: continues it for ``XL_STEPS`` steps (lr 5e-4 cosine, checkpoint every 500);
+* ``ff_both_start_xxl``: continues that for 12,000 steps (lr 3e-4 cosine), the schedule of the
+  lever study's longer continuations; the bundled map.
 
 Usage (from the repository root; ``train`` through a training slot, one thread)::
 
-    python -m anystep.benchmarks.checkerboard_bundle_train train    # both stages, resumable
+    python -m anystep.benchmarks.checkerboard_bundle_train train    # the three stages, resumable
     python -m anystep.benchmarks.checkerboard_bundle_train report   # score it beside the bundle
     python -m anystep.benchmarks.checkerboard_bundle_train bundle   # report, then models/checkerboard
     python -m anystep.benchmarks.checkerboard_bundle_train list     # the stages, 'done' when finished
@@ -53,12 +55,12 @@ BUNDLE_RUNS = Path("runs/cb_bundle")
 RECORD = "train_record.json"  # the training record of a finished stage (``run_finished``)
 RESULTS = Path("benchmarks/results")
 MODELS = Path("models")
-FINAL = "ff_both_start_xl"
+FINAL = "ff_both_start_xxl"
 REFERENCE = "lmd_both_xl"  # the benchmark's best both-directions row, bundled before the lever map
 MODULE = "anystep.benchmarks.checkerboard_bundle_train"
 ROUND_TRIP_STEPS = (1, 4)
 XL_STEPS = 8000
-DEFAULT_STAGES = ["ff_both_start", "ff_both_start_xl"]
+DEFAULT_STAGES = ["ff_both_start", "ff_both_start_xl", "ff_both_start_xxl"]
 
 _LABEL = "LMD, both directions, Fourier features of x (64, sigma 1)"
 LEVER = {"model.backbone.x_features": 64, "model.backbone.x_feature_scale": 1.0,
@@ -93,7 +95,7 @@ STAGES: dict[str, Stage] = {
         Stage("ff_both_start_xl_ft", {**LEVER, "objective_hparams.start_frac": 0.25, "max_steps": 3000,
                                       "lr": 2.5e-4, "ckpt_every": 500}, init_from="ff_both_start_xl",
               label=f"{_LABEL}, start_frac 0.5 then 0.25, 1000+{XL_STEPS}+3000 steps"),
-        # optional: the forward lever map kept improving with 12000-step continuations at lr 3e-4
+        # the forward lever map kept improving with 12000-step continuations at lr 3e-4
         # (checkerboard_lever: 1.77x at 19,000 steps, 1.49x at 31,000, 1.38x at 43,000)
         Stage("ff_both_start_xxl", {**LEVER, "max_steps": 12000, "lr": 3e-4, "ckpt_every": 500},
               init_from="ff_both_start_xl", label=f"{_LABEL}, start_frac 0.5, 1000+{XL_STEPS}+12000 steps"),
@@ -232,7 +234,7 @@ def _markdown(res: dict[str, Any]) -> str:
          "v_st = b_s from `runs/checkerboard/si`, batch 512, EMA 0.999) with 64 random Fourier features of x "
          "(sigma 1) and `start_frac 0.5` (a quarter of each batch at s = 0, a quarter at s = 1: the maps X_0t "
          f"behind /generate and X_1t behind /encode); 1000 steps (lr 1e-3 cosine), then {XL_STEPS} more "
-         "(lr 5e-4 cosine)."),
+         "(lr 5e-4 cosine), then 12000 more (lr 3e-4 cosine)."),
         (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
          f"**{fmt(t, 4)}**; ratios are KL / {fmt(t, 3)}."),
         "",
@@ -308,7 +310,7 @@ def _bundle_cmd(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``train [NAME ...]`` (default: the two stages, in order), ``bundle [--stage S] [--force]``,
+    """CLI: ``train [NAME ...]`` (default: the three stages, in order), ``bundle [--stage S] [--force]``,
     ``report``, ``list`` (``checkerboard_variant_runs.variant_cli``)."""
     return variant_cli(
         argv, module=MODULE, kind="stage",

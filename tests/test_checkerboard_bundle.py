@@ -68,6 +68,12 @@ def test_bundle_stages_train_both_directions_with_the_lever():
     assert first.init_from == "runs/checkerboard/si" and first.max_steps == 1000
     assert last.init_from == "runs/cb_bundle/ff_both_start" and last.lr == 5e-4 and last.max_steps > 1000
     assert ft.init_from == "runs/cb_bundle/ff_both_start_xl"
+    xxl = stage_config(STAGES["ff_both_start_xxl"])  # the bundled stage: the lever's 12000-step continuation
+    assert xxl.init_from == "runs/cb_bundle/ff_both_start_xl" and (xxl.max_steps, xxl.lr) == (12000, 3e-4)
+    assert xxl.objective_hparams == last.objective_hparams and xxl.model == last.model
+    from anystep.benchmarks.checkerboard_bundle_train import DEFAULT_STAGES, FINAL
+
+    assert DEFAULT_STAGES[-1] == FINAL == "ff_both_start_xxl"  # `train` then `bundle` makes the bundled map
 
 
 def test_the_server_encodes_board_samples_that_the_map_generates_back():
