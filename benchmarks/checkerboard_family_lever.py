@@ -121,6 +121,7 @@ VARIANTS["sc_ot_ff_top50_ema_x3l"] = Variant(
     {**VARIANTS["sc_ot_ff_top50_x3l"].sets, **_h(target_ema=0.999)}, base="shortcut_ot",
     init_from="sc_ot_ff_top50_xxl")
 VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
+VARIANTS["sc_ot_ff_top50_ema_x5l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x4l"], XXL, "sc_ot_ff_top50_ema_x5l")
 
 
 def _cfg(v: Variant):
