@@ -6,6 +6,8 @@ gap shares must be those of the objective's sampler.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from gaussian_case import ExactGaussianVelocity
@@ -55,7 +57,7 @@ def test_family_lever_variants_build_valid_configs() -> None:
             if key.startswith("objective_hparams."):
                 assert obj.hparams[key.split(".", 1)[1]] == value
         assert (cfg.model.backbone.x_features == 64) == (FF.items() <= v.sets.items())
-        if name.endswith(("_xxl", "_x3l")):  # a further 12000 steps of another variant
+        if re.search(r"_(xxl|x\dl)$", name):  # a further 12000 steps of another variant (_xxl, _x3l, _x4l, ...)
             assert cfg.max_steps == 12000 and cfg.init_from == str(RUN_DIR / v.init_from)
         elif name.endswith("_xl"):
             assert cfg.max_steps == 6000 and cfg.init_from == str(RUN_DIR / v.init_from)
