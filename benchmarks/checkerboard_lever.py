@@ -373,7 +373,7 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
         ("- Every variant: a benchmark row (column `base`: its preset, teacher and warm start; the shared "
         "budget MLP 256 x 4, 1000 Adam steps, batch 512, lr 1e-3 cosine to 1e-5, EMA 0.999; LMD, EMD, "
         "AYF-LMD, FMM, EE and LSD start from the benchmark's teacher `runs/checkerboard/si`, v_st = b_s, PFMM "
-        "from its FMM N=4 teacher) with the change in its row; `_xl` / `_xxl` / `_x3l` rows continue another "
+        "from its FMM N=4 teacher) with the change in its row; `_xl` / `_xxl` / `_x3l` / `_x4l` rows, and every row whose change says \"continued\", continue another "
         "variant's weights (`steps`: their own). `bench:` rows are "
         "the benchmark's own run directories, scored here."),
         (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
@@ -398,7 +398,7 @@ def _markdown(res: dict[str, Any], steps, np) -> str:
               markdown_table(head + [f"K={k}" for k in steps], kl_rows), "",
               "## KL / teacher's dopri5 KL, and the one-step coupling error", "",
               ("`vs base` = the variant's KL over its base benchmark row's (1000 steps) at K = 1 and 4: "
-               "below 1 the change helped (`_xl` / `_xxl` / `_x3l` variants: over the base's `_xl` row where it has "
+               "below 1 the change helped (`_xl` / `_xxl` / `_x3l` / `_x4l` variants: over the base's `_xl` row where it has "
                "one, `lmd_xl`, 7000 steps)."), "",
               markdown_table(["Variant", "base"] + [f"K={k}" for k in steps]
                              + ["coupling K=1", "vs base K=1", "vs base K=4"], ratio_rows), "",
