@@ -206,10 +206,6 @@ VARIANTS["lmd_both_xl_xxl"] = Variant(
     "the benchmark's lmd_both_xl continued 12000 steps (lr 0.0003 cosine)",
     dict(XXL), base="lmd_both", init_from="bench:lmd_both_xl")
 
-VARIANTS["fmm4_xl_xxl"] = Variant(
-    "fmm4_xl_xxl", "FMM N=4 (benchmark row fmm4_xl), +12000 steps",
-    "the benchmark's fmm4_xl continued 12000 steps (lr 0.0003 cosine)", dict(XXL), base="fmm4",
-    init_from="bench:fmm4_xl")
 for _old, _new in (("ff64_s1_start50_x3l", "ff64_s1_start50_x4l"), ("lsd_ff_start_xxl", "lsd_ff_start_x3l"),
                    ("emd_ff_start50_xxl", "emd_ff_start50_x3l")):
     VARIANTS[_new] = continued(VARIANTS[_old], XXL, _new)

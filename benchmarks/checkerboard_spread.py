@@ -13,7 +13,8 @@ Usage::
     python -m anystep.benchmarks.checkerboard_spread RUN_DIR [RUN_DIR ...] [--draws 5] [--steps 1 4]
 
 It writes ``benchmarks/results/checkerboard_spread.{md,json}``. One thread; a draw costs one
-dopri5 pass of the teacher (about 20-60 s here) plus one pass per run and K.
+dopri5 pass of the teacher (76-180 s on the 2-core CPU with trainings beside it) plus one pass
+per run and K (a second or two each).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from anystep.benchmarks.checkerboard_variant_runs import BENCH_DIR, usage_error
 
 __all__ = ["main", "spread"]
 
-RESULTS = Path("benchmarks/results")
 PROG = "python -m anystep.benchmarks.checkerboard_spread"
 
 
@@ -110,15 +110,16 @@ def _markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line (module docstring)."""
-    from anystep.benchmarks.common import command_line, load_average, machine_info, write_results
+    from anystep.benchmarks.common import command_line, load_average, machine_info, results_dir, write_results
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="flow-map model directories to score")
     p.add_argument("--draws", type=int, default=5, help="redraws of the base points besides the benchmark's (default 5)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 4], help="step counts K (default 1 4)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     a = p.parse_args(argv)
+    out = a.out or results_dir("checkerboard_spread")
     if a.draws < 1:
         return usage_error(PROG, f"--draws {a.draws} must be >= 1 (the spread needs two draws)")
     if any(k < 1 for k in a.steps):
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     res.update({"machine": machine_info().describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "command": command_line(module="anystep.benchmarks.checkerboard_spread", argv=argv),
                 "seconds": time.perf_counter() - t0, "load_avg": load_average()})
-    write_results(a.out, "checkerboard_spread", res, _markdown(res))
-    print(f"[done] wrote {(a.out / 'checkerboard_spread.md').as_posix()}", flush=True)
+    write_results(out, "checkerboard_spread", res, _markdown(res))
+    print(f"[done] wrote {(out / 'checkerboard_spread.md').as_posix()}", flush=True)
     return 0
 
 
