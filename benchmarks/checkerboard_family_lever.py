@@ -122,6 +122,8 @@ VARIANTS["sc_ot_ff_top50_ema_x3l"] = Variant(
     init_from="sc_ot_ff_top50_xxl")
 VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
 VARIANTS["sc_ot_ff_top50_ema_x5l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x4l"], XXL, "sc_ot_ff_top50_ema_x5l")
+# Seventh session: once more (67,000 steps in all) for the 2x one-step goal (55,000 steps: 2.20x).
+VARIANTS["sc_ot_ff_top50_ema_x6l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x5l"], XXL, "sc_ot_ff_top50_ema_x6l")
 
 
 def _cfg(v: Variant):

@@ -28,6 +28,7 @@ TIME_DEFAULTS: dict[str, Any] = {
     "forward_only": True,  # weight 1(s <= t)
     "diag_frac": 0.0,  # fraction of each batch with s = t
     "start_frac": 0.0,  # fraction of each batch with s = 0 (s = 0 or 1 when both directions)
+    "edge_frac": 0.0,  # fraction of each batch with |t - s| = 1/K (the K-step sampler's jumps)
     "logit_mean": 0.0,
     "logit_std": 1.0,
 }
@@ -105,6 +106,7 @@ class FlowObjective(Objective):
                 logit_std=h.get("logit_std", 1.0),
                 forward_only=h.get("forward_only", True),
                 start_frac=h.get("start_frac", 0.0),
+                edge_frac=h.get("edge_frac", 0.0),
             )
         except AnystepError as err:
             raise ObjectiveError(f"{self.name}: {err}") from err

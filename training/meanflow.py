@@ -208,6 +208,11 @@ class MeanFlow(FlowObjective):
                 f"meanflow: gap_kind={h['gap_kind']!r} redraws every off-diagonal row; use it with start_frac=0 and "
                 "end_frac=0 (or gap_kind='triangle')"
             )
+        if h["edge_frac"] > 0:
+            raise ObjectiveError(
+                f"meanflow: edge_frac={h['edge_frac']} is not supported (its rows would collide with end_frac's); "
+                "set edge_frac=0"
+            )
         if h["jvp_warmup"] < 0:
             raise ObjectiveError(f"meanflow: jvp_warmup={h['jvp_warmup']} must be >= 0 steps (0 = off)")
         if h["tangent"] not in ("sample", "model"):

@@ -126,6 +126,11 @@ class Shortcut(FlowObjective):
                 f"shortcut: top_frac={h['top_frac']} must be in [0, 1] (share of the self-consistency rows at 2d = 1; "
                 "0 = the published uniform level draw)"
             )
+        if h["edge_frac"] > 0:
+            raise ObjectiveError(
+                f"shortcut: edge_frac={h['edge_frac']} is not supported: shortcut draws its own dyadic steps; "
+                "use top_frac for more rows on the largest step (2d = 1)"
+            )
         if h["top_frac"] + h["start_frac"] > 1.0:
             raise ObjectiveError(
                 f"shortcut: top_frac + start_frac = {h['top_frac'] + h['start_frac']} must be <= 1 (shares of the "

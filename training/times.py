@@ -22,6 +22,10 @@ Supported weights (``w`` is 1 on its support, 0 elsewhere):
   of the interval, ``s = 0`` (and ``s = 1`` for every other row when not ``forward_only``)
   with ``t`` drawn as a single time: more of the batch on the maps ``X_{0,t}`` that make up
   the one-step map ``X_{0,1}`` (a mixture with the weight above; the minimiser is unchanged).
+* an edge fraction (``edge_frac``): the next ``round(edge_frac * B)`` rows have the largest gap,
+  ``|t - s| = window`` (``s`` uniform on ``[0, 1 - window]``, either direction when not
+  ``forward_only``): more of the batch on the longest jumps, the ones a ``1/window``-step sampler
+  makes, which the band's interior draws least (a mixture again; the minimiser is unchanged).
 * logit-normal (``kind="logit_normal"``): each time is ``sigmoid(N(logit_mean, logit_std^2))``,
   the pair ordered when ``forward_only`` (Align Your Flow practice, successors §3).
 
@@ -117,6 +121,9 @@ class TimeSampler:
         start_frac: fraction in ``[0, 1)`` of each batch drawn with ``s`` at an end of
             ``[0, 1]`` (``s = 0``; alternately ``s = 1`` when not ``forward_only``) and ``t`` a
             single time; these rows follow the diagonal rows. 0 (default) draws none.
+        edge_frac: fraction in ``[0, 1)`` of each batch drawn with ``|t - s| = window`` (the
+            jumps of a ``1/window``-step sampler); these rows follow the start rows. 0 (default)
+            draws none, and no random numbers for them.
     """
 
     kind: str = "uniform"
@@ -126,6 +133,7 @@ class TimeSampler:
     logit_std: float = 1.0
     forward_only: bool = True
     start_frac: float = 0.0
+    edge_frac: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in TIME_KINDS:
@@ -145,6 +153,13 @@ class TimeSampler:
             raise TimeError(
                 f"start_frac={self.start_frac} must be in [0, 1) with diag_frac + start_frac <= 1 "
                 f"(diag_frac={self.diag_frac}): the fraction of rows with s at an end of [0, 1]"
+            )
+        self.edge_frac = float(self.edge_frac)
+        if not 0.0 <= self.edge_frac < 1.0 or self.diag_frac + self.start_frac + self.edge_frac > 1.0:
+            raise TimeError(
+                f"edge_frac={self.edge_frac} must be in [0, 1) with diag_frac + start_frac + edge_frac <= 1 "
+                f"(diag_frac={self.diag_frac}, start_frac={self.start_frac}): the fraction of rows with "
+                "|t - s| = window"
             )
         if not self.logit_std > 0 or not math.isfinite(self.logit_std):
             raise TimeError(f"logit_std={self.logit_std} must be a positive finite number")
@@ -205,6 +220,16 @@ class TimeSampler:
             return torch.minimum(a, b), torch.maximum(a, b)
         return a, b
 
+    def _edge(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` pairs with ``|t - s| = window``: the smaller time uniform on ``[0, 1 - window]``."""
+        lo = torch.rand(n, generator=generator, dtype=torch.float64) * (1.0 - self.window)
+        hi = lo + self.window
+        if self.forward_only:
+            return lo.float(), hi.float().clamp(max=1.0)
+        backward = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+        s, t = torch.where(backward, hi, lo), torch.where(backward, lo, hi)
+        return s.float().clamp(0.0, 1.0), t.float().clamp(0.0, 1.0)
+
     def n_diag(self, batch_size: int) -> int:
         """Rows of a batch of ``batch_size`` drawn on the diagonal.
 
@@ -236,8 +261,12 @@ class TimeSampler:
         B = int(batch_size)
         n_diag = self.n_diag(B)
         n_start = min(round(self.start_frac * B), B - n_diag)
+        n_edge = min(round(self.edge_frac * B), B - n_diag - n_start)
         t_diag = self.sample_t(n_diag, generator)
-        s_off, t_off = self._off_diagonal(B - n_diag - n_start, generator)
+        s_off, t_off = self._off_diagonal(B - n_diag - n_start - n_edge, generator)
+        if n_edge > 0:
+            s_edge, t_edge = self._edge(n_edge, generator)
+            s_off, t_off = torch.cat([s_edge, s_off]), torch.cat([t_edge, t_off])
         if n_start > 0:
             t_start = self.sample_t(n_start, generator)
             s_start = torch.zeros(n_start)
