@@ -114,12 +114,9 @@ VARIANTS["sc_ot_ff_top50_ema99"] = Variant(
     "sc_ot_ff_top50_ema99", "Shortcut, OT + Fourier features, half the SC rows at 2d = 1, EMA target 0.99",
     "sc_ot_ff_top50 with the self-consistency target from an EMA of the weights (target_ema 0.99)",
     {**VARIANTS["sc_ot_ff_top50"].sets, **_h(target_ema=0.99)}, base="shortcut_ot")
-VARIANTS["sc_ot_ff_top50_ema_x3l"] = Variant(
-    "sc_ot_ff_top50_ema_x3l", "Shortcut, OT + Fourier features, top_frac 0.5, +12000 steps with the EMA target",
-    "sc_ot_ff_top50_xxl continued 12000 steps (lr 0.0003 cosine) with target_ema 0.999 (the published "
-    "bootstrap_ema); _x3l is the same without it",
-    {**VARIANTS["sc_ot_ff_top50_x3l"].sets, **_h(target_ema=0.999)}, base="shortcut_ot",
-    init_from="sc_ot_ff_top50_xxl")
+VARIANTS["sc_ot_ff_top50_ema_x3l"] = continued(
+    VARIANTS["sc_ot_ff_top50_xxl"], XXL, "sc_ot_ff_top50_ema_x3l", change=_h(target_ema=0.999),
+    note=" with target_ema 0.999 (the published bootstrap_ema); _x3l is the same without it")
 VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
 VARIANTS["sc_ot_ff_top50_ema_x5l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x4l"], XXL, "sc_ot_ff_top50_ema_x5l")
 # Seventh session: once more (67,000 steps in all) for the 2x one-step goal (55,000 steps: 2.20x).

@@ -161,19 +161,24 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def continued(v: Variant, budget: dict[str, Any] = XL, name: str | None = None) -> Variant:
-    """``v`` continued from its own weights (teacher unchanged) with ``budget`` (default: as ``lmd_xl``).
+def continued(v: Variant, budget: dict[str, Any] = XL, name: str | None = None, *,
+              change: dict[str, Any] | None = None, note: str = "", teacher_from: str | None = None) -> Variant:
+    """``v`` continued from its own weights with ``budget`` (default: as ``lmd_xl``), optionally one change.
 
     Args:
         v: the variant whose run is continued.
         budget: the continuation's ``max_steps`` / ``lr`` / ``ckpt_every`` (:data:`XL`, :data:`XXL`).
         name: the new variant's name (default ``<v.name>_xl``).
+        change: overrides the continuation changes besides the budget (e.g. ``start_frac``).
+        note: text appended to the description, saying what ``change`` / ``teacher_from`` change.
+        teacher_from: a new teacher run (default: ``v``'s).
     """
     n = budget["max_steps"]
-    factor = f"{v.name} continued {n} steps (lr {budget['lr']:g} cosine)"
-    return Variant(name or f"{v.name}_xl", f"{v.label}, +{n} steps",
+    factor = f"{v.name} continued {n} steps (lr {budget['lr']:g} cosine){note}"
+    return Variant(name or f"{v.name}_xl", f"{v.label}, +{n} steps{note}",
                    factor if name else f"{factor}, as the benchmark's _xl rows",
-                   {**v.sets, **budget}, base=v.base, init_from=v.name, teacher_from=v.teacher_from)
+                   {**v.sets, **(change or {}), **budget}, base=v.base, init_from=v.name,
+                   teacher_from=teacher_from or v.teacher_from)
 
 
 # Continuations of the family variants (fmm4 as the benchmark's fmm4_xl: 4000 steps, lr 5e-4); none for
@@ -197,10 +202,8 @@ for _old, _new in (("pfmm_ffxl_start50_xl", "pfmm_ffxl_start50_xxl"), ("pfmm_ffx
 # Fifth session: FMM N=4 (PFMM's teacher) continued; PFMM continued with that sharper teacher; the benchmark's
 # lmd_both_xl (the best four-step map, no features) continued for the 1.2x four-step goal.
 VARIANTS["fmm4_ff_xxl"] = continued(VARIANTS["fmm4_ff_xl"], XXL, "fmm4_ff_xxl")
-VARIANTS["pfmm_ffxxl_x4l"] = Variant(
-    "pfmm_ffxxl_x4l", "PFMM N=1 (31,000 steps) continued against the FMM N=4 +4000+12000 teacher",
-    "pfmm_ffxl_start50_x3l continued 12000 steps (lr 0.0003 cosine), teacher fmm4_ff_xxl",
-    {**FF, **_start(0.5), **XXL}, base="pfmm", init_from="pfmm_ffxl_start50_x3l", teacher_from="fmm4_ff_xxl")
+VARIANTS["pfmm_ffxxl_x4l"] = continued(VARIANTS["pfmm_ffxl_start50_x3l"], XXL, "pfmm_ffxxl_x4l",
+                                      note=", teacher fmm4_ff_xxl", teacher_from="fmm4_ff_xxl")
 VARIANTS["lmd_both_xl_xxl"] = Variant(
     "lmd_both_xl_xxl", "LMD both directions (benchmark row lmd_both_xl), +12000 steps",
     "the benchmark's lmd_both_xl continued 12000 steps (lr 0.0003 cosine)",
@@ -212,22 +215,22 @@ for _old, _new in (("ff64_s1_start50_x3l", "ff64_s1_start50_x4l"), ("lsd_ff_star
 
 # One map for both goals (one step <= 1.5x, four steps <= 1.2x): the 31,000-step start_frac 0.5 map continued
 # with a quarter of each batch at s = 0 (start_frac 0.25 kept most of the one-step gain and more of K = 4).
-VARIANTS["ff64_s1_start50_x3l_s25"] = Variant(
-    "ff64_s1_start50_x3l_s25", "LMD + Fourier features of x, 31,000 steps at start_frac 0.5, +12000 at 0.25",
-    "ff64_s1_start50_x3l continued 12000 steps (lr 0.0003 cosine) with start_frac 0.25",
-    {**FF, **_start(0.25), **XXL}, init_from="ff64_s1_start50_x3l")
+VARIANTS["ff64_s1_start50_x3l_s25"] = continued(VARIANTS["ff64_s1_start50_x3l"], XXL, "ff64_s1_start50_x3l_s25",
+                                               change=_start(0.25), note=" with start_frac 0.25")
 
 # Seventh session: the four-step map (lmd_both_xl_xxl, 1.19x on the benchmark's draw, 1.23 +- 0.03 over draws)
 # continued once more, for margin on the 1.2x four-step goal.
 VARIANTS["lmd_both_xl_x3l"] = continued(VARIANTS["lmd_both_xl_xxl"], XXL, "lmd_both_xl_x3l")
 # PFMM's bound is its teacher's K-step map: fmm4_ff_xxl is 0.133 at four steps but 0.067 at eight (jumps of
 # 1/8 lie inside its |t - s| <= 1/4 window), so the same continuation against eight teacher steps per jump.
-VARIANTS["pfmm_ffxxl_k8_x5l"] = Variant(
-    "pfmm_ffxxl_k8_x5l", "PFMM N=1 (43,000 steps) continued against eight steps of the FMM N=4 teacher",
-    "pfmm_ffxxl_x4l continued 12000 steps (lr 0.0003 cosine), teacher fmm4_ff_xxl composed over 8 steps (steps 8)",
-    {**FF, **_start(0.5), **XXL, "objective_hparams.steps": 8}, base="pfmm", init_from="pfmm_ffxxl_x4l",
-    teacher_from="fmm4_ff_xxl")
+VARIANTS["pfmm_ffxxl_k8_x5l"] = continued(VARIANTS["pfmm_ffxxl_x4l"], XXL, "pfmm_ffxxl_k8_x5l",
+                                         change={"objective_hparams.steps": 8},
+                                         note=", teacher fmm4_ff_xxl composed over 8 steps (steps 8)")
 VARIANTS["pfmm_ffxxl_k8_x6l"] = continued(VARIANTS["pfmm_ffxxl_k8_x5l"], XXL, "pfmm_ffxxl_k8_x6l")
+# PFMM now sits ~1.4x above its teacher's eight-step KL (as LMD's one-step map above dopri5): the teacher next.
+VARIANTS["fmm4_ff_x3l"] = continued(VARIANTS["fmm4_ff_xxl"], XXL, "fmm4_ff_x3l")
+# The teacher did not improve (0.132 / 0.072 at four / eight steps): PFMM once more against fmm4_ff_xxl.
+VARIANTS["pfmm_ffxxl_k8_x7l"] = continued(VARIANTS["pfmm_ffxxl_k8_x6l"], XXL, "pfmm_ffxxl_k8_x7l")
 # FMM N=4's error grows towards its window's edge (fmm4_ff_xxl: KL 0.133 / 0.116 / 0.087 / 0.067 at K = 4 / 5 /
 # 6 / 8, 0.75 at K = 3, outside it): a share of each batch on the edge |t - s| = 1/4 (edge_frac), the four-step
 # sampler's jumps.

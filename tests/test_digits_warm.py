@@ -98,3 +98,14 @@ def test_trainer_starts_the_row_from_the_teacher(name, tmp_path):
     prov = json.loads((tmp_path / name / "config.json").read_text())["provenance"]
     assert prov["init_from"] == "/".join(vel_dir.parts[-2:])  # no machine path in config.json
     _diagonal_checks(fm, load_model_dir(vel_dir).model, atol=1e-4)
+
+
+def test_shortcut_warm_ot_is_shortcut_warm_plus_the_checkerboard_levers_only(tmp_path):
+    name = "shortcut_warm_ot"
+    assert name in FAMILY_METHODS and name not in DEFAULT_METHODS
+    ot = _method_config(METHODS[name], tmp_path, quick=False).to_dict()
+    warm = _method_config(METHODS["shortcut_warm"], tmp_path, quick=False).to_dict()
+    assert ot["coupling"] == "minibatch_ot" and warm["coupling"] != "minibatch_ot"
+    assert ot["objective_hparams"] == {**warm["objective_hparams"], "top_frac": 0.5, "target_ema": 0.999}
+    same = {k for k in warm if k not in ("coupling", "objective_hparams", "preset")}
+    assert {k: ot[k] for k in same} == {k: warm[k] for k in same}
