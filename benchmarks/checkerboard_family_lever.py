@@ -119,8 +119,9 @@ VARIANTS["sc_ot_ff_top50_ema_x3l"] = continued(
     note=" with target_ema 0.999 (the published bootstrap_ema); _x3l is the same without it")
 VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
 VARIANTS["sc_ot_ff_top50_ema_x5l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x4l"], XXL, "sc_ot_ff_top50_ema_x5l")
-# Seventh session: once more (67,000 steps in all) for the 2x one-step goal (55,000 steps: 2.20x).
+# Seventh session: once more (67,000 steps: 2.07x) and again (79,000) for the 2x one-step goal (55,000: 2.20x).
 VARIANTS["sc_ot_ff_top50_ema_x6l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x5l"], XXL, "sc_ot_ff_top50_ema_x6l")
+VARIANTS["sc_ot_ff_top50_ema_x7l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x6l"], XXL, "sc_ot_ff_top50_ema_x7l")
 
 
 def _cfg(v: Variant):
