@@ -202,13 +202,14 @@ class TimeSampler:
         u = 1.0 - torch.sqrt(torch.clamp(1.0 - 2.0 * c * p, min=0.0))
         u = torch.clamp(u, 0.0, self.window)
         lo = pos * (1.0 - u)  # the smaller of the two times
-        hi = lo + u
-        if self.forward_only:
+        return self._oriented(lo, lo + u, sign_draw < 0.5)
+
+    def _oriented(self, lo: Tensor, hi: Tensor, backward: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(s, t) = (lo, hi)``, swapped where ``backward`` unless ``forward_only``; float32 in ``[0, 1]``."""
+        if self.forward_only or backward is None:
             s, t = lo, hi
         else:
-            backward = sign_draw < 0.5
-            s = torch.where(backward, hi, lo)
-            t = torch.where(backward, lo, hi)
+            s, t = torch.where(backward, hi, lo), torch.where(backward, lo, hi)
         return s.float().clamp(0.0, 1.0), t.float().clamp(0.0, 1.0)
 
     def _off_diagonal(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -223,12 +224,8 @@ class TimeSampler:
     def _edge(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` pairs with ``|t - s| = window``: the smaller time uniform on ``[0, 1 - window]``."""
         lo = torch.rand(n, generator=generator, dtype=torch.float64) * (1.0 - self.window)
-        hi = lo + self.window
-        if self.forward_only:
-            return lo.float(), hi.float().clamp(max=1.0)
-        backward = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
-        s, t = torch.where(backward, hi, lo), torch.where(backward, lo, hi)
-        return s.float().clamp(0.0, 1.0), t.float().clamp(0.0, 1.0)
+        backward = None if self.forward_only else torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+        return self._oriented(lo, lo + self.window, backward)
 
     def n_diag(self, batch_size: int) -> int:
         """Rows of a batch of ``batch_size`` drawn on the diagonal.
