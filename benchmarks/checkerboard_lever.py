@@ -231,8 +231,10 @@ VARIANTS["pfmm_ffxxl_k8_x6l"] = continued(VARIANTS["pfmm_ffxxl_k8_x5l"], XXL, "p
 VARIANTS["fmm4_ff_x3l"] = continued(VARIANTS["fmm4_ff_xxl"], XXL, "fmm4_ff_x3l")
 # The teacher did not improve (0.132 / 0.072 at four / eight steps): PFMM once more against fmm4_ff_xxl.
 VARIANTS["pfmm_ffxxl_k8_x7l"] = continued(VARIANTS["pfmm_ffxxl_k8_x6l"], XXL, "pfmm_ffxxl_k8_x7l")
-# LSD (2.92x at 31,000 steps) and EMD (4.71x) once more: each took under ten minutes of one core.
-for _old, _new in (("lsd_ff_start_x3l", "lsd_ff_start_x4l"), ("emd_ff_start50_x3l", "emd_ff_start50_x4l")):
+# LSD (2.92x at 31,000 steps) and EMD (4.71x) once more: each took under ten minutes of one core; LSD
+# (2.56x at 43,000) twice more.
+for _old, _new in (("lsd_ff_start_x3l", "lsd_ff_start_x4l"), ("emd_ff_start50_x3l", "emd_ff_start50_x4l"),
+                   ("lsd_ff_start_x4l", "lsd_ff_start_x5l"), ("lsd_ff_start_x5l", "lsd_ff_start_x6l")):
     VARIANTS[_new] = continued(VARIANTS[_old], XXL, _new)
 # FMM N=4's error grows towards its window's edge (fmm4_ff_xxl: KL 0.133 / 0.116 / 0.087 / 0.067 at K = 4 / 5 /
 # 6 / 8, 0.75 at K = 3, outside it): a share of each batch on the edge |t - s| = 1/4 (edge_frac), the four-step
