@@ -57,7 +57,10 @@ def test_family_lever_variants_build_valid_configs() -> None:
             if key.startswith("objective_hparams."):
                 assert obj.hparams[key.split(".", 1)[1]] == value
         assert (cfg.model.backbone.x_features == 64) == (FF.items() <= v.sets.items())
-        if re.search(r"_(xxl|x\dl)$", name):  # a further 12000 steps of another variant (_xxl, _x3l, _x4l, ...)
+        lr = re.search(r"_(xxl|x\dl)_lr(\d+e\d+)$", name)  # the same continuation at another peak lr
+        if lr:
+            assert cfg.lr == pytest.approx(float(lr.group(2).replace("e", "e-")))
+        if re.search(r"_(xxl|x\dl)(_lr\d+e\d+)?$", name):  # a further 12000 steps of another variant (_xxl, _x3l, ...)
             assert cfg.max_steps == 12000 and cfg.init_from == str(RUN_DIR / v.init_from)
         elif name.endswith("_xl"):
             assert cfg.max_steps == 6000 and cfg.init_from == str(RUN_DIR / v.init_from)
