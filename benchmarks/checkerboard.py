@@ -54,8 +54,8 @@ from anystep.benchmarks.checkerboard_cli import MODULE, build_parser, run_cli, s
 from anystep.benchmarks.checkerboard_eval import (
     EvalContext,
     StepMetrics,
-    board_kl,
     _outside,
+    board_kl,
     bound_context,
     map_bounds,
     round_trip,

@@ -119,10 +119,10 @@ VARIANTS["sc_ot_ff_top50_ema_x3l"] = continued(
     note=" with target_ema 0.999 (the published bootstrap_ema); _x3l is the same without it")
 VARIANTS["sc_ot_ff_top50_ema_x4l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x3l"], XXL, "sc_ot_ff_top50_ema_x4l")
 VARIANTS["sc_ot_ff_top50_ema_x5l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x4l"], XXL, "sc_ot_ff_top50_ema_x5l")
-# Seventh session: once more (67,000 steps: 2.07x) and again (79,000) for the 2x one-step goal (55,000: 2.20x).
+# Seventh session: once more (67,000 steps: 2.06x) and again (79,000: 2.04x) for the 2x one-step goal.
 VARIANTS["sc_ot_ff_top50_ema_x6l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x5l"], XXL, "sc_ot_ff_top50_ema_x6l")
 VARIANTS["sc_ot_ff_top50_ema_x7l"] = continued(VARIANTS["sc_ot_ff_top50_ema_x6l"], XXL, "sc_ot_ff_top50_ema_x7l")
-# 0.115 -> 0.108 -> 0.107: flat. Every continuation restarts at lr 3e-4; the same 12,000 steps from 1e-4.
+# 0.115 -> 0.108 -> 0.107: flat. Every continuation restarts at lr 3e-4; the same 12,000 steps from 1e-4 (1.86x).
 VARIANTS["sc_ot_ff_top50_ema_x7l_lr1e4"] = continued(
     VARIANTS["sc_ot_ff_top50_ema_x7l"], {**XXL, "lr": 1e-4}, "sc_ot_ff_top50_ema_x7l_lr1e4")
 

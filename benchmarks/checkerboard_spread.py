@@ -93,12 +93,12 @@ def _markdown(res: dict[str, Any]) -> str:
     lines = ["# Checkerboard: the KL estimate's spread over base-point draws", "",
              f"- Machine: {res['machine']}; {res['date']}; one thread.",
              f"- Command: `{res['command']}`",
-             f"- {n} draws of {res['n_samples']:,} base points (seeds {', '.join(map(str, res['seeds']))}; the first "
-             "is the benchmark's own). KL(rho_1 || rho_hat_1) on the benchmark's 100 x 100 cells; ratio = the run's KL "
-             "over the teacher's (dopri5) KL on the same draw. mean ± standard deviation over the draws.", "",
+             (f"- {n} draws of {res['n_samples']:,} base points (seeds {', '.join(map(str, res['seeds']))}; the first "
+              "is the benchmark's own). KL(rho_1 || rho_hat_1) on the benchmark's 100 x 100 cells; ratio = the run's KL "
+              "over the teacher's (dopri5) KL on the same draw. mean ± standard deviation over the draws."), "",
              "| model | K | KL per draw | KL mean ± sd | ratio per draw | ratio mean ± sd |", "|---|---|---|---|---|---|",
-             f"| teacher (dopri5) | NFE {res['teacher_nfe'][0]} | {', '.join(f'{v:.4f}' for v in res['teacher'])} "
-             f"| {_ms(res['teacher'])} | 1 | 1 |"]
+             (f"| teacher (dopri5) | NFE {res['teacher_nfe'][0]} | {', '.join(f'{v:.4f}' for v in res['teacher'])} "
+              f"| {_ms(res['teacher'])} | 1 | 1 |")]
     for name, per_k in res["runs"].items():
         for k, kls in per_k.items():
             rat = res["ratios"][name][k]
@@ -110,7 +110,13 @@ def _markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line (module docstring)."""
-    from anystep.benchmarks.common import command_line, load_average, machine_info, results_dir, write_results
+    from anystep.benchmarks.common import (
+        command_line,
+        load_average,
+        machine_info,
+        results_dir,
+        write_results,
+    )
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
