@@ -90,7 +90,7 @@ STAGES: dict[str, Stage] = {
         Stage("ff_both_start", {**LEVER, "ckpt_every": 500}, label=f"{_LABEL}, start_frac 0.5, 1000 steps"),
         Stage("ff_both_start_xl", {**LEVER, "max_steps": XL_STEPS, "lr": 5e-4, "ckpt_every": 500},
               init_from="ff_both_start", label=f"{_LABEL}, start_frac 0.5, 1000+{XL_STEPS} steps"),
-        # optional third stage (not in the default ``train``): start_frac 0.5 leaves the mid-interval
+        # optional stage (not in the default ``train``): start_frac 0.5 leaves the mid-interval
         # maps (X_{0,1/2}, X_{1/2,1}: two steps) short of rows; a quarter of the batch at the ends instead
         Stage("ff_both_start_xl_ft", {**LEVER, "objective_hparams.start_frac": 0.25, "max_steps": 3000,
                                       "lr": 2.5e-4, "ckpt_every": 500}, init_from="ff_both_start_xl",
@@ -218,6 +218,26 @@ def report() -> dict[str, Any]:
     return res
 
 
+def _schedule(name: str) -> str:
+    """Stage ``name``'s whole schedule in words, from the first stage (its ``sets``, else the shared budget).
+
+    E.g. ``"1000 steps (lr 1e-3 cosine), then 8000 more (lr 5e-4 cosine)"``.
+    """
+    from anystep.benchmarks.checkerboard_methods import Settings
+
+    chain: list[Stage] = []
+    while name is not None:
+        chain.append(STAGES[name])
+        name = STAGES[name].init_from
+    budget = Settings()
+    parts = []
+    for i, st in enumerate(reversed(chain)):
+        mantissa, exponent = f"{st.sets.get('lr', budget.lr):e}".split("e")
+        lr = f"{float(mantissa):g}e{int(exponent)}"
+        parts.append(f"{st.sets.get('max_steps', budget.steps)} {'steps' if i == 0 else 'more'} (lr {lr} cosine)")
+    return ", then ".join(parts)
+
+
 def _markdown(res: dict[str, Any]) -> str:
     from anystep.benchmarks.checkerboard_methods import EVAL_STEPS
     from anystep.benchmarks.common import existing_notes, fmt, markdown_table, notes_section
@@ -233,8 +253,7 @@ def _markdown(res: dict[str, Any]) -> str:
         ("- Map: the benchmark's `lmd_both` row (LMD on the whole square 0 <= s, t <= 1, MLP 256 x 4, warm start "
          "v_st = b_s from `runs/checkerboard/si`, batch 512, EMA 0.999) with 64 random Fourier features of x "
          "(sigma 1) and `start_frac 0.5` (a quarter of each batch at s = 0, a quarter at s = 1: the maps X_0t "
-         f"behind /generate and X_1t behind /encode); 1000 steps (lr 1e-3 cosine), then {XL_STEPS} more "
-         "(lr 5e-4 cosine), then 12000 more (lr 3e-4 cosine)."),
+         f"behind /generate and X_1t behind /encode); {_schedule(FINAL)}."),
         (f"- Scored like `checkerboard.md`: 100,000 shared base points, `score_samples`; teacher dopri5 KL "
          f"**{fmt(t, 4)}**; ratios are KL / {fmt(t, 3)}."),
         "",
