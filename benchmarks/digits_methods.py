@@ -140,6 +140,13 @@ METHODS: dict[str, MethodSpec] = {
         "shortcut_warm + minibatch OT, top_frac 0.5, EMA bootstrap target 0.999 (the checkerboard's levers)",
         init_from="teacher",
     ),
+    # lmd_long's second stage for shortcut: shortcut_warm continued with the preset's own schedule (batch 256,
+    # lr 3e-4 stepped, no clip), 4000 steps, so shortcut gets the budget of the benchmark's best LMD row
+    "shortcut_long": MethodSpec(
+        "shortcut_long", "digits-shortcut", None, 4000, 10, {"lr": 3e-4},
+        "shortcut_warm continued with the preset's own schedule (batch 256, lr 3e-4 stepped, no clip), as lmd_long",
+        init_from="shortcut_warm",
+    ),
     "meanflow_warm": MethodSpec(
         "meanflow_warm", "digits-meanflow", None, 3000, 10, {**_FAST, "batch_size": 64},
         "MeanFlow (published settings) started from the teacher's weights (v_st = b_s; anystep.core.warmstart)",
@@ -149,7 +156,7 @@ METHODS: dict[str, MethodSpec] = {
 """The benchmark's models, in training order (teachers first)."""
 
 FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0", "meanflow_uniform", "shortcut_warm", "meanflow_warm",
-                  "shortcut_warm_ot")
+                  "shortcut_warm_ot", "shortcut_long")
 """Rows of issue 14, trained only when named in ``--methods``."""
 
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in FAMILY_METHODS)

@@ -109,3 +109,15 @@ def test_shortcut_warm_ot_is_shortcut_warm_plus_the_checkerboard_levers_only(tmp
     assert ot["objective_hparams"] == {**warm["objective_hparams"], "top_frac": 0.5, "target_ema": 0.999}
     same = {k for k in warm if k not in ("coupling", "objective_hparams", "preset")}
     assert {k: ot[k] for k in same} == {k: warm[k] for k in same}
+
+
+def test_shortcut_long_continues_shortcut_warm_on_lmd_longs_schedule(tmp_path):
+    name = "shortcut_long"
+    assert name in FAMILY_METHODS and name not in DEFAULT_METHODS
+    long = _method_config(METHODS[name], tmp_path, quick=False).to_dict()
+    lmd_long = _method_config(METHODS["lmd_long"], tmp_path, quick=False).to_dict()
+    assert long["init_from"] == str(tmp_path / "shortcut_warm")
+    assert long["objective"] == "shortcut" and long["teacher"] is None
+    schedule = ("max_steps", "batch_size", "lr", "lr_schedule", "lr_warmup_steps", "lr_min", "grad_clip", "ema_decay")
+    assert {k: long[k] for k in schedule} == {k: lmd_long[k] for k in schedule}
+    assert long["batch_size"] == 256 and long["lr"] == pytest.approx(3e-4)

@@ -421,6 +421,18 @@ def test_shortcut_top_frac_puts_rows_on_the_one_step_jump(top_frac: float) -> No
         build_objective("shortcut", LINEAR, top_frac=1.5)
 
 
+@pytest.mark.parametrize("key, value", [("window", 4), ("diag_frac", 0.25), ("forward_only", False),
+                                        ("time_kind", "logit_normal"), ("logit_std", 2.0), ("edge_frac", 0.25)])
+def test_shortcut_refuses_the_time_keys_it_does_not_read(key, value) -> None:
+    """Shortcut draws its own dyadic times: a shared time key it would ignore is refused, naming it;
+    its default value (what every recorded config carries) is accepted."""
+    with pytest.raises(ObjectiveError, match=f"{key}=.*no effect"):
+        build_objective("shortcut", LINEAR, **{key: value})
+    default = build_objective("shortcut", LINEAR).hparams[key]
+    assert build_objective("shortcut", LINEAR, **{key: default}).hparams[key] == default
+    build_objective("fmm", LINEAR, **{key: value})  # the objectives that read it take it
+
+
 def test_shortcut_start_frac_starts_rows_at_the_base() -> None:
     """start_frac (not published) of the self-consistency rows start at t = 0 at a uniform
     level (after the top_frac rows); 0 is the paper's draw; the exact map stays stationary."""

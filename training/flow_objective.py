@@ -74,6 +74,10 @@ class FlowObjective(Objective):
     """
 
     defaults: ClassVar[dict[str, Any]] = dict(TIME_DEFAULTS)
+    # Keys of ``defaults`` the objective accepts (so that every flow-map config carries the shared time
+    # keys) but does not read, each with the reason and what to use instead; a non-default value of one
+    # is refused, since it would change nothing.
+    unread: ClassVar[dict[str, str]] = {}
 
     def __init__(self, interpolant: Any, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -84,6 +88,12 @@ class FlowObjective(Objective):
         resolved = dict(self.defaults)
         for key, value in hparams.items():
             resolved[key] = _coerce(key, value, self.defaults[key], self.name)
+        for key, why in self.unread.items():
+            if resolved[key] != self.defaults[key]:
+                raise ObjectiveError(
+                    f"{self.name}: {key}={resolved[key]!r} would have no effect: {why}; "
+                    f"remove it (default {self.defaults[key]!r})"
+                )
         super().__init__(interpolant, **resolved)
         self.times = self._build_times()
         self._check()

@@ -94,6 +94,11 @@ class Shortcut(FlowObjective):
     model_kind = "flowmap"
     teacher_kind = None
     defaults: ClassVar[dict[str, Any]] = dict(SHORTCUT_DEFAULTS)
+    unread: ClassVar[dict[str, str]] = {
+        **{key: "shortcut draws its own dyadic times (levels, fm_frac, top_frac, start_frac set them)"
+           for key in ("time_kind", "window", "forward_only", "diag_frac", "logit_mean", "logit_std")},
+        "edge_frac": "shortcut draws its own dyadic steps (use top_frac for more rows on the largest step, 2d = 1)",
+    }
 
     def __init__(self, interpolant: Any, **hparams: Any) -> None:
         super().__init__(interpolant, **hparams)
@@ -125,11 +130,6 @@ class Shortcut(FlowObjective):
             raise ObjectiveError(
                 f"shortcut: top_frac={h['top_frac']} must be in [0, 1] (share of the self-consistency rows at 2d = 1; "
                 "0 = the published uniform level draw)"
-            )
-        if h["edge_frac"] > 0:
-            raise ObjectiveError(
-                f"shortcut: edge_frac={h['edge_frac']} is not supported: shortcut draws its own dyadic steps; "
-                "use top_frac for more rows on the largest step (2d = 1)"
             )
         if h["top_frac"] + h["start_frac"] > 1.0:
             raise ObjectiveError(
