@@ -147,6 +147,13 @@ METHODS: dict[str, MethodSpec] = {
         "shortcut_warm continued with the preset's own schedule (batch 256, lr 3e-4 stepped, no clip), as lmd_long",
         init_from="shortcut_warm",
     ),
+    # ... and with half the self-consistency rows on the one-step jump (top_frac 0.5, the checkerboard's lever
+    # that helped its one-step map, family.md), the only change
+    "shortcut_long_top50": MethodSpec(
+        "shortcut_long_top50", "digits-shortcut", None, 4000, 10, {"lr": 3e-4, "objective_hparams.top_frac": 0.5},
+        "shortcut_long with half the self-consistency rows at 2d = 1 (top_frac 0.5)",
+        init_from="shortcut_warm",
+    ),
     "meanflow_warm": MethodSpec(
         "meanflow_warm", "digits-meanflow", None, 3000, 10, {**_FAST, "batch_size": 64},
         "MeanFlow (published settings) started from the teacher's weights (v_st = b_s; anystep.core.warmstart)",
@@ -156,7 +163,7 @@ METHODS: dict[str, MethodSpec] = {
 """The benchmark's models, in training order (teachers first)."""
 
 FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0", "meanflow_uniform", "shortcut_warm", "meanflow_warm",
-                  "shortcut_warm_ot", "shortcut_long")
+                  "shortcut_warm_ot", "shortcut_long", "shortcut_long_top50")
 """Rows of issue 14, trained only when named in ``--methods``."""
 
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in FAMILY_METHODS)

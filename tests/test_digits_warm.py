@@ -121,3 +121,13 @@ def test_shortcut_long_continues_shortcut_warm_on_lmd_longs_schedule(tmp_path):
     schedule = ("max_steps", "batch_size", "lr", "lr_schedule", "lr_warmup_steps", "lr_min", "grad_clip", "ema_decay")
     assert {k: long[k] for k in schedule} == {k: lmd_long[k] for k in schedule}
     assert long["batch_size"] == 256 and long["lr"] == pytest.approx(3e-4)
+
+
+def test_shortcut_long_top50_is_shortcut_long_plus_top_frac_only(tmp_path):
+    name = "shortcut_long_top50"
+    assert name in FAMILY_METHODS and name not in DEFAULT_METHODS
+    top = _method_config(METHODS[name], tmp_path, quick=False).to_dict()
+    long = _method_config(METHODS["shortcut_long"], tmp_path, quick=False).to_dict()
+    assert top["objective_hparams"] == {**long["objective_hparams"], "top_frac": 0.5}
+    assert {k: v for k, v in top.items() if k != "objective_hparams"} == {
+        k: v for k, v in long.items() if k != "objective_hparams"}

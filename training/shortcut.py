@@ -83,7 +83,7 @@ class Shortcut(FlowObjective):
     analogue of the time samplers' ``start_frac`` (``training/times.py``) -- at a uniform
     level; default 0, the start uniform on the level's grid as in the paper; on the
     checkerboard 0.5 did not help, results/family.md). The other
-    generic time settings are not used (times are dyadic). ``target_ema`` (default 0: the
+    generic time settings are refused when set (times are dyadic; ``unread``). ``target_ema`` (default 0: the
     online weights under ``torch.no_grad``): decay of an EMA of the weights that computes the
     self-consistency target instead (the published code's ``bootstrap_ema``, decay 0.999); it is
     saved with the checkpoint (:meth:`state_dict`).
