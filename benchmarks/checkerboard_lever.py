@@ -259,6 +259,30 @@ for _old in ("lmd_both_xl_x3l", "pfmm_ffxxl_k8_x7l", "fmm4_ff_x3l", "lsd_ff_star
 # more at lr 1e-4 (the next continuation's number, the peak lr as suffix).
 for _old, _new in (("pfmm_ffxxl_k8_x7l_lr1e4", "pfmm_ffxxl_k8_x8l_lr1e4"), ("lmd_both_xl_x3l_lr1e4", "lmd_both_xl_x4l_lr1e4")):
     VARIANTS[_new] = continued(VARIANTS[_old], {**XXL, "lr": 1e-4}, _new)
+# Ninth session: FMM N=4 with start rows on the four-step grid (start_frac with window 1/4: s = k/4, t within
+# the window; training/times.py), the analogue of LMD's s = 0 rows for a sampler that starts at k/4.
+VARIANTS.update({v.name: v for v in (
+    Variant("fmm4_ff_grid50", "FMM N=4 + Fourier features of x, half of each batch starting at s = k/4",
+            "fmm4 with x_features 64, sigma 1, start_frac 0.5 (s on the four-step grid)", {**FF, **_start(0.5)},
+            base="fmm4"),
+)})
+# ... and with minibatch-OT pairs (x0, x1): FMM N=4 regresses on the interpolant, whose OT paths are straighter
+# and whose one-sample target varies less; the map learns that coupling's flow (same ends, rho_0 -> rho_1).
+VARIANTS["fmm4_ff_ot"] = Variant("fmm4_ff_ot", "FMM N=4 + Fourier features of x, minibatch-OT coupling",
+                                 "fmm4 with x_features 64, sigma 1, coupling minibatch_ot",
+                                 {**FF, "coupling": "minibatch_ot"}, base="fmm4")
+OT = {"coupling": "minibatch_ot"}
+VARIANTS.update({v.name: v for v in (
+    Variant("fmm1_ff_start50_ot", "FMM N=1 + Fourier features of x + half of each batch at s in {0, 1}, minibatch OT",
+            "fmm1_ff_start50 with coupling minibatch_ot", {**FF, **_start(0.5), **OT}, base="fmm1"),
+    Variant("lsd_ff_start_ot", "LSD + Fourier features of x + half of the off-diagonal rows at s = 0, minibatch OT",
+            "lsd_ff_start with coupling minibatch_ot", {**FF, **_start(0.125), **OT}, base="lsd"),
+)})
+for _old, _new in (("fmm4_ff_x3l_lr1e4", "fmm4_ff_x4l_ot"), ("fmm1_ff_start50_xxl", "fmm1_ff_start50_x3l_ot"),
+                   ("lsd_ff_start_x5l", "lsd_ff_start_x6l_ot")):
+    VARIANTS[_new] = continued(VARIANTS[_old], XL, _new, change=OT, note=", minibatch-OT coupling")
+VARIANTS["fmm4_ff_x4l_grid50"] = continued(VARIANTS["fmm4_ff_x3l_lr1e4"], XXL, "fmm4_ff_x4l_grid50",
+                                           change=_start(0.5), note=", half of each batch starting at s = k/4")
 
 
 def _run_path(name: str) -> Path:

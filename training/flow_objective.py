@@ -27,7 +27,7 @@ TIME_DEFAULTS: dict[str, Any] = {
     "window": 1,  # K: weight 1(|t - s| <= 1/K); K = 1 is the whole square / triangle
     "forward_only": True,  # weight 1(s <= t)
     "diag_frac": 0.0,  # fraction of each batch with s = t
-    "start_frac": 0.0,  # fraction of each batch with s = 0 (s = 0 or 1 when both directions)
+    "start_frac": 0.0,  # fraction of each batch with s = 0 (or 1 going backward; s = k/K with window K > 1)
     "edge_frac": 0.0,  # fraction of each batch with |t - s| = 1/K (the K-step sampler's jumps)
     "logit_mean": 0.0,
     "logit_std": 1.0,

@@ -22,6 +22,9 @@ Supported weights (``w`` is 1 on its support, 0 elsewhere):
   of the interval, ``s = 0`` (and ``s = 1`` for every other row when not ``forward_only``)
   with ``t`` drawn as a single time: more of the batch on the maps ``X_{0,t}`` that make up
   the one-step map ``X_{0,1}`` (a mixture with the weight above; the minimiser is unchanged).
+  With ``window = 1/K < 1`` the start rows begin at a node of the K-step grid instead,
+  ``s = k/K`` (``k`` uniform; ``s = (k+1)/K`` going backward) with ``t`` uniform within the window
+  on the far side: the maps ``X_{k/K, t}`` a K-step sampler composes.
 * an edge fraction (``edge_frac``): the next ``round(edge_frac * B)`` rows have the largest gap,
   ``|t - s| = window`` (``s`` uniform on ``[0, 1 - window]``, either direction when not
   ``forward_only``): more of the batch on the longest jumps, the ones a ``1/window``-step sampler
@@ -120,7 +123,9 @@ class TimeSampler:
         forward_only: only pairs with ``s <= t`` (weight ``1(s <= t)``).
         start_frac: fraction in ``[0, 1)`` of each batch drawn with ``s`` at an end of
             ``[0, 1]`` (``s = 0``; alternately ``s = 1`` when not ``forward_only``) and ``t`` a
-            single time; these rows follow the diagonal rows. 0 (default) draws none.
+            single time; these rows follow the diagonal rows. 0 (default) draws none. With
+            ``window = 1/K < 1`` (``K`` an integer) ``s`` is a node ``k/K`` of the K-step grid
+            and ``t`` uniform on ``[s, s + 1/K]`` (``[s - 1/K, s]`` on backward rows).
         edge_frac: fraction in ``[0, 1)`` of each batch drawn with ``|t - s| = window`` (the
             jumps of a ``1/window``-step sampler); these rows follow the start rows. 0 (default)
             draws none, and no random numbers for them.
@@ -160,6 +165,11 @@ class TimeSampler:
                 f"edge_frac={self.edge_frac} must be in [0, 1) with diag_frac + start_frac + edge_frac <= 1 "
                 f"(diag_frac={self.diag_frac}, start_frac={self.start_frac}): the fraction of rows with "
                 "|t - s| = window"
+            )
+        if self.start_frac > 0 and self.window < 1.0 and abs(1.0 / self.window - round(1.0 / self.window)) > 1e-6:
+            raise TimeError(
+                f"start_frac={self.start_frac} with window={self.window}: start rows begin at the nodes of a "
+                "K-step grid, so the window must be 1/K for an integer K (or set start_frac=0)"
             )
         if not self.logit_std > 0 or not math.isfinite(self.logit_std):
             raise TimeError(f"logit_std={self.logit_std} must be a positive finite number")
@@ -227,6 +237,23 @@ class TimeSampler:
         backward = None if self.forward_only else torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
         return self._oriented(lo, lo + self.window, backward)
 
+    def _grid_start(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` pairs starting at a node of the ``K = 1/window`` grid, ``t`` within the window.
+
+        Forward rows: ``s = k/K``, ``t = s + U window``; backward rows (every other row when not
+        ``forward_only``): ``s = (k+1)/K``, ``t = s - U window``; ``k`` uniform on ``{0..K-1}``.
+        """
+        K = round(1.0 / self.window)
+        k = torch.randint(0, K, (n,), generator=generator).to(torch.float64)
+        u = torch.rand(n, generator=generator, dtype=torch.float64) * self.window
+        s, t = k / K, k / K + u
+        if not self.forward_only:
+            back = torch.zeros(n, dtype=torch.bool)
+            back[1::2] = True
+            s = torch.where(back, (k + 1) / K, s)
+            t = torch.where(back, (k + 1) / K - u, t)
+        return s.clamp(0.0, 1.0).float(), t.clamp(0.0, 1.0).float()
+
     def n_diag(self, batch_size: int) -> int:
         """Rows of a batch of ``batch_size`` drawn on the diagonal.
 
@@ -264,7 +291,11 @@ class TimeSampler:
         if n_edge > 0:
             s_edge, t_edge = self._edge(n_edge, generator)
             s_off, t_off = torch.cat([s_edge, s_off]), torch.cat([t_edge, t_off])
-        if n_start > 0:
+        if n_start > 0 and self.window < 1.0:
+            s_start, t_start = self._grid_start(n_start, generator)
+            s = torch.cat([t_diag, s_start, s_off])
+            t = torch.cat([t_diag, t_start, t_off])
+        elif n_start > 0:
             t_start = self.sample_t(n_start, generator)
             s_start = torch.zeros(n_start)
             if not self.forward_only:
