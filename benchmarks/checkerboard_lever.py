@@ -281,6 +281,11 @@ VARIANTS.update({v.name: v for v in (
 for _old, _new in (("fmm4_ff_x3l_lr1e4", "fmm4_ff_x4l_ot"), ("fmm1_ff_start50_xxl", "fmm1_ff_start50_x3l_ot"),
                    ("lsd_ff_start_x5l", "lsd_ff_start_x6l_ot")):
     VARIANTS[_new] = continued(VARIANTS[_old], XL, _new, change=OT, note=", minibatch-OT coupling")
+VARIANTS["fmm1_ff_start50_x4l_ot"] = continued(VARIANTS["fmm1_ff_start50_x3l_ot"], XXL, "fmm1_ff_start50_x4l_ot")
+VARIANTS["fmm4_ff_x5l_ot_grid50"] = continued(VARIANTS["fmm4_ff_x4l_ot"], XL, "fmm4_ff_x5l_ot_grid50",
+                                              change={**OT, **_start(0.5)},
+                                              note=", minibatch OT, half of each batch starting at s = k/4")
+VARIANTS["fmm4_ff_x6l_ot_grid50"] = continued(VARIANTS["fmm4_ff_x5l_ot_grid50"], XXL, "fmm4_ff_x6l_ot_grid50")
 VARIANTS["fmm4_ff_x4l_grid50"] = continued(VARIANTS["fmm4_ff_x3l_lr1e4"], XXL, "fmm4_ff_x4l_grid50",
                                            change=_start(0.5), note=", half of each batch starting at s = k/4")
 
