@@ -32,8 +32,10 @@ def test_every_variant_builds_a_config_its_objective_accepts():
         obj = build_objective(cfg.objective, build_interpolant(), **cfg.objective_hparams)
         frac = cfg.objective_hparams.get("start_frac", 0.0)
         pair = obj.times.sample(512, torch.Generator().manual_seed(0))
-        if frac:  # the s = 0 (and, both directions, s = 1) rows are there
-            assert int(((pair.s == 0) | (pair.s == 1)).sum()) >= round(frac * 512), v.name
+        if frac:  # the s = 0 (and, both directions, s = 1) rows are there; s = k/K with a window 1/K
+            K = int(cfg.objective_hparams.get("window", 1))
+            on_grid = (pair.s * K - (pair.s * K).round()).abs() < 1e-6
+            assert int(on_grid.sum()) >= round(frac * 512), v.name
         for key, val in v.sets.items():
             if key.startswith("model.backbone."):
                 assert getattr(cfg.model.backbone, key.split(".")[-1]) == val, (v.name, key)
