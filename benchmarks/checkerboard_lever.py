@@ -268,11 +268,10 @@ VARIANTS.update({v.name: v for v in (
 )})
 # ... and with minibatch-OT pairs (x0, x1): FMM N=4 regresses on the interpolant, whose OT paths are straighter
 # and whose one-sample target varies less; the map learns that coupling's flow (same ends, rho_0 -> rho_1).
-VARIANTS["fmm4_ff_ot"] = Variant("fmm4_ff_ot", "FMM N=4 + Fourier features of x, minibatch-OT coupling",
-                                 "fmm4 with x_features 64, sigma 1, coupling minibatch_ot",
-                                 {**FF, "coupling": "minibatch_ot"}, base="fmm4")
 OT = {"coupling": "minibatch_ot"}
 VARIANTS.update({v.name: v for v in (
+    Variant("fmm4_ff_ot", "FMM N=4 + Fourier features of x, minibatch-OT coupling",
+            "fmm4 with x_features 64, sigma 1, coupling minibatch_ot", {**FF, **OT}, base="fmm4"),
     Variant("fmm1_ff_start50_ot", "FMM N=1 + Fourier features of x + half of each batch at s in {0, 1}, minibatch OT",
             "fmm1_ff_start50 with coupling minibatch_ot", {**FF, **_start(0.5), **OT}, base="fmm1"),
     Variant("lsd_ff_start_ot", "LSD + Fourier features of x + half of the off-diagonal rows at s = 0, minibatch OT",

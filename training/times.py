@@ -237,22 +237,26 @@ class TimeSampler:
         backward = None if self.forward_only else torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
         return self._oriented(lo, lo + self.window, backward)
 
-    def _grid_start(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``n`` pairs starting at a node of the ``K = 1/window`` grid, ``t`` within the window.
+    def _start(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` start rows (see ``start_frac``); backward rows are every other row unless ``forward_only``.
 
-        Forward rows: ``s = k/K``, ``t = s + U window``; backward rows (every other row when not
-        ``forward_only``): ``s = (k+1)/K``, ``t = s - U window``; ``k`` uniform on ``{0..K-1}``.
+        ``window = 1``: ``s = 0`` (``s = 1`` backward) and ``t`` a single time. ``window = 1/K``:
+        ``s = k/K`` (``(k+1)/K`` backward), ``k`` uniform on ``{0..K-1}``, ``t`` uniform inside the window.
         """
-        K = round(1.0 / self.window)
-        k = torch.randint(0, K, (n,), generator=generator).to(torch.float64)
-        u = torch.rand(n, generator=generator, dtype=torch.float64) * self.window
-        s, t = k / K, k / K + u
+        backward = None
         if not self.forward_only:
-            back = torch.zeros(n, dtype=torch.bool)
-            back[1::2] = True
-            s = torch.where(back, (k + 1) / K, s)
-            t = torch.where(back, (k + 1) / K - u, t)
-        return s.clamp(0.0, 1.0).float(), t.clamp(0.0, 1.0).float()
+            backward = torch.zeros(n, dtype=torch.bool)
+            backward[1::2] = True
+        if self.window < 1.0:
+            K = round(1.0 / self.window)
+            node = torch.randint(0, K, (n,), generator=generator).to(torch.float64) / K
+            u = torch.rand(n, generator=generator, dtype=torch.float64) * self.window
+            if backward is not None:  # lo = (k+1)/K - u, hi = (k+1)/K, oriented hi -> lo
+                node = torch.where(backward, node + self.window - u, node)
+            return self._oriented(node, node + u, backward)
+        t = self.sample_t(n, generator)
+        s = torch.zeros(n) if backward is None else backward.float()  # the backward map X_{1,t} too
+        return s, t
 
     def n_diag(self, batch_size: int) -> int:
         """Rows of a batch of ``batch_size`` drawn on the diagonal.
@@ -291,20 +295,9 @@ class TimeSampler:
         if n_edge > 0:
             s_edge, t_edge = self._edge(n_edge, generator)
             s_off, t_off = torch.cat([s_edge, s_off]), torch.cat([t_edge, t_off])
-        if n_start > 0 and self.window < 1.0:
-            s_start, t_start = self._grid_start(n_start, generator)
-            s = torch.cat([t_diag, s_start, s_off])
-            t = torch.cat([t_diag, t_start, t_off])
-        elif n_start > 0:
-            t_start = self.sample_t(n_start, generator)
-            s_start = torch.zeros(n_start)
-            if not self.forward_only:
-                s_start[1::2] = 1.0  # the backward map X_{1,t} too
-            s = torch.cat([t_diag, s_start, s_off])
-            t = torch.cat([t_diag, t_start, t_off])
-        else:
-            s = torch.cat([t_diag, s_off])
-            t = torch.cat([t_diag, t_off])
+        s_start, t_start = self._start(n_start, generator) if n_start > 0 else (torch.zeros(0), torch.zeros(0))
+        s = torch.cat([t_diag, s_start, s_off])
+        t = torch.cat([t_diag, t_start, t_off])
         diag = torch.zeros(B, dtype=torch.bool)
         diag[:n_diag] = True
         return TimePair(s=s, t=t, diag=diag)
