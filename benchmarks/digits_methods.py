@@ -154,13 +154,6 @@ METHODS: dict[str, MethodSpec] = {
         "shortcut_long with half the self-consistency rows at 2d = 1 (top_frac 0.5)",
         init_from="shortcut_warm",
     ),
-    # shortcut_long continued 8000 more steps on the same schedule (15,000 in all): does the one-step map keep
-    # improving with budget, as it did from 3000 to 7000 steps (47.8 -> 29.0)?
-    "shortcut_x3l": MethodSpec(
-        "shortcut_x3l", "digits-shortcut", None, 8000, 10, {"lr": 3e-4},
-        "shortcut_long continued 8000 steps on its schedule (batch 256, lr 3e-4 stepped; 15,000 in all)",
-        init_from="shortcut_long",
-    ),
     "meanflow_warm": MethodSpec(
         "meanflow_warm", "digits-meanflow", None, 3000, 10, {**_FAST, "batch_size": 64},
         "MeanFlow (published settings) started from the teacher's weights (v_st = b_s; anystep.core.warmstart)",
@@ -170,7 +163,7 @@ METHODS: dict[str, MethodSpec] = {
 """The benchmark's models, in training order (teachers first)."""
 
 FAMILY_METHODS = ("shortcut", "meanflow", "meanflow_u0", "meanflow_uniform", "shortcut_warm", "meanflow_warm",
-                  "shortcut_warm_ot", "shortcut_long", "shortcut_long_top50", "shortcut_x3l")
+                  "shortcut_warm_ot", "shortcut_long", "shortcut_long_top50")
 """Rows of issue 14, trained only when named in ``--methods``."""
 
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in FAMILY_METHODS)
